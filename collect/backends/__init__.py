@@ -1,0 +1,1 @@
+"""Measurement backends: each turns a configuration into measurement rows in the schema."""

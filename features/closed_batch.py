@@ -1,0 +1,46 @@
+"""Request-level simulation of one deployment serving a workload, driven by the physics step-time model.
+
+Joins the memory model (KV capacity per replica), the step-time model (time of a step with d decoding sequences,
+their KV tokens and p prefill tokens) and `features.scheduler.simulate` (vLLM v1's scheduling rules).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features.calibration import Calibration, default_calibration
+from features.memory import kv_capacity_tokens
+from features.scheduler import SimResult, simulate
+from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec, Workload
+from features.steptime import replica_step_ms
+
+
+def step_time_fn(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, cal: Calibration):
+    """The scheduler's step-time callback: seconds of one replica step (vectorised over steps)."""
+
+    def step_time_s(decode_seqs, decode_kv_tokens, prefill_tokens):
+        return replica_step_ms(model, gpu, layout, cal, decode_seqs, decode_kv_tokens, prefill_tokens, 0.0,
+                               engine.weight_dtype, engine.kv_dtype) / 1e3
+
+    return step_time_s
+
+
+def simulate_deployment(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, workload: Workload,
+                        num_requests: int | None = None, cal: Calibration | None = None, seed: int = 0,
+                        record_timeline: bool = False) -> SimResult:
+    """Simulate `num_requests` requests of `workload` (closed batch, fixed concurrency, or request rate)."""
+    cal = cal or default_calibration()
+    n = int(num_requests or workload.num_requests or max(workload.concurrency, 1) * 4)
+    isl, osl = workload.sample(n, seed)
+    cap = int(kv_capacity_tokens(model, gpu, layout, engine))
+    arrival = None
+    if workload.request_rate > 0:
+        rng = np.random.default_rng(seed + 1)
+        arrival = np.cumsum(rng.exponential(1.0 / workload.request_rate, size=n))
+    return simulate(
+        isl, osl, step_time_s=step_time_fn(model, gpu, layout, engine, cal), kv_capacity_tokens=cap,
+        block_size=engine.block_size, max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens, enable_chunked_prefill=engine.enable_chunked_prefill,
+        dp=int(layout.attention_replicas), arrival_s=arrival, concurrency=int(workload.concurrency),
+        record_timeline=record_timeline,
+    )

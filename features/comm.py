@@ -1,0 +1,72 @@
+"""Communication physics: TP all-reduce, EP all-to-all, PP send/receive, as latency + size / bandwidth.
+
+Collective constants (latency, bus bandwidth as a fraction of the link) are fitted on measured NCCL and custom
+all-reduce timings (aiconfigurator op data) per GPU count; links come from the GPU catalog, and a group that spans
+nodes uses the inter-node bandwidth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features.calibration import Calibration
+from features.specs import GPUSpec
+
+_DEFAULT = {"all_reduce": (0.008, 0.75), "all_gather": (0.008, 0.75), "alltoall": (0.010, 0.6), "p2p": (0.006, 0.8)}
+
+
+def _constants(cal: Calibration, op: str, n):
+    """(alpha_ms, bus_bw_frac) arrays for a collective over `n` GPUs (nearest measured group size)."""
+    table = cal.collectives.get(op, {})
+    n = np.asarray(n)
+    if not table:
+        a, f = _DEFAULT[op]
+        return np.full(n.shape, a, dtype=float), np.full(n.shape, f, dtype=float)
+    sizes = np.array(sorted(int(k) for k in table))
+    idx = np.abs(np.log2(np.maximum(n, 1))[..., None] - np.log2(sizes)[None, :]).argmin(-1) if n.ndim else \
+        int(np.abs(np.log2(max(int(n), 1)) - np.log2(sizes)).argmin())
+    alpha = np.array([table[str(s)][0] for s in sizes])[idx]
+    frac = np.array([table[str(s)][1] for s in sizes])[idx]
+    # latency grows with group size beyond the measured range (ring/tree steps)
+    alpha = alpha * np.maximum(1.0, np.log2(np.maximum(n, 2)) / np.log2(sizes[idx]))
+    return alpha, frac
+
+
+def link_bandwidth_gbps(gpu: GPUSpec, group_size, gpus_per_node=None):
+    """Per-GPU bandwidth of a group: NVLink/fabric inside a node, the NIC when the group spans nodes."""
+    per_node = gpu.gpus_per_node if gpus_per_node is None else gpus_per_node
+    return np.where(np.asarray(group_size) > per_node, gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps)
+
+
+def allreduce_ms(message_bytes, n, gpu: GPUSpec, cal: Calibration, gpus_per_node=None):
+    """Ring all-reduce of `message_bytes` over `n` GPUs: alpha + 2(n−1)/n × bytes / bus bandwidth; 0 when n = 1."""
+    n = np.asarray(n)
+    alpha, frac = _constants(cal, "all_reduce", n)
+    bw = link_bandwidth_gbps(gpu, n, gpus_per_node) * 1e9 * frac
+    t = alpha + 2 * (n - 1) / np.maximum(n, 1) * np.asarray(message_bytes) / bw * 1e3
+    return np.where(n > 1, t, 0.0)
+
+
+def allgather_ms(message_bytes, n, gpu: GPUSpec, cal: Calibration, gpus_per_node=None):
+    """All-gather of a `message_bytes` result over `n` GPUs: alpha + (n−1)/n × bytes / bus bandwidth."""
+    n = np.asarray(n)
+    alpha, frac = _constants(cal, "all_gather", n)
+    bw = link_bandwidth_gbps(gpu, n, gpus_per_node) * 1e9 * frac
+    t = alpha + (n - 1) / np.maximum(n, 1) * np.asarray(message_bytes) / bw * 1e3
+    return np.where(n > 1, t, 0.0)
+
+
+def alltoall_ms(message_bytes, n, gpu: GPUSpec, cal: Calibration, gpus_per_node=None):
+    """All-to-all where each GPU sends `message_bytes` in total: alpha + (n−1)/n × bytes / bus bandwidth."""
+    n = np.asarray(n)
+    alpha, frac = _constants(cal, "alltoall", n)
+    bw = link_bandwidth_gbps(gpu, n, gpus_per_node) * 1e9 * frac
+    t = alpha + (n - 1) / np.maximum(n, 1) * np.asarray(message_bytes) / bw * 1e3
+    return np.where(n > 1, t, 0.0)
+
+
+def p2p_ms(message_bytes, gpu: GPUSpec, cal: Calibration, crosses_node=False):
+    """One pipeline-stage hand-off (send/receive of activations) between neighbouring stages."""
+    alpha, frac = _DEFAULT["p2p"]
+    bw = np.where(crosses_node, gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps) * 1e9 * frac
+    return alpha + np.asarray(message_bytes) / bw * 1e3

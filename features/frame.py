@@ -1,0 +1,261 @@
+"""Feature frames: the physics model applied to every row of a measurement frame, vectorised.
+
+`physics_frame(df)` adds `phys_<target>` (the physics answer for the row's kind), numeric `f_*` features
+(descriptors and every physics term) and `regime` / `bottleneck`. Specs become "columnar" (fields are per-row
+numpy arrays), so the same physics functions run once over all rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import numpy as np
+import pandas as pd
+
+from features import comm
+from features.calibration import Calibration, default_calibration
+from features.catalog import parse_length_dist, resolve_gpu, resolve_model
+from features.memory import active_params_per_token, kv_bytes_per_token, total_params
+from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS, conform
+from features.serving import EngineArrays, estimate_serving
+from features.specs import GPUSpec, Layout, ModelSpec
+from features.steptime import decode_attention_ms, gemm_ms, stage_step_terms
+
+MODEL_NUMERIC = [f.name for f in fields(ModelSpec) if f.type in ("int", "bool")]
+GPU_NUMERIC = [f.name for f in fields(GPUSpec) if f.type in ("float", "int")]
+
+
+def columnar_model(names: pd.Series) -> ModelSpec:
+    """A ModelSpec whose numeric fields are arrays aligned with `names` (catalog names, HF ids or config paths)."""
+    codes, uniques = pd.factorize(names.to_numpy(dtype=object, na_value=""), sort=False)
+    specs = [resolve_model(u) for u in uniques]
+    cols = {f: np.array([getattr(s, f) for s in specs], dtype=float)[codes] for f in MODEL_NUMERIC}
+    return ModelSpec(name="<columnar>", **cols)
+
+
+def columnar_gpu(names: pd.Series) -> GPUSpec:
+    """A GPUSpec whose numeric fields are arrays aligned with `names`."""
+    codes, uniques = pd.factorize(names.to_numpy(dtype=object, na_value=""), sort=False)
+    specs = [resolve_gpu(u) for u in uniques]
+    cols = {f: np.array([getattr(s, f) for s in specs], dtype=float)[codes] for f in GPU_NUMERIC}
+    return GPUSpec(name="<columnar>", **cols)
+
+
+def _num(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
+    return pd.to_numeric(df[col], errors="coerce").fillna(default).to_numpy(dtype=float)
+
+
+def _dtype_col(df: pd.DataFrame, col: str, default: str) -> np.ndarray:
+    from features.specs import DTYPE_BYTES
+
+    s = df[col].astype("string").fillna(default).str.lower().replace({"fp8_e4m3": "fp8", "auto": default, "mixed": "fp16"})
+    return s.map(lambda v: DTYPE_BYTES.get(v, DTYPE_BYTES[default])).to_numpy(dtype=float)
+
+
+def _layout(df: pd.DataFrame) -> Layout:
+    adp = df["attention_dp"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    return Layout(tp=_num(df, "tp", 1).astype(int), pp=_num(df, "pp", 1).astype(int), dp=_num(df, "dp", 1).astype(int),
+                  ep=_num(df, "ep", 1).astype(int), attention_dp=adp)
+
+
+def _length_params(df: pd.DataFrame, mean_col: str, dist_col: str):
+    """(mean, median, sigma, max) per row from the mean column and the distribution spec string."""
+    mean = _num(df, mean_col, np.nan)
+    median, sigma, top = mean.copy(), np.zeros(len(df)), mean.copy()
+    dist = df[dist_col].astype("string")
+    for spec, idx in pd.Series(np.arange(len(df))).groupby(dist.fillna("").to_numpy()).groups.items():
+        if spec and spec.startswith("lognormal"):
+            d = parse_length_dist(spec)
+            median[idx], sigma[idx], top[idx] = d.median, d.sigma, d.max_tokens
+    return mean, median, sigma, top
+
+
+def physics_frame(df: pd.DataFrame, cal: Calibration | None = None) -> pd.DataFrame:
+    """Return `df` (conformed to the schema) with phys_* targets, f_* features, regime and bottleneck."""
+    cal = cal or default_calibration()
+    out = conform(df).reset_index(drop=True)
+    n = len(out)
+    for t in SERVING_TARGETS + STEP_TARGETS + OP_TARGETS:
+        out[f"phys_{t}"] = np.nan
+    if n == 0:
+        out["regime"] = pd.Series(dtype="string")
+        out["bottleneck"] = pd.Series(dtype="string")
+        return out
+    model = columnar_model(out["model"])
+    gpu = columnar_gpu(out["gpu"])
+    layout = _layout(out)
+    wdt = _dtype_col(out, "weight_dtype", "bf16")
+    kdt_raw = out["kv_dtype"].astype("string")
+    kdt = np.where(kdt_raw.isna() | (kdt_raw.str.lower() == "auto"), np.where(wdt <= 1.0, 2.0, wdt),
+                   _dtype_col(out, "kv_dtype", "bf16"))
+    feats = _descriptor_features(model, gpu, layout, wdt, kdt)
+    kind = out["kind"].astype("string").fillna("").to_numpy()
+
+    cols: dict[str, np.ndarray] = {}
+    regime = np.full(n, None, dtype=object)
+    bottleneck = np.full(n, None, dtype=object)
+    for name, fn in (("serving", _serving_physics), ("step", _step_physics), ("op", _op_physics)):
+        mask = kind == name
+        if not mask.any():
+            continue
+        idx = np.flatnonzero(mask)
+        sub = out.iloc[idx].reset_index(drop=True)
+        r, b = np.full(len(idx), None, dtype=object), np.full(len(idx), None, dtype=object)
+        part = fn(sub, np.ones(len(idx), dtype=bool), _take(model, idx), _take(gpu, idx), _take(layout, idx), wdt[idx],
+                  np.asarray(kdt)[idx], cal, r, b)
+        regime[idx], bottleneck[idx] = r, b
+        for k, v in part.items():
+            col = cols.setdefault(k, np.full(n, np.nan))
+            col[idx] = v
+    new = pd.DataFrame({**feats, **cols}, index=out.index)
+    out = pd.concat([out.drop(columns=[c for c in new.columns if c in out.columns]), new], axis=1)
+    out["regime"] = pd.array(regime, dtype="string")
+    out["bottleneck"] = pd.array(bottleneck, dtype="string")
+    return out
+
+
+def _take(spec, idx):
+    """The rows `idx` of a columnar spec (array fields indexed, scalars kept)."""
+    from dataclasses import replace
+
+    changes = {f.name: np.asarray(getattr(spec, f.name))[idx] for f in fields(spec)
+               if isinstance(getattr(spec, f.name), np.ndarray) and np.asarray(getattr(spec, f.name)).ndim == 1}
+    return replace(spec, **changes)
+
+
+def _descriptor_features(model, gpu, layout, wdt, kdt) -> dict[str, np.ndarray]:
+    n = len(np.atleast_1d(model.num_layers))
+    ones = np.ones(n)
+    return {
+        "f_params_b": total_params(model) / 1e9 * ones,
+        "f_active_params_b": active_params_per_token(model) / 1e9 * ones,
+        "f_layers": model.num_layers * ones,
+        "f_hidden": model.hidden_size * ones,
+        "f_heads": model.num_heads * ones,
+        "f_kv_heads": model.num_kv_heads * ones,
+        "f_experts": model.num_experts * ones,
+        "f_topk": model.experts_per_token * ones,
+        "f_mla": (model.kv_lora_rank > 0) * ones,
+        "f_kv_bytes_per_token": kv_bytes_per_token(model, kdt) * ones,
+        "f_weight_bytes_per_elem": wdt * ones,
+        "f_gpu_mem_gb": gpu.memory_gb * ones,
+        "f_gpu_hbm_gbps": gpu.hbm_bandwidth_gbps * ones,
+        "f_gpu_bf16_tflops": gpu.bf16_tflops * ones,
+        "f_gpu_fp8_tflops": gpu.fp8_tflops * ones,
+        "f_gpu_link_gbps": gpu.link_bandwidth_gbps * ones,
+        "f_tp": layout.tp * ones,
+        "f_pp": layout.pp * ones,
+        "f_dp": layout.dp * ones,
+        "f_ep": layout.ep * ones,
+        "f_attention_dp": np.asarray(layout.attention_dp, dtype=float) * ones,
+        "f_num_gpus": layout.num_gpus * ones,
+    }
+
+
+def _serving_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottleneck) -> dict[str, np.ndarray]:
+    n = len(out)
+    isl, _, _, _ = _length_params(out, "isl", "isl_dist")
+    osl, osl_med, osl_sig, osl_max = _length_params(out, "osl", "osl_dist")
+    engine = EngineArrays(
+        weight_dtype=wdt, kv_dtype=kdt,
+        max_num_seqs=_num(out, "max_num_seqs", 256), max_num_batched_tokens=_num(out, "max_num_batched_tokens", 8192),
+        gpu_memory_utilization=_num(out, "gpu_memory_utilization", 0.9), block_size=_num(out, "block_size", 16))
+    isl = np.where(np.isnan(isl), 1024, isl)
+    osl = np.where(np.isnan(osl), 1024, osl)
+    e = estimate_serving(model, gpu, layout, engine, cal, isl, osl, _num(out, "num_requests", 0), _num(out, "concurrency", 0),
+                         _num(out, "request_rate", 0), np.where(np.isnan(osl_med), osl, osl_med), osl_sig,
+                         np.where(np.isnan(osl_max), osl, osl_max))
+
+    def m(v):
+        return np.where(mask, np.broadcast_to(np.asarray(v, dtype=float), (n,)), np.nan)
+
+    cols = {
+        "phys_output_throughput": m(e.output_throughput), "phys_total_throughput": m(e.total_throughput),
+        "phys_request_throughput": m(e.request_throughput), "phys_ttft_ms": m(e.ttft_ms), "phys_tpot_ms": m(e.tpot_ms),
+        "phys_ttft_p99_ms": m(e.ttft_p99_ms), "phys_tpot_p99_ms": m(e.tpot_p99_ms), "phys_makespan_s": m(e.makespan_s),
+        "phys_kv_capacity_tokens": m(e.kv_capacity_tokens),
+        "f_isl": m(isl), "f_osl": m(osl), "f_kv_capacity_tokens": m(e.kv_capacity_tokens),
+        "f_weight_bytes_per_gpu": m(e.weight_bytes_per_gpu), "f_batch": m(e.batch), "f_batch_limit_kv": m(e.batch_limit_kv),
+        "f_demand_per_replica": m(e.demand_per_replica), "f_prefill_ms": m(e.prefill_ms), "f_hbm_bw_util": m(e.hbm_bw_util),
+        "f_feasible": m(e.feasible),
+    }
+    for k, v in e.terms.items():
+        cols[f"f_term_{k}_ms"] = m(v)
+    regime[mask] = np.broadcast_to(e.regime, (n,))[mask]
+    bottleneck[mask] = np.broadcast_to(e.bottleneck, (n,))[mask]
+    return cols
+
+
+def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottleneck) -> dict[str, np.ndarray]:
+    n = len(out)
+    phase = out["phase"].astype("string").fillna("decode").to_numpy()
+    decode = phase == "decode"
+    batch = _num(out, "batch", 1)
+    ctx = _num(out, "context", 0)
+    tokens = _num(out, "tokens", np.nan)
+    tokens = np.where(np.isnan(tokens), np.where(decode, batch, ctx), tokens)
+    d = np.where(decode, batch, 0.0)
+    kv = np.where(decode, batch * ctx, 0.0)
+    T = np.where(decode, 0.0, tokens)
+    prefix = np.where(decode, 0.0, np.maximum(ctx - tokens, 0.0))
+    t = stage_step_terms(model, gpu, layout, cal, d, kv, T, prefix, wdt, kdt, include_comm=False,
+                         include_lm_head=False, include_overhead=False)
+    lm = gemm_ms(np.maximum(d, 1), model.vocab_size / layout.tp, model.hidden_size, gpu, cal)
+
+    def m(v):
+        return np.where(mask, np.broadcast_to(np.asarray(v, dtype=float), (n,)), np.nan)
+
+    terms = {"weights": t.weight_read_ms, "kv_cache": t.kv_read_ms, "compute": t.compute_ms}
+    stack = np.vstack([np.broadcast_to(v, (n,)) for v in terms.values()])
+    top = np.array(list(terms))[np.argmax(stack, axis=0)]
+    regime[mask] = np.where(top == "compute", "compute", "bandwidth")[mask]
+    bottleneck[mask] = np.where(top == "compute", "tensor_core_compute",
+                                np.where(top == "weights", "weight_bandwidth", "kv_bandwidth"))[mask]
+    return {"phys_layer_ms": m(t.layer_ms), "phys_lm_head_ms": m(lm), "f_step_batch": m(batch), "f_step_context": m(ctx),
+            "f_step_tokens": m(tokens), "f_term_weights_ms": m(t.weight_read_ms / np.maximum(1, model.num_layers)),
+            "f_term_kv_cache_ms": m(t.kv_read_ms), "f_term_compute_ms": m(t.compute_ms)}
+
+
+def _op_physics(out, mask, model_unused, gpu, layout_unused, wdt, kdt_unused, cal, regime, bottleneck) -> dict[str, np.ndarray]:
+    """op rows: GEMM (m, n, k in detail), decode attention, collectives (message_bytes, world_size)."""
+    n = len(out)
+    op = out["op"].astype("string").fillna("").str.lower().to_numpy()
+    detail = out["detail"].astype("string").fillna("{}").to_numpy()
+    parsed = [json.loads(s) if m and s.startswith("{") else {} for s, m in zip(detail, mask)]
+
+    def field(*keys, default=np.nan):
+        vals = np.full(n, default, dtype=float)
+        for i, d in enumerate(parsed):
+            for k in keys:
+                if k in d and d[k] is not None:
+                    try:
+                        vals[i] = float(d[k])
+                    except (TypeError, ValueError):
+                        pass
+                    break
+        return vals
+
+    phys = np.full(n, np.nan)
+    mm, nn, kk = field("m"), field("n"), field("k")
+    is_gemm = mask & (op == "gemm") & ~np.isnan(mm)
+    phys = np.where(is_gemm, gemm_ms(np.nan_to_num(mm), np.nan_to_num(nn), np.nan_to_num(kk), gpu, cal, wdt), phys)
+    size = field("message_bytes", "message_size_bytes")
+    world = field("world_size", "num_gpus", default=np.nan)
+    world = np.where(np.isnan(world), _num(out, "num_gpus", 1), world)
+    for name, fn in (("allreduce", comm.allreduce_ms), ("all_reduce", comm.allreduce_ms), ("allgather", comm.allgather_ms),
+                     ("all_gather", comm.allgather_ms), ("alltoall", comm.alltoall_ms)):
+        sel = mask & (op == name) & ~np.isnan(size)
+        if sel.any():
+            phys = np.where(sel, fn(np.nan_to_num(size), world, gpu, cal), phys)
+    sel = mask & np.isin(op, ["attn_decode", "attn"])
+    if sel.any():
+        heads = field("num_heads", default=32)
+        kvh = field("num_kv_heads", "kv_heads", default=8)
+        hd = field("head_dim", default=128)
+        spec = ModelSpec("op", 1, 1, np.nan_to_num(heads, nan=32), np.nan_to_num(kvh, nan=8), np.nan_to_num(hd, nan=128), 1, 1)
+        b = _num(out, "batch", 1)
+        ctx = _num(out, "context", 0)
+        t, _ = decode_attention_ms(b, b * ctx, spec, Layout(), gpu, cal)
+        phys = np.where(sel, t, phys)
+    return {"phys_op_ms": np.where(mask, phys, np.nan)}

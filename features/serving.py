@@ -1,0 +1,170 @@
+"""Steady-state serving physics: KV capacity -> batch reached -> step time -> TPOT, TTFT, throughput, makespan.
+
+Vectorised over rows (columnar specs), used by `predict_frame` and as the fast screen of search. The closed-batch
+request-level simulation (`features.scheduler`) refines makespan, preemptions and the tail for single scenarios.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.calibration import Calibration
+from features.memory import kv_capacity_tokens, kv_bytes_per_token_per_gpu, weight_bytes_per_gpu
+from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec
+from features.steptime import replica_step_ms, stage_step_terms
+
+REGIMES = ("compute", "bandwidth", "capacity", "communication")
+
+
+@dataclass
+class EngineArrays:
+    """Engine knobs as per-row arrays (or scalars)."""
+
+    weight_dtype: object = "bf16"
+    kv_dtype: object = "bf16"
+    max_num_seqs: object = 256
+    max_num_batched_tokens: object = 8192
+    gpu_memory_utilization: object = 0.9
+    block_size: object = 16
+
+    @classmethod
+    def from_config(cls, e: EngineConfig) -> "EngineArrays":
+        return cls(e.weight_dtype, e.kv_dtype, e.max_num_seqs, e.max_num_batched_tokens, e.gpu_memory_utilization, e.block_size)
+
+
+@dataclass
+class ServingEstimate:
+    """Per-row physics answer for a serving configuration, with the terms that explain it."""
+
+    kv_capacity_tokens: np.ndarray  # per attention replica
+    weight_bytes_per_gpu: np.ndarray
+    kv_bytes_per_token_per_gpu: np.ndarray
+    batch: np.ndarray  # steady-state running sequences per replica
+    batch_limit_kv: np.ndarray  # sequences the KV cache holds at the average context
+    demand_per_replica: np.ndarray
+    tpot_ms: np.ndarray
+    ttft_ms: np.ndarray
+    ttft_p99_ms: np.ndarray
+    tpot_p99_ms: np.ndarray
+    output_throughput: np.ndarray
+    total_throughput: np.ndarray
+    request_throughput: np.ndarray
+    makespan_s: np.ndarray
+    prefill_ms: np.ndarray
+    hbm_bw_util: np.ndarray
+    terms: dict  # ms per step at the steady batch: weights, kv, compute, communication, latency
+    regime: np.ndarray
+    bottleneck: np.ndarray
+    feasible: np.ndarray
+    infeasible_reason: np.ndarray
+
+
+def expected_max_osl(osl_mean, osl_median, osl_sigma, osl_max, n_requests):
+    """Expected longest output among n requests: median·exp(σ·z) with z the (1 − 1/n) normal quantile, clipped."""
+    from scipy.stats import norm
+
+    n = np.maximum(np.asarray(n_requests, dtype=float), 2.0)
+    z = norm.ppf(1.0 - 1.0 / n)
+    lognormal = np.minimum(np.asarray(osl_median) * np.exp(np.asarray(osl_sigma) * z), osl_max)
+    return np.where(np.asarray(osl_sigma) > 0, lognormal, osl_mean)
+
+
+def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineArrays, cal: Calibration,
+                     isl, osl, num_requests=0, concurrency=0, request_rate=0.0, osl_median=None, osl_sigma=0.0,
+                     osl_max=None) -> ServingEstimate:
+    """Steady-state serving estimate; every argument may be a scalar or a per-row array."""
+    isl = np.asarray(isl, dtype=float)
+    osl = np.asarray(osl, dtype=float)
+    nreq = np.asarray(num_requests, dtype=float)
+    conc = np.asarray(concurrency, dtype=float)
+    rate = np.asarray(request_rate, dtype=float)
+    replicas = np.asarray(layout.attention_replicas, dtype=float)
+    mns = np.asarray(engine.max_num_seqs, dtype=float)
+    bs = np.asarray(engine.block_size, dtype=float)
+
+    cap = kv_capacity_tokens(model, gpu, layout, EngineConfig(), weight_dtype=engine.weight_dtype,
+                             kv_dtype=engine.kv_dtype, gpu_memory_utilization=engine.gpu_memory_utilization,
+                             block_size=engine.block_size, max_num_batched_tokens=engine.max_num_batched_tokens,
+                             max_num_seqs=engine.max_num_seqs)
+    wbytes = weight_bytes_per_gpu(model, layout, engine.weight_dtype)
+    kvb = kv_bytes_per_token_per_gpu(model, layout, engine.kv_dtype)
+
+    avg_ctx = isl + osl / 2.0 + bs / 2.0  # average KV a running sequence holds, half a block of rounding
+    b_kv = np.floor(cap / avg_ctx)
+    # demand: closed batch -> requests per replica; concurrency -> its share; otherwise saturate
+    demand = np.where(nreq > 0, nreq / replicas, np.where(conc > 0, conc / replicas, mns))
+    demand = np.where((conc > 0) & (nreq > 0), np.minimum(conc, nreq) / replicas, demand)
+    cap_batch = np.maximum(1.0, np.minimum(mns, b_kv))
+    batch = np.maximum(1.0, np.minimum(cap_batch, np.ceil(demand)))
+
+    def step(b):
+        T = b * isl / np.maximum(osl, 1.0)  # chunked prefill work amortised over each request's decode steps
+        return replica_step_ms(model, gpu, layout, cal, b, b * (isl + osl / 2.0), T, 0.0, engine.weight_dtype, engine.kv_dtype)
+
+    # request rate: the batch in flight follows Little's law, B = rate_per_replica × osl × TPOT(B)
+    open_loop = (rate > 0) & (nreq <= 0) & (conc <= 0)
+    if np.any(open_loop):
+        b = np.ones_like(batch)
+        for _ in range(12):
+            b = np.clip(rate / replicas * osl * step(b) / 1e3, 1.0, cap_batch)
+        batch = np.where(open_loop, b, batch)
+
+    tpot = step(batch)
+    prefill = replica_step_ms(model, gpu, layout, cal, 0.0, 0.0, isl, 0.0, engine.weight_dtype, engine.kv_dtype)
+    # a new request's prefill rides in a step with the running batch
+    ttft_base = replica_step_ms(model, gpu, layout, cal, np.maximum(batch - 1, 0), np.maximum(batch - 1, 0) * (isl + osl / 2),
+                                isl, 0.0, engine.weight_dtype, engine.kv_dtype)
+    ttft_base = np.maximum(ttft_base, prefill)
+    completion_rate = batch / np.maximum(osl * tpot, 1e-9)  # requests per ms per replica
+    waiting = np.maximum(demand - batch, 0.0)
+    closed = nreq > 0
+    wait_mean = np.where(closed, waiting**2 / 2.0 / np.maximum(demand, 1.0), waiting) / completion_rate
+    wait_p99 = waiting / completion_rate
+    ttft = ttft_base + wait_mean
+    ttft_p99 = ttft_base + wait_p99
+
+    out_tps = replicas * batch / tpot * 1e3
+    total_tps = out_tps * (isl + osl) / np.maximum(osl, 1.0)
+    req_tps = out_tps / np.maximum(osl, 1.0)
+
+    osl_med = osl if osl_median is None else np.asarray(osl_median, dtype=float)
+    osl_top = osl if osl_max is None else np.asarray(osl_max, dtype=float)
+    longest = expected_max_osl(osl, osl_med, osl_sigma, osl_top, np.maximum(nreq, 1))
+    tpot_alone = step(np.ones_like(batch))
+    work_s = demand * osl * tpot / batch / 1e3
+    # the tail: the longest request runs alone at the end of a closed batch for the part it outlives the rest
+    tail_s = np.maximum(longest - osl, 0.0) * tpot_alone / 1e3 * 0.5
+    makespan = np.where(closed, np.maximum(work_s + tail_s + ttft_base / 1e3, longest * tpot_alone / 1e3), np.nan)
+
+    # explanatory terms at the steady batch (per replica step, ms)
+    pp = layout.pp
+    t = stage_step_terms(model, gpu, layout, cal, batch / pp, batch * (isl + osl / 2.0) / pp, batch * isl / np.maximum(osl, 1) / pp,
+                         0.0, engine.weight_dtype, engine.kv_dtype)
+    terms = {
+        "weights": pp * t.weight_read_ms,
+        "kv_cache": pp * t.kv_read_ms,
+        "compute": pp * t.compute_ms,
+        "communication": pp * (t.comm_ms + t.p2p_ms),
+        "latency": pp * (t.overhead_ms + t.misc_ms + t.lm_head_ms),
+    }
+    hbm_util = (wbytes + kvb * batch * (isl + osl / 2.0)) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9) / pp
+
+    names = np.array(list(terms))
+    stack = np.vstack([np.broadcast_to(np.asarray(v, dtype=float), tpot.shape) for v in terms.values()])
+    top = names[np.argmax(stack, axis=0)]
+    capacity_bound = (b_kv < np.minimum(mns, np.ceil(demand))) & (b_kv >= 1)
+    regime = np.select([capacity_bound, top == "compute", top == "communication"], ["capacity", "compute", "communication"],
+                       "bandwidth")
+    bottleneck = np.where(capacity_bound, "kv_cache_capacity",
+                          np.select([top == "weights", top == "kv_cache", top == "compute", top == "communication"],
+                                    ["weight_bandwidth", "kv_bandwidth", "tensor_core_compute", "interconnect"],
+                                    "kernel_latency"))
+    min_tokens = isl + 1
+    feasible = cap >= min_tokens
+    reason = np.where(wbytes > gpu.memory_gb * 1e9 * np.asarray(engine.gpu_memory_utilization),
+                      "weights do not fit in GPU memory", np.where(feasible, "", "no room for the KV cache of one request"))
+    tpot_p99 = step(np.maximum(batch, np.minimum(cap_batch, np.ceil(demand))))  # the fullest steady batch
+    return ServingEstimate(cap, wbytes, kvb, batch, b_kv, demand, tpot, ttft, ttft_p99, tpot_p99, out_tps, total_tps,
+                           req_tps, makespan, prefill, hbm_util, terms, regime, bottleneck, feasible, reason)

@@ -1,0 +1,222 @@
+"""Step-time physics: one engine step (decode tokens plus chunked-prefill tokens) on one pipeline stage.
+
+Per layer and GPU: GEMMs as latency floor + blended memory/compute time (`gemm_ms`), decode attention as KV
+bytes over an achieved bandwidth that grows with the number of (sequence × KV head) work units, prefill attention
+FLOPs, MoE grouped GEMMs over the experts the batch actually hits, small kernels, and TP all-reduce / EP
+all-to-all. All functions are vectorised: scalars or numpy arrays (columnar specs) broadcast together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from features import comm
+from features.calibration import Calibration
+from features.memory import _bytes, kv_heads_per_gpu, layers_per_stage
+from features.specs import GPUSpec, Layout, ModelSpec
+
+ACT_BYTES = 2.0  # activations are bf16
+
+
+def peak_tflops(gpu: GPUSpec, weight_dtype) -> np.ndarray:
+    """Datasheet dense rate for the GEMM dtype (fp8/fp4 weights run W8A8/W4A4 where the GPU supports it)."""
+    wb = _bytes(weight_dtype)
+    fp8 = np.where(np.asarray(gpu.fp8_tflops) > 0, gpu.fp8_tflops, gpu.bf16_tflops)
+    fp4 = np.where(np.asarray(gpu.fp4_tflops) > 0, gpu.fp4_tflops, fp8)
+    return np.where(wb <= 0.5, fp4, np.where(wb <= 1.0, fp8, gpu.bf16_tflops))
+
+
+def gemm_terms(m, n, k, weight_bytes, gpu: GPUSpec, cal: Calibration, weight_dtype="bf16", peak=None):
+    """(memory ms, compute ms) of x[m,k] @ W[k,n]: bytes of W plus activations in/out; 2mnk FLOPs."""
+    m = np.asarray(m, dtype=float)
+    bytes_moved = n * k * weight_bytes + (m * k + m * n) * ACT_BYTES
+    t_mem = bytes_moved / (cal.gemm_bw_frac * gpu.hbm_bandwidth_gbps * 1e9) * 1e3
+    peak = peak_tflops(gpu, weight_dtype) if peak is None else peak
+    t_comp = 2.0 * m * n * k / (cal.gemm_rate_frac * peak * 1e12) * 1e3
+    return t_mem, t_comp
+
+
+def gemm_ms(m, n, k, gpu: GPUSpec, cal: Calibration, weight_dtype="bf16", peak=None, weight_bytes=None):
+    """Time of one GEMM: floor + (t_mem^p + t_compute^p)^(1/p); zero when m = 0."""
+    wb = _bytes(weight_dtype) if weight_bytes is None else weight_bytes
+    t_mem, t_comp = gemm_terms(m, n, k, wb, gpu, cal, weight_dtype, peak)
+    p = cal.gemm_p
+    t = cal.gemm_floor_ms + (t_mem**p + t_comp**p) ** (1.0 / p)
+    return np.where(np.asarray(m) > 0, t, 0.0)
+
+
+def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: GPUSpec, cal: Calibration, kv_dtype="bf16"):
+    """Decode attention of one layer on one GPU: floor + max(KV bytes / achieved bandwidth, FLOPs / rate).
+
+    The achieved bandwidth is min(saturated, units × per-unit) with units = sequences × KV heads per GPU (one
+    thread block each), as the GPU probe measured (0.36 TB/s at batch 1 vs 4.6 TB/s at batch ≥ 32 on an H200).
+    """
+    seqs = np.asarray(seqs, dtype=float)
+    kv_tokens = np.asarray(kv_tokens, dtype=float)
+    kb = _bytes(kv_dtype)
+    kvh = kv_heads_per_gpu(model, layout)
+    heads = np.maximum(1, model.num_heads / layout.attention_tp)
+    per_token = np.where(model.kv_lora_rank > 0, (model.kv_lora_rank + model.qk_rope_head_dim) * kb,
+                         2 * kvh * model.head_dim * kb)
+    units = seqs * np.where(model.kv_lora_rank > 0, np.maximum(1, heads / 16), kvh)
+    hbm = gpu.hbm_bandwidth_gbps * 1e9
+    bw = np.minimum(cal.attn_bw_sat_frac * hbm, np.maximum(units, 1) * cal.attn_unit_bw_frac * hbm)
+    flops = np.where(model.kv_lora_rank > 0, 2 * kv_tokens * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim),
+                     4 * kv_tokens * heads * model.head_dim)
+    t_mem = kv_tokens * per_token / bw * 1e3
+    t_comp = flops / (cal.prefill_attn_rate_frac * gpu.bf16_tflops * 1e12) * 1e3
+    return np.where(seqs > 0, cal.attn_floor_ms + np.maximum(t_mem, t_comp), 0.0), t_mem
+
+
+def prefill_attention_ms(prefill_tokens, prefix_tokens, model: ModelSpec, layout: Layout, gpu: GPUSpec, cal: Calibration):
+    """Causal attention FLOPs of a prefill chunk of T tokens after P cached tokens: 4·T·(P + T/2)·heads·head_dim."""
+    T = np.asarray(prefill_tokens, dtype=float)
+    P = np.asarray(prefix_tokens, dtype=float)
+    heads = np.maximum(1, model.num_heads / layout.attention_tp)
+    hd = np.where(model.kv_lora_rank > 0, model.qk_nope_head_dim + model.qk_rope_head_dim, model.head_dim)
+    flops = 4.0 * T * (P + T / 2.0) * heads * hd
+    t = flops / (cal.prefill_attn_rate_frac * gpu.bf16_tflops * 1e12) * 1e3
+    return np.where(T > 0, cal.attn_floor_ms + t, 0.0)
+
+
+@dataclass
+class StepTerms:
+    """Per-stage time of one engine step, split into the terms that explain it (all ms, arrays broadcast)."""
+
+    gemm_ms: np.ndarray  # dense GEMMs (attention projections, dense FFN, shared experts)
+    attention_ms: np.ndarray
+    moe_ms: np.ndarray
+    misc_ms: np.ndarray  # small kernels per layer
+    comm_ms: np.ndarray  # TP all-reduce + EP all-to-all per layer, times layers
+    lm_head_ms: np.ndarray
+    overhead_ms: np.ndarray  # engine step overhead (CPU)
+    p2p_ms: np.ndarray
+    # explanatory sub-terms (not added again)
+    weight_read_ms: np.ndarray
+    kv_read_ms: np.ndarray
+    compute_ms: np.ndarray
+    layer_ms: np.ndarray  # one decoder layer (average over dense and MoE layers), no communication
+
+    @property
+    def stage_ms(self):
+        return (self.gemm_ms + self.attention_ms + self.moe_ms + self.misc_ms + self.comm_ms + self.lm_head_ms
+                + self.overhead_ms + self.p2p_ms)
+
+
+def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibration, decode_seqs, decode_kv_tokens,
+                     prefill_tokens=0.0, prefill_prefix_tokens=0.0, weight_dtype="bf16", kv_dtype="bf16",
+                     include_comm=True, include_lm_head=True, include_overhead=True) -> StepTerms:
+    """Time of one step of the most loaded pipeline stage for one attention replica's batch.
+
+    `decode_seqs` sequences each decode one token with `decode_kv_tokens` KV tokens in total; `prefill_tokens`
+    prompt tokens (chunked prefill, after `prefill_prefix_tokens` cached ones) run in the same fused step.
+    """
+    d = np.asarray(decode_seqs, dtype=float)
+    kv = np.asarray(decode_kv_tokens, dtype=float)
+    T = np.asarray(prefill_tokens, dtype=float)
+    m = d + T  # tokens through the GEMMs
+    h, hd = model.hidden_size, model.head_dim
+    a_tp = layout.attention_tp
+    heads_g = np.maximum(1, model.num_heads / a_tp)
+    kvh_g = kv_heads_per_gpu(model, layout)
+    wb = _bytes(weight_dtype)
+    peak = peak_tflops(gpu, wb)
+
+    def g(n, k):
+        return gemm_ms(m, n, k, gpu, cal, weight_dtype, peak, wb)
+
+    def gt(n, k):
+        return gemm_terms(m, n, k, wb, gpu, cal, weight_dtype, peak)
+
+    is_mla = np.asarray(model.kv_lora_rank > 0)
+    qk_hd = model.qk_nope_head_dim + model.qk_rope_head_dim
+    # attention projections
+    gqa_proj = g((heads_g + 2 * kvh_g) * hd, h) + g(h, heads_g * hd)
+    mla_proj = (np.where(model.q_lora_rank > 0, g(model.q_lora_rank, h) + g(heads_g * qk_hd, np.maximum(model.q_lora_rank, 1)),
+                         g(heads_g * qk_hd, h))
+                + g(model.kv_lora_rank + model.qk_rope_head_dim, h)
+                + g(heads_g * (model.qk_nope_head_dim + model.v_head_dim), np.maximum(model.kv_lora_rank, 1))
+                + g(h, heads_g * np.maximum(model.v_head_dim, 1)))
+    proj = np.where(is_mla, mla_proj, gqa_proj)
+    # dense FFN (dense layers) and shared experts (MoE layers)
+    dense_ffn = g((model.ffn_matrices - 1) * model.intermediate_size / a_tp, h) + g(h, model.intermediate_size / a_tp)
+    shared_w = model.num_shared_experts * model.moe_intermediate_size / a_tp
+    shared = np.where(shared_w > 0, g(2 * np.maximum(shared_w, 1), h) + g(h, np.maximum(shared_w, 1)), 0.0)
+    L = model.num_layers
+    dense_frac = model.num_dense_ffn_layers / L
+    moe_frac = model.num_moe_layers / L
+    gemm_layer = proj + dense_frac * dense_ffn + moe_frac * shared
+
+    # MoE: tokens entering the MoE group come from every attention replica in it
+    E = np.maximum(model.num_experts, 1)
+    k_top = model.experts_per_token
+    group_tokens = m * layout.moe_group / a_tp
+    local_experts = E / layout.ep
+    hit = local_experts * (1.0 - (1.0 - k_top / E) ** group_tokens)
+    expert_bytes = 3 * h * model.moe_intermediate_size * wb / layout.moe_tp
+    moe_bytes = hit * expert_bytes
+    moe_flops = 2.0 * group_tokens * k_top * 3 * h * model.moe_intermediate_size / layout.moe_group
+    hbm = gpu.hbm_bandwidth_gbps * 1e9
+    moe_mem = moe_bytes / (cal.moe_bw_frac * hbm) * 1e3
+    moe_comp = moe_flops / (cal.moe_rate_frac * peak * 1e12) * 1e3
+    moe_layer = np.where((model.num_experts > 0) & (m > 0), cal.moe_floor_ms + moe_mem + moe_comp, 0.0) * moe_frac
+
+    attn_dec, kv_read = decode_attention_ms(d, kv, model, layout, gpu, cal, kv_dtype)
+    attn_pre = prefill_attention_ms(T, prefill_prefix_tokens, model, layout, gpu, cal)
+    misc = np.where(m > 0, cal.layer_misc_ms + cal.misc_bytes_per_token_hidden * m * h / hbm * 1e3, 0.0)
+
+    # communication per layer: 2 all-reduces of m×hidden under attention TP; EP all-to-all dispatch + combine
+    ar_bytes = m * h * ACT_BYTES
+    tp_comm = 2 * comm.allreduce_ms(ar_bytes, a_tp, gpu, cal)
+    a2a_bytes = m * k_top * h * ACT_BYTES
+    ep_comm = np.where((model.num_experts > 0) & (layout.ep > 1),
+                       2 * comm.alltoall_ms(a2a_bytes, layout.moe_group, gpu, cal), 0.0) * moe_frac
+    comm_layer = np.where(m > 0, tp_comm + ep_comm, 0.0) if include_comm else np.zeros_like(m)
+
+    n_layers = layers_per_stage(model, layout)
+    # LM head on the last stage for the sequences that emit a token this step
+    out_rows = d + np.where(T > 0, 1.0, 0.0)
+    lm = np.where(out_rows > 0, gemm_ms(out_rows, model.vocab_size / layout.tp, h, gpu, cal, "bf16") + cal.sampling_ms, 0.0)
+    lm = lm if include_lm_head else np.zeros_like(lm)
+    overhead = np.where(m > 0, cal.step_overhead_ms, 0.0) if include_overhead else np.zeros_like(m)
+    p2p = np.where((layout.pp > 1) & (m > 0), comm.p2p_ms(m * h * ACT_BYTES, gpu, cal,
+                                                          layout.tp * layout.pp > gpu.gpus_per_node), 0.0)
+
+    # explanatory terms: weight streaming vs KV streaming vs compute
+    w_attn_mem, w_attn_comp = gt((heads_g + 2 * kvh_g) * hd, h)
+    o_mem, o_comp = gt(h, heads_g * hd)
+    f_mem, f_comp = gt(model.ffn_matrices * model.intermediate_size / a_tp, h)
+    weight_read = n_layers * (w_attn_mem + o_mem + dense_frac * f_mem + moe_mem)
+    compute = n_layers * (w_attn_comp + o_comp + dense_frac * f_comp + moe_comp)
+
+    layer = gemm_layer + moe_layer + attn_dec + attn_pre + misc
+    return StepTerms(
+        gemm_ms=n_layers * gemm_layer,
+        attention_ms=n_layers * (attn_dec + attn_pre),
+        moe_ms=n_layers * moe_layer,
+        misc_ms=n_layers * misc,
+        comm_ms=n_layers * comm_layer,
+        lm_head_ms=lm,
+        overhead_ms=overhead,
+        p2p_ms=p2p,
+        weight_read_ms=weight_read,
+        kv_read_ms=n_layers * kv_read,
+        compute_ms=compute,
+        layer_ms=layer,
+    )
+
+
+def replica_step_ms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibration, decode_seqs, decode_kv_tokens,
+                    prefill_tokens=0.0, prefill_prefix_tokens=0.0, weight_dtype="bf16", kv_dtype="bf16"):
+    """Time between two tokens of a request in one replica running `decode_seqs` sequences.
+
+    PP = 1: one stage step. PP > 1: the batch is split into `pp` micro-batches in flight (vLLM's batch queue),
+    so each request advances once per pp × stage step of a micro-batch of decode_seqs / pp sequences.
+    """
+    pp = layout.pp
+    terms = stage_step_terms(model, gpu, layout, cal, np.asarray(decode_seqs, float) / pp,
+                             np.asarray(decode_kv_tokens, float) / pp, np.asarray(prefill_tokens, float) / pp,
+                             prefill_prefix_tokens, weight_dtype, kv_dtype)
+    return pp * terms.stage_ms

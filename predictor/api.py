@@ -1,0 +1,230 @@
+"""The library API: `Predictor` (load, predict_frame, predict) on top of physics and learned residual models."""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.calibration import Calibration, default_calibration
+from features.catalog import DATA_DIR, resolve_gpu, resolve_model, resolve_workload
+from features.closed_batch import simulate_deployment
+from features.errors import InputError
+from features.frame import physics_frame
+from features.layouts import check_layout
+from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS
+from features.specs import EngineConfig, Layout, Workload
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "default_model.joblib"
+PHYSICS_UNCERTAINTY_PATH = DATA_DIR / "physics_uncertainty.json"
+ALL_TARGETS = SERVING_TARGETS + STEP_TARGETS + OP_TARGETS
+
+
+@functools.lru_cache(maxsize=1)
+def physics_uncertainty() -> dict:
+    """Per target: the 10th and 90th percentiles of log(measured / physics) on held-out data (an 80% interval)."""
+    if PHYSICS_UNCERTAINTY_PATH.exists():
+        return json.loads(PHYSICS_UNCERTAINTY_PATH.read_text()).get("targets", {})
+    return {}
+
+
+@dataclass
+class Prediction:
+    """One configuration's predicted performance with 80% intervals and the limit that binds."""
+
+    model: str
+    gpu: str
+    layout: str
+    tp: int
+    pp: int
+    dp: int
+    ep: int
+    attention_dp: bool
+    num_gpus: int
+    workload: str
+    targets: dict  # target -> {"value", "lo", "hi"}
+    regime: str
+    bottleneck: str
+    kv_capacity_tokens: float
+    steady_batch: float
+    makespan_s: float | None
+    preemptions: float | None
+    source: str  # "physics" or "physics+learned"
+    simulated: bool
+    explanation: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return _jsonable(asdict(self))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+class Predictor:
+    """Predicts serving, step and op targets for measurement frames; thread-safe (no mutable state after load)."""
+
+    def __init__(self, calibration: Calibration | None = None, learned=None, metadata: dict | None = None):
+        self.calibration = calibration or default_calibration()
+        self.learned = learned
+        self.metadata = metadata or {}
+        self._cache_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "Predictor":
+        """The bundled default (physics + residual models when the artifact exists), or a `layoutcast train` artifact."""
+        if path is None:
+            if DEFAULT_MODEL_PATH.exists():
+                path = DEFAULT_MODEL_PATH
+            else:
+                return cls(metadata={"source": "physics"})
+        from train.artifact import load_artifact  # train imports features only; predictor may import train
+
+        learned = load_artifact(path)
+        return cls(learned=learned, metadata={"source": "physics+learned", "artifact": str(path)})
+
+    @property
+    def source(self) -> str:
+        return "physics+learned" if self.learned is not None else "physics"
+
+    # --- vectorised --------------------------------------------------------------------------------------------
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Add pred_<target>, pred_<target>_lo/_hi (80% interval), regime and bottleneck to any measurement frame."""
+        phys = physics_frame(frame, self.calibration)
+        if self.learned is not None:
+            out = self.learned.predict(phys)
+        else:
+            out = phys
+            unc = physics_uncertainty()
+            new = {}
+            for t in ALL_TARGETS:
+                p = phys[f"phys_{t}"].to_numpy(dtype=float)
+                lo_q, hi_q = unc.get(t, (np.nan, np.nan))
+                new[f"pred_{t}"] = p
+                new[f"pred_{t}_lo"] = p * np.exp(lo_q)
+                new[f"pred_{t}_hi"] = p * np.exp(hi_q)
+            out = pd.concat([out.drop(columns=[c for c in new if c in out.columns]), pd.DataFrame(new, index=out.index)], axis=1)
+        return out
+
+    # --- single configuration ----------------------------------------------------------------------------------
+    def predict(self, model: str, gpu: str, tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1,
+                attention_dp: bool = False, workload: str | Workload = "reasoning", num_requests: int = 0,
+                concurrency: int = 0, request_rate: float = 0.0, isl: int | None = None, osl: int | None = None,
+                engine: EngineConfig | None = None, simulate: bool | None = None, seed: int = 0, **engine_knobs) -> Prediction:
+        """Predict one deployment. With a request count (closed batch) the request-level scheduler simulation
+        gives makespan, preemptions and the tail; `simulate=False` keeps the steady-state answer only."""
+        engine = engine or EngineConfig()
+        if engine_knobs:
+            try:
+                engine = replace(engine, **engine_knobs)
+            except TypeError as e:
+                raise InputError(f"unknown engine setting: {e}") from None
+        key = (model, gpu, tp, pp, dp, ep, attention_dp, workload if isinstance(workload, str) else id(workload),
+               num_requests, concurrency, request_rate, isl, osl, engine, simulate, seed)
+        return self._predict_cached(key, model, gpu, Layout(tp, pp, dp, ep, attention_dp), workload, num_requests,
+                                    concurrency, request_rate, isl, osl, engine, simulate, seed)
+
+    def _predict_cached(self, key, *args) -> Prediction:
+        with self._cache_lock:
+            cache = self.__dict__.setdefault("_predict_cache", {})
+            hit = cache.get(key)
+        if hit is not None:
+            return hit
+        result = self._predict_uncached(*args)
+        with self._cache_lock:
+            if len(cache) > 4096:
+                cache.clear()
+            cache[key] = result
+        return result
+
+    def _predict_uncached(self, model_name, gpu_name, layout: Layout, workload, num_requests, concurrency, request_rate,
+                          isl, osl, engine: EngineConfig, simulate, seed) -> Prediction:
+        model = resolve_model(model_name)
+        gpu = resolve_gpu(gpu_name)
+        wl = resolve_workload(workload, isl, osl).with_arrival(int(num_requests or 0), int(concurrency or 0),
+                                                               float(request_rate or 0.0))
+        for v, name in ((num_requests, "requests"), (concurrency, "concurrency"), (request_rate, "rate")):
+            if v and v < 0:
+                raise InputError(f"--{name} must be positive")
+        engine = replace(engine, weight_dtype=engine.weight_dtype or model.native_dtype)
+        check_layout(model, gpu, layout, engine, min_tokens=int(min(wl.isl.max_tokens, wl.isl.median * 4)) + 1)
+        row = scenario_row(model_name, gpu.name, layout, wl, engine)
+        df = self.predict_frame(pd.DataFrame([row]))
+        r = df.iloc[0]
+        targets = {t: {"value": _f(r[f"pred_{t}"]), "lo": _f(r[f"pred_{t}_lo"]), "hi": _f(r[f"pred_{t}_hi"])}
+                   for t in SERVING_TARGETS if np.isfinite(_f(r[f"pred_{t}"]))}
+        makespan = targets.get("makespan_s", {}).get("value")
+        preemptions = None
+        simulated = False
+        explanation = {k.replace("f_term_", "").replace("_ms", "") + "_ms": _f(r[k]) for k in df.columns if k.startswith("f_term_")}
+        explanation.update(hbm_bandwidth_utilisation=_f(r["f_hbm_bw_util"]), batch_limit_kv=_f(r["f_batch_limit_kv"]),
+                           weight_gb_per_gpu=_f(r["f_weight_bytes_per_gpu"]) / 1e9)
+        if simulate is None:
+            simulate = wl.num_requests > 0
+        if simulate and (wl.num_requests > 0 or wl.concurrency > 0 or wl.request_rate > 0):
+            sim = simulate_deployment(model, gpu, layout, engine, wl, wl.num_requests or None, self.calibration, seed)
+            simulated = True
+            # learned residuals (where trained) scale the simulated values by their ratio to the steady-state physics
+            scale = {t: (targets[t]["value"] / _f(r[f"phys_{t}"])) if t in targets and _f(r[f"phys_{t}"]) > 0 else 1.0
+                     for t in SERVING_TARGETS}
+            sim_values = {
+                "makespan_s": sim.makespan_s if wl.num_requests > 0 else np.nan,
+                "output_throughput": sim.output_throughput, "total_throughput": sim.total_throughput,
+                "request_throughput": sim.request_throughput, "ttft_ms": sim.ttft_mean_s * 1e3,
+                "tpot_ms": sim.tpot_mean_s * 1e3, "ttft_p99_ms": sim.ttft_p99_s * 1e3, "tpot_p99_ms": sim.tpot_p99_s * 1e3,
+            }
+            for t, v in sim_values.items():
+                if not np.isfinite(v):
+                    continue
+                old = targets.get(t, {"value": v, "lo": np.nan, "hi": np.nan})
+                ratio_lo = old["lo"] / old["value"] if old.get("value") else np.nan
+                ratio_hi = old["hi"] / old["value"] if old.get("value") else np.nan
+                val = v * scale.get(t, 1.0)
+                targets[t] = {"value": val, "lo": val * ratio_lo, "hi": val * ratio_hi}
+            makespan = targets.get("makespan_s", {}).get("value")
+            preemptions = float(sim.preemptions)
+            targets["preemptions"] = {"value": preemptions, "lo": np.nan, "hi": np.nan}
+            explanation.update(peak_running_batch=sim.peak_running, mean_running_batch=sim.mean_running,
+                               full_cache_fraction=sim.full_cache_fraction)
+        return Prediction(
+            model=model.name if not str(model_name).endswith(".json") else str(model_name), gpu=gpu.name,
+            layout=layout.label(), tp=layout.tp, pp=layout.pp, dp=layout.dp, ep=layout.ep,
+            attention_dp=bool(layout.attention_dp), num_gpus=layout.num_gpus, workload=wl.name, targets=targets,
+            regime=str(r["regime"]), bottleneck=str(r["bottleneck"]), kv_capacity_tokens=_f(r["phys_kv_capacity_tokens"]),
+            steady_batch=_f(r["f_batch"]), makespan_s=makespan, preemptions=preemptions, source=self.source,
+            simulated=simulated, explanation=explanation)
+
+
+def _f(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def scenario_row(model: str, gpu: str, layout: Layout, wl: Workload, engine: EngineConfig) -> dict:
+    """A serving row of the measurement schema describing one configuration (no targets)."""
+    return {
+        "kind": "serving", "source": "prediction", "engine": engine.engine, "model": model, "gpu": gpu,
+        "weight_dtype": engine.weight_dtype, "kv_dtype": engine.kv_dtype, "tp": layout.tp, "pp": layout.pp,
+        "dp": layout.dp, "ep": layout.ep, "attention_dp": bool(layout.attention_dp), "num_gpus": layout.num_gpus,
+        "isl": wl.isl.mean, "osl": wl.osl.mean, "isl_dist": wl.isl.spec(), "osl_dist": wl.osl.spec(),
+        "num_requests": wl.num_requests, "concurrency": wl.concurrency, "request_rate": wl.request_rate,
+        "max_num_seqs": engine.max_num_seqs, "max_num_batched_tokens": engine.max_num_batched_tokens,
+        "gpu_memory_utilization": engine.gpu_memory_utilization, "block_size": engine.block_size,
+    }

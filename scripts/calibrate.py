@@ -1,0 +1,46 @@
+"""Refit the physics model's efficiency constants and write data/calibration.json (with provenance).
+
+Inputs: the project's own GPU-probe measurements (data/gpu_probe/, H200) and, when ../shared/data is present, the
+measured NCCL and vLLM custom all-reduce timings on H200 from aiconfigurator's op data. Deterministic.
+    python scripts/calibrate.py [--shared ../shared/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from features.calibrate import describe, fit_calibration
+from features.calibration import CALIBRATION_PATH, save_calibration
+from features.catalog import DATA_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    args = ap.parse_args()
+    step = pd.read_csv(DATA_DIR / "gpu_probe" / "h200_step.csv")
+    moe = pd.read_csv(DATA_DIR / "gpu_probe" / "h200_moe.csv")
+    comm = Path(args.shared) / "public" / "aiconfigurator" / "op_perf" / "h200_sxm" / "comm"
+    nccl = custom = None
+    prov = {"gpu_probe": "data/gpu_probe/h200_step.csv, h200_moe.csv (H200, torch 2.11, CUDA graphs, 2026-11-26)"}
+    if comm.exists():
+        nccl = pd.read_parquet(next((comm / "nccl").rglob("nccl_perf.parquet")))
+        custom = pd.read_parquet(next((comm / "vllm").rglob("custom_allreduce_perf.parquet")))
+        prov["collectives"] = ("aiconfigurator op_perf h200_sxm comm: nccl 2.29.2 nccl_perf.parquet and vLLM 0.24.0 "
+                               "custom_allreduce_perf.parquet (ai-dynamo/aiconfigurator@095f58a5, Apache-2.0)")
+    else:
+        print(f"note: {comm} not found; collectives keep built-in defaults")
+    cal = fit_calibration(step, moe, nccl, custom, provenance=prov)
+    save_calibration(cal, CALIBRATION_PATH)
+    print(describe(cal))
+    print(f"wrote {CALIBRATION_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""Feature frames for the learned models: the physics frame from `features`, training rows, feature matrices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.errors import InputError
+from features.schema import conform
+from train.targets import PHYSICS_TARGETS, phys_col
+
+# string columns whose values are worth a learned offset (engine differences, dtype, phase, the physics regime)
+CATEGORICAL_COLUMNS = ("engine", "source", "weight_dtype", "kv_dtype", "phase", "op", "regime", "bottleneck")
+FEATURE_PREFIX = "f_"
+
+
+def is_physics_frame(frame: pd.DataFrame) -> bool:
+    """True when `frame` already went through `features.frame.physics_frame` (has regime and f_ columns)."""
+    return "regime" in frame.columns and any(c.startswith(FEATURE_PREFIX) for c in frame.columns)
+
+
+def physics(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every physics answer (`phys_<target>`) and feature (`f_...`); computed once per frame."""
+    if is_physics_frame(frame):
+        return frame
+    if "kind" not in frame.columns:
+        raise InputError("measurement frame has no 'kind' column (serving, step or op)")
+    from features.frame import physics_frame  # the physics model (features/frame.py)
+
+    out = physics_frame(conform(frame))
+    out.index = frame.index  # physics_frame keeps row order; keep the caller's row labels too
+    return out
+
+
+def target_rows(frame: pd.DataFrame, target: str, need_physics: bool = True) -> np.ndarray:
+    """Boolean mask of rows usable to learn `target`: right kind, status ok, a positive measured value
+    (and a positive physics answer when the model learns a residual on it)."""
+    kind = next(k for k, ts in PHYSICS_TARGETS.items() if target in ts)
+    if target not in frame.columns:
+        return np.zeros(len(frame), dtype=bool)
+    ok = (frame["kind"].astype("string") == kind).fillna(False).to_numpy(bool)
+    if "status" in frame.columns:
+        ok &= frame["status"].astype("string").fillna("ok").eq("ok").to_numpy(bool)
+    meas = float_column(frame, target)
+    ok &= np.isfinite(meas) & (meas > 0)
+    if need_physics:
+        phys = _phys(frame, target)
+        ok &= np.isfinite(phys) & (phys > 0)
+    return ok
+
+
+def float_column(frame: pd.DataFrame, col: str, default: float = np.nan) -> np.ndarray:
+    """A column as float64 (missing or absent = `default`), without pandas' slower coercion paths."""
+    if col not in frame.columns:
+        return np.full(len(frame), default)
+    s = frame[col]
+    try:
+        out = s.to_numpy(dtype=float, na_value=np.nan)
+    except (TypeError, ValueError):
+        out = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    if not np.isnan(default):
+        out = np.where(np.isnan(out), default, out)
+    return out
+
+
+def _phys(frame: pd.DataFrame, target: str) -> np.ndarray:
+    return float_column(frame, phys_col(target))
+
+
+def physics_answer(frame: pd.DataFrame, target: str) -> np.ndarray:
+    """The physics model's answer for `target` on each row (NaN where physics has none)."""
+    return _phys(frame, target)
+
+
+@dataclass
+class FeatureSpace:
+    """The columns one kind's models read: numeric feature columns, then categorical codes, then log physics."""
+
+    numeric: list[str] = field(default_factory=list)
+    categories: dict[str, dict[str, int]] = field(default_factory=dict)
+    with_log_physics: bool = True
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, numeric_prefix: str = FEATURE_PREFIX, with_log_physics: bool = True,
+                   categorical: tuple[str, ...] = CATEGORICAL_COLUMNS):
+        """Learn the feature list (numeric columns that vary) and the category vocabularies of training rows."""
+        numeric = []
+        for c in frame.columns:
+            if not c.startswith(numeric_prefix):
+                continue
+            v = pd.to_numeric(frame[c], errors="coerce") if frame[c].dtype == object else frame[c]
+            if not (pd.api.types.is_numeric_dtype(v) or pd.api.types.is_bool_dtype(v)):
+                continue
+            v = v.astype("float64")
+            if v.notna().any() and v.nunique(dropna=False) > 1:
+                numeric.append(c)
+        cats = {}
+        for c in categorical:
+            if c in frame.columns:
+                vals = sorted(frame[c].dropna().astype(str).unique().tolist())
+                if len(vals) > 1:
+                    cats[c] = {v: i for i, v in enumerate(vals)}
+        return cls(numeric=numeric, categories=cats, with_log_physics=with_log_physics)
+
+    @property
+    def names(self) -> list[str]:
+        """Feature names in matrix order."""
+        return self.numeric + [f"cat_{c}" for c in self.categories] + (["log_phys"] if self.with_log_physics else [])
+
+    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """float32 matrix of the features (missing = NaN); the log-physics column is left NaN for the caller."""
+        n = len(frame)
+        X = np.full((n, len(self.names)), np.nan, dtype=np.float32)
+        if self.numeric:
+            missing = set(self.numeric).difference(frame.columns)
+            if missing:
+                raise InputError(
+                    f"the model needs feature columns this version of features does not produce ({sorted(missing)[0]}"
+                    ", ...); retrain it with `layoutcast train`"
+                )
+            X[:, : len(self.numeric)] = frame.reindex(columns=self.numeric).to_numpy(dtype=np.float32, na_value=np.nan)
+        j = len(self.numeric)
+        for c, vocab in self.categories.items():
+            if c in frame.columns:
+                vals = frame[c].to_numpy(dtype=object, na_value=None)
+                X[:, j] = np.fromiter((vocab.get(v, np.nan) if isinstance(v, str) else np.nan for v in vals),
+                                      dtype=np.float32, count=n)
+            j += 1
+        return X

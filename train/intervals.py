@@ -1,0 +1,90 @@
+"""Prediction intervals by split conformal calibration of log residuals, per kind of novelty of the query.
+
+A row whose model, GPU and layout were all seen in training gets the width calibrated on random held-out
+folds; a row with an unseen model (or GPU, or layout) gets the width calibrated on folds that held whole
+models (GPUs, layouts) out, so the nominal coverage holds for the kind of extrapolation actually asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from train.splits import layout_code
+
+NOVELTY_DIMS = ("model", "gpu", "layout")
+
+
+def conformal_offsets(residuals: np.ndarray, coverage: float = 0.8) -> tuple[float, float]:
+    """Lower and upper offsets (log space) holding `coverage` of future residuals, with the finite-sample rank.
+
+    The offsets bracket zero so the interval always contains the point prediction. With too few residuals
+    for the exact rank, the extreme residual is used (the best finite answer the data supports).
+    """
+    r = np.sort(np.asarray(residuals, dtype=float)[np.isfinite(residuals)])
+    n = len(r)
+    if n == 0:
+        return (math.nan, math.nan)
+    tail = (1.0 - coverage) / 2.0
+    k_lo = int(math.floor((n + 1) * tail))  # 1-based order statistic
+    k_hi = int(math.ceil((n + 1) * (1.0 - tail)))
+    lo = r[max(k_lo, 1) - 1]
+    hi = r[min(k_hi, n) - 1]
+    return (min(float(lo), 0.0), max(float(hi), 0.0))
+
+
+def row_novelty(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The key of each row along every novelty dimension (model name, GPU name, layout code)."""
+    out = {}
+    for dim in ("model", "gpu"):
+        if dim in frame.columns:
+            out[dim] = frame[dim].to_numpy(dtype=object, na_value="")
+        else:
+            out[dim] = np.full(len(frame), "", dtype=object)
+    out["layout"] = layout_code(frame)
+    return out
+
+
+@dataclass
+class IntervalCalibration:
+    """Conformal offsets per grouping (`random`, `model`, `gpu`, `layout`) and the keys seen in training."""
+
+    coverage: float = 0.8
+    offsets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    seen: dict[str, frozenset] = field(default_factory=dict)
+    prior_log_halfwidth: float = math.log(2.0)  # used only when a target has no calibration data at all
+
+    def bounds(self, frame: pd.DataFrame, keys: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row (lower, upper) log offsets to add to the point prediction (`keys`: `row_novelty(frame)`)."""
+        n = len(frame)
+        if not self.offsets:
+            w = self.prior_log_halfwidth
+            return np.full(n, -w), np.full(n, w)
+        base = self.offsets.get("random") or self._widest(self.offsets)
+        lo, hi = np.full(n, base[0]), np.full(n, base[1])
+        if not self.seen:
+            return lo, hi
+        keys = keys if keys is not None else row_novelty(frame)
+        widest = self._widest(self.offsets)
+        for dim in NOVELTY_DIMS:
+            seen = self.seen.get(dim)
+            if seen is None:
+                continue
+            unseen = np.fromiter((k not in seen for k in keys[dim]), dtype=bool, count=n)
+            if unseen.any():
+                d_lo, d_hi = self.offsets.get(dim, widest)
+                lo[unseen] = np.minimum(lo[unseen], d_lo)
+                hi[unseen] = np.maximum(hi[unseen], d_hi)
+        return lo, hi
+
+    @staticmethod
+    def _widest(offsets: dict[str, tuple[float, float]]) -> tuple[float, float]:
+        return (min(o[0] for o in offsets.values()), max(o[1] for o in offsets.values()))
+
+
+def seen_keys(frame: pd.DataFrame) -> dict[str, frozenset]:
+    """The model names, GPU names and layout codes present in a training frame."""
+    return {dim: frozenset(v.tolist()) for dim, v in row_novelty(frame).items()}

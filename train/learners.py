@@ -1,0 +1,218 @@
+"""Regressors on a feature matrix, one per target: XGBoost, random forest, k-nearest neighbours, a torch MLP.
+
+Each has `fit(X, y) -> self` and `predict(X) -> ndarray`, is deterministic for its seed and pickles compactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def default_threads(n_rows: int | None = None) -> int:
+    """Threads a learner may use: one for small problems (threads only contend there), else every core up to 8.
+
+    LAYOUTCAST_THREADS overrides.
+    """
+    if "LAYOUTCAST_THREADS" in os.environ:
+        return max(1, int(os.environ["LAYOUTCAST_THREADS"]))
+    if n_rows is not None and n_rows < 50_000:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@dataclass
+class XGBLearner:
+    """Gradient-boosted trees (XGBoost, hist); optional monotone constraint per feature column."""
+
+    n_estimators: int = 300
+    max_depth: int = 6
+    learning_rate: float = 0.05
+    min_child_weight: float = 1.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    reg_lambda: float = 1.0
+    reg_alpha: float = 0.0
+    monotone: tuple[int, ...] | None = None
+    seed: int = 0
+    _booster: object = field(default=None, repr=False)
+    _single: object = field(default=None, repr=False)  # single-threaded copy for small inputs (made on demand)
+
+    def params(self, n_rows: int | None = None) -> dict:
+        p = {
+            "objective": "reg:squarederror",
+            "tree_method": "hist",
+            "max_depth": int(self.max_depth),
+            "eta": float(self.learning_rate),
+            "min_child_weight": float(self.min_child_weight),
+            "subsample": float(self.subsample),
+            "colsample_bytree": float(self.colsample_bytree),
+            "lambda": float(self.reg_lambda),
+            "alpha": float(self.reg_alpha),
+            "seed": int(self.seed),
+            "nthread": default_threads(n_rows),
+            "verbosity": 0,
+        }
+        if self.monotone and any(self.monotone):
+            p["monotone_constraints"] = "(" + ",".join(str(int(m)) for m in self.monotone) + ")"
+        return p
+
+    def fit(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> "XGBLearner":
+        import xgboost as xgb
+
+        d = xgb.DMatrix(X, label=y, weight=w, missing=np.nan)
+        self._booster = xgb.train(self.params(len(y)), d, num_boost_round=int(self.n_estimators))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predictions; small inputs run on a single-threaded copy of the booster (threads only add latency)."""
+        booster = self._booster
+        if len(X) < 20_000 and default_threads(len(X)) == 1:
+            if self._single is None:
+                self._single = self._copy(1)
+            booster = self._single
+        return np.asarray(booster.inplace_predict(X, missing=np.nan), dtype=float).reshape(-1)
+
+    def _copy(self, nthread: int):
+        import xgboost as xgb
+
+        booster = xgb.Booster(params={"nthread": nthread})
+        booster.load_model(bytearray(self._booster.save_raw("ubj")))
+        return booster
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_single"] = None
+        if self._booster is not None:
+            state["_booster"] = bytes(self._booster.save_raw("ubj"))
+        return state
+
+    def __setstate__(self, state):
+        raw = state.get("_booster")
+        if isinstance(raw, (bytes, bytearray)):
+            import xgboost as xgb
+
+            booster = xgb.Booster(params={"nthread": default_threads()})
+            booster.load_model(bytearray(raw))
+            state["_booster"] = booster
+            state["_single"] = None
+        self.__dict__.update(state)
+
+
+@dataclass
+class ForestLearner:
+    """scikit-learn random forest (missing values handled natively)."""
+
+    n_estimators: int = 200
+    min_samples_leaf: int = 2
+    max_features: float = 0.5
+    seed: int = 0
+    _model: object = field(default=None, repr=False)
+
+    def fit(self, X, y, w=None):
+        from sklearn.ensemble import RandomForestRegressor
+
+        self._model = RandomForestRegressor(
+            n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf, max_features=self.max_features,
+            random_state=self.seed, n_jobs=default_threads(len(y)),
+        ).fit(X, y, sample_weight=w)
+        return self
+
+    def predict(self, X):
+        return self._model.predict(X)
+
+
+class _Standardizer:
+    """Median imputation and standard scaling learned on training rows (for distance- and gradient-based learners)."""
+
+    def __init__(self, X: np.ndarray):
+        X = np.asarray(X, dtype=float)
+        med = np.nanmedian(np.where(np.isfinite(X), X, np.nan), axis=0) if len(X) else np.zeros(X.shape[1])
+        self.median = np.where(np.isfinite(med), med, 0.0)
+        Z = self._impute(X)
+        self.mean = Z.mean(axis=0)
+        sd = Z.std(axis=0)
+        self.scale = np.where(sd > 0, sd, 1.0)
+
+    def _impute(self, X):
+        X = np.asarray(X, dtype=float)
+        return np.where(np.isfinite(X), X, self.median)
+
+    def __call__(self, X):
+        return (self._impute(X) - self.mean) / self.scale
+
+
+@dataclass
+class KNNLearner:
+    """k-nearest neighbours (distance-weighted) on standardised, median-imputed features."""
+
+    n_neighbors: int = 5
+    seed: int = 0
+    _std: object = field(default=None, repr=False)
+    _model: object = field(default=None, repr=False)
+
+    def fit(self, X, y, w=None):
+        from sklearn.neighbors import KNeighborsRegressor
+
+        self._std = _Standardizer(X)
+        k = max(1, min(self.n_neighbors, len(y)))
+        self._model = KNeighborsRegressor(n_neighbors=k, weights="distance").fit(self._std(X), y)
+        return self
+
+    def predict(self, X):
+        return self._model.predict(self._std(X))
+
+
+@dataclass
+class MLPLearner:
+    """A small torch MLP (two hidden ReLU layers) trained with Adam; inference in numpy (no torch needed)."""
+
+    hidden: int = 64
+    epochs: int = 300
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 512
+    seed: int = 0
+    _std: object = field(default=None, repr=False)
+    _weights: list = field(default_factory=list, repr=False)
+    _y_mean: float = 0.0
+    _y_scale: float = 1.0
+
+    def fit(self, X, y, w=None):
+        import torch
+
+        torch.manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        self._std = _Standardizer(X)
+        Xt = torch.tensor(np.clip(self._std(X), -10, 10), dtype=torch.float32)
+        y = np.asarray(y, dtype=float)
+        self._y_mean, self._y_scale = float(y.mean()), float(y.std() or 1.0)
+        yt = torch.tensor((y - self._y_mean) / self._y_scale, dtype=torch.float32).reshape(-1, 1)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(Xt.shape[1], self.hidden), torch.nn.ReLU(),
+            torch.nn.Linear(self.hidden, self.hidden), torch.nn.ReLU(),
+            torch.nn.Linear(self.hidden, 1),
+        )
+        opt = torch.optim.Adam(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        n = len(Xt)
+        for _ in range(self.epochs):
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, self.batch_size):
+                idx = perm[i : i + self.batch_size]
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(net(Xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+        self._weights = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
+                         for m in net if isinstance(m, torch.nn.Linear)]
+        return self
+
+    def predict(self, X):
+        h = np.clip(self._std(X), -10, 10)
+        for i, (W, b) in enumerate(self._weights):
+            h = h @ W + b
+            if i < len(self._weights) - 1:
+                h = np.maximum(h, 0.0)
+        return h.reshape(-1) * self._y_scale + self._y_mean

@@ -1,0 +1,216 @@
+"""The learned layer: per target, a regressor of log(measured / physics) with conformal 80% intervals.
+
+`ResidualModel(**hyperparams).fit(frame).predict(frame)` adds `pred_<target>`, `pred_<target>_lo` and
+`pred_<target>_hi`. With no measurements of a target the prediction is the physics answer itself.
+`FrameModel` holds everything the learner families share (rows, log targets, calibration, prediction);
+the baselines in `train.baselines` differ only in the learner and in the features they read.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from train.frames import CATEGORICAL_COLUMNS, FeatureSpace, float_column, physics, physics_answer, target_rows
+from train.intervals import IntervalCalibration, conformal_offsets, row_novelty, seen_keys
+from train.learners import XGBLearner
+from train.splits import split_folds
+from train.targets import PHYSICS_TARGETS, pred_cols
+
+CALIBRATION_GROUPINGS = ("random", "model", "gpu", "layout")
+MAX_LOG_CORRECTION = 7.0  # a learned correction never moves physics by more than e^7 (~1,100x) either way
+
+
+class FrameModel:
+    """Shared machinery: one learner per target on one feature space per kind, calibrated intervals."""
+
+    family: ClassVar[str] = "base"
+    residual: ClassVar[bool] = True  # learn log(measured / physics); False: learn log(measured) directly
+    feature_prefix: ClassVar[str] = "f_"
+    categorical: ClassVar[tuple[str, ...]] = CATEGORICAL_COLUMNS
+    learner_params: ClassVar[tuple[str, ...]] = ()
+    defaults: ClassVar[dict] = {}
+
+    def __init__(self, seed: int = 0, coverage: float = 0.8, calibration: tuple[str, ...] = CALIBRATION_GROUPINGS,
+                 inner_folds: int = 3, max_rows: int = 20000, min_rows: int = 8, **hyper):
+        unknown = set(hyper) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown hyperparameters {sorted(unknown)}")
+        self.seed, self.coverage, self.calibration = int(seed), float(coverage), tuple(calibration)
+        self.inner_folds, self.max_rows, self.min_rows = int(inner_folds), int(max_rows), int(min_rows)
+        self.hyper = {**self.defaults, **hyper}
+        self.spaces_: dict[str, FeatureSpace] = {}
+        self.learners_: dict[str, object] = {}
+        self.calibration_: dict[str, IntervalCalibration] = {}
+        self.fit_report_: dict[str, dict] = {}
+
+    # --- sklearn-style parameters -----------------------------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict:
+        return {"seed": self.seed, "coverage": self.coverage, "calibration": self.calibration,
+                "inner_folds": self.inner_folds, "max_rows": self.max_rows, "min_rows": self.min_rows, **self.hyper}
+
+    def set_params(self, **params) -> "FrameModel":
+        fresh = type(self)(**{**self.get_params(), **params})
+        self.__dict__.update(fresh.__dict__)
+        return self
+
+    def clone(self, **params) -> "FrameModel":
+        """An unfitted copy with the same hyperparameters (some overridden)."""
+        return type(self)(**{**self.get_params(), **params})
+
+    # --- what subclasses choose -------------------------------------------------------------------------
+    def make_learner(self, n_features: int, seed: int):
+        """A fresh regressor for one target (None: no learner, the physics answer is the prediction)."""
+        raise NotImplementedError
+
+    def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The frame with the columns this family reads (physics features by default)."""
+        return physics(frame)
+
+    @property
+    def feature_names(self) -> dict[str, list[str]]:
+        """Feature names per kind, in matrix order."""
+        return {k: s.names for k, s in self.spaces_.items()}
+
+    # --- fitting ----------------------------------------------------------------------------------------
+    def fit(self, frame: pd.DataFrame, progress: Callable[[str], None] | None = None) -> "FrameModel":
+        """Learn every target that has at least `min_rows` usable measurements; calibrate its interval."""
+        frame = self.prepare(frame)
+        self.spaces_, self.learners_, self.calibration_, self.fit_report_ = {}, {}, {}, {}
+        for kind, targets in PHYSICS_TARGETS.items():
+            masks = {t: self._rows(frame, t) for t in targets}
+            any_rows = np.logical_or.reduce(list(masks.values()))
+            if any_rows.sum() < self.min_rows:
+                continue
+            space = FeatureSpace.from_frame(frame[any_rows], self.feature_prefix, self.residual, self.categorical)
+            self.spaces_[kind] = space
+            for t in targets:
+                if masks[t].sum() < self.min_rows:
+                    continue
+                if progress:
+                    progress(t)
+                sub = frame[masks[t]]
+                X, y = self._xy(space, sub, t)
+                learner = self.make_learner(X.shape[1], self.seed)
+                if learner is not None:
+                    learner.fit(X, y)
+                    self.learners_[t] = learner
+                self.calibration_[t], self.fit_report_[t] = self._calibrate(space, sub, t, X, y)
+        return self
+
+    def _rows(self, frame: pd.DataFrame, target: str) -> np.ndarray:
+        mask = target_rows(frame, target, need_physics=True)
+        idx = np.flatnonzero(mask)
+        if len(idx) > self.max_rows:  # deterministic subsample keeps huge op tables tractable
+            keep = np.random.default_rng(self.seed).choice(idx, self.max_rows, replace=False)
+            mask = np.zeros(len(frame), dtype=bool)
+            mask[keep] = True
+        return mask
+
+    def _xy(self, space: FeatureSpace, sub: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
+        X = space.matrix(sub)
+        log_meas = nan_safe_log(float_column(sub, target))
+        if not self.residual:
+            return X, log_meas
+        log_phys = nan_safe_log(physics_answer(sub, target))
+        X[:, -1] = log_phys
+        return X, log_meas - log_phys
+
+    def _calibrate(self, space, sub, target, X, y) -> tuple[IntervalCalibration, dict]:
+        """Out-of-fold residuals under each grouping give that grouping's conformal offsets."""
+        offsets, report = {}, {"n": int(len(y))}
+        for grouping in self.calibration:
+            folds = split_folds(sub, grouping, self.inner_folds, self.seed)
+            if not folds:
+                continue
+            resid = np.empty(0)
+            for k, (tr, te) in enumerate(folds):
+                learner = self.make_learner(X.shape[1], self.seed + 1 + k)
+                if learner is None:
+                    pred = np.zeros(len(te))
+                else:
+                    pred = learner.fit(X[tr], y[tr]).predict(X[te])
+                resid = np.concatenate([resid, y[te] - np.clip(pred, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)])
+            offsets[grouping] = conformal_offsets(resid, self.coverage)
+            ape = np.abs(np.exp(-resid) - 1.0)
+            report[f"oof_{grouping}_median_ape"] = float(np.median(ape))
+            report[f"oof_{grouping}_p90_ape"] = float(np.quantile(ape, 0.9))
+        if not offsets and self.make_learner(X.shape[1], self.seed) is None:
+            offsets["random"] = conformal_offsets(y, self.coverage)  # physics alone: its residuals as they are
+        return IntervalCalibration(self.coverage, offsets, seen_keys(sub)), report
+
+    # --- prediction -------------------------------------------------------------------------------------
+    def predict_arrays(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """`pred_<target>`, `_lo`, `_hi` arrays (NaN on rows of other kinds) for every kind present in `frame`."""
+        frame = self.prepare(frame)
+        n = len(frame)
+        kinds = frame["kind"].to_numpy(dtype=object)
+        out: dict[str, np.ndarray] = {}
+        for kind, targets in PHYSICS_TARGETS.items():
+            mask = kinds == kind
+            if not mask.any():
+                continue
+            whole = bool(mask.all())
+            sub = frame if whole else frame[mask]
+            space = self.spaces_.get(kind)
+            X = None
+            keys = row_novelty(sub) if self.calibration_ else None
+            for t in targets:
+                phys_log = nan_safe_log(physics_answer(sub, t))
+                learner = self.learners_.get(t)
+                if learner is None:
+                    point = phys_log  # no measurements of this target: the physics answer
+                else:
+                    if X is None:
+                        X = space.matrix(sub)
+                    if self.residual:
+                        X[:, -1] = phys_log
+                        point = phys_log + np.clip(learner.predict(X), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)
+                    else:
+                        point = learner.predict(X)
+                cal = self.calibration_.get(t) or IntervalCalibration(self.coverage)
+                lo_off, hi_off = cal.bounds(sub, keys)
+                vals = (np.exp(point), np.exp(point + lo_off), np.exp(point + hi_off))
+                for col, v in zip(pred_cols(t), vals):
+                    if whole:
+                        out[col] = v
+                    else:
+                        full = np.full(n, np.nan)
+                        full[mask] = v
+                        out[col] = full
+        return out
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The physics frame of `frame` with `pred_<target>`, `pred_<target>_lo`, `pred_<target>_hi` added."""
+        framed = self.prepare(frame)
+        preds = self.predict_arrays(framed)
+        base = framed.drop(columns=[c for c in preds if c in framed.columns])
+        return pd.concat([base, pd.DataFrame(preds, index=framed.index)], axis=1)
+
+
+class ResidualModel(FrameModel):
+    """XGBoost on the physics features predicting log(measured / physics); monotone in the physics answer."""
+
+    family = "residual-xgb"
+    defaults = {
+        "n_estimators": 300, "max_depth": 6, "learning_rate": 0.05, "min_child_weight": 1.0, "subsample": 0.8,
+        "colsample_bytree": 0.8, "reg_lambda": 1.0, "reg_alpha": 0.0, "monotone_phys": 1,
+    }
+
+    def make_learner(self, n_features: int, seed: int):
+        h = dict(self.hyper)
+        mono = int(h.pop("monotone_phys"))
+        monotone = (0,) * (n_features - 1) + (mono,) if self.residual else None
+        return XGBLearner(monotone=monotone, seed=seed, **h)
+
+
+def nan_safe_log(x: np.ndarray) -> np.ndarray:
+    """log(x) with NaN for non-positive or missing values (no warnings)."""
+    x = np.asarray(x, dtype=float)
+    out = np.full(x.shape, math.nan)
+    ok = np.isfinite(x) & (x > 0)
+    out[ok] = np.log(x[ok])
+    return out
