@@ -25,12 +25,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from features.errors import InputError
-from features.schema import COLUMNS, KINDS, SCHEMA_VERSION, STATUSES, conform
+from features.schema import COLUMNS, DEFAULTS, KINDS, SCHEMA_VERSION, STATUSES, conform
 
 STORE_ENV = "LAYOUTCAST_STORE"
 DEFAULT_STORE_PATH = Path("~/.layoutcast/measurements.sqlite")
 TABLE_NAME = "measurements"
 META_TABLE_NAME = "layoutcast_meta"
+PRESENCE_TABLE_NAME = "layoutcast_columns"  # which columns hold values for each (kind, source): reads skip the rest
 
 # Columns the content hash covers: provenance that makes a measurement distinct, configuration, targets, detail.
 # `measured_at`, `derived` and `run_id` are left out so re-importing a file, or the same value recorded under
@@ -40,7 +41,7 @@ HASH_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in _HASH_EXCLU
 _STRING_COLUMNS = tuple(c for c, t in COLUMNS.items() if t == "string")
 _NUMERIC_COLUMNS = tuple(c for c, t in COLUMNS.items() if t != "string")
 FILTER_COLUMNS = ("kind", "model", "gpu", "engine", "source", "status")
-_INDEXED_COLUMNS = ("kind", "source", "model", "gpu")
+_INDEXED_COLUMNS = ("kind", "model", "gpu")  # plus (source, kind) below
 _SQLITE_BATCH_ROWS = 20_000
 _WRITE_ATTEMPTS = 8
 
@@ -65,15 +66,31 @@ def normalize_url(url_or_path: str | os.PathLike) -> str:
         raise InputError("store URL is empty")
     if "://" in text:
         try:
-            sa.engine.make_url(text)
-        except sa.exc.ArgumentError as e:
+            url = sa.engine.make_url(text)
+        except (sa.exc.ArgumentError, ValueError) as e:
             raise InputError(f"malformed store URL {text!r}: {e}") from None
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return text
     path = Path(text).expanduser().resolve()
     if path.is_dir():
         raise InputError(f"store path {str(path)!r} is a directory, not an SQLite file")
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def driver_url(url: str) -> sa.engine.URL:
+    """The SQLAlchemy URL with a PostgreSQL driver that is installed (`postgresql://` means psycopg 3 in
+    SQLAlchemy 2.1; fall back to psycopg2 when only that one is present)."""
+    import importlib.util
+
+    u = sa.engine.make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            u = u.set(drivername="postgresql+psycopg2")
+        elif u.drivername == "postgres":
+            u = u.set(drivername="postgresql")
+    return u
 
 
 def _sql_type(dtype: str) -> sa.types.TypeEngine:
@@ -85,8 +102,9 @@ def _sql_type(dtype: str) -> sa.types.TypeEngine:
     }[dtype]
 
 
-def _build_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
-    columns = [sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True)]
+def _build_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
+    id_type = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = rowid
+    columns = [sa.Column("id", id_type, primary_key=True, autoincrement=True)]
     columns += [sa.Column(name, _sql_type(dtype), nullable=True) for name, dtype in COLUMNS.items()]
     columns.append(sa.Column("content_hash", sa.String(32), nullable=False))
     table = sa.Table(
@@ -95,6 +113,7 @@ def _build_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         *columns,
         sa.Index(f"ux_{TABLE_NAME}_content_hash", "content_hash", unique=True),
         *[sa.Index(f"ix_{TABLE_NAME}_{c}", c) for c in _INDEXED_COLUMNS],
+        sa.Index(f"ix_{TABLE_NAME}_source_kind", "source", "kind"),
     )
     meta = sa.Table(
         META_TABLE_NAME,
@@ -102,7 +121,21 @@ def _build_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("key", sa.String(64), primary_key=True),
         sa.Column("value", sa.Text(), nullable=False),
     )
-    return table, meta
+    presence = sa.Table(
+        PRESENCE_TABLE_NAME,
+        metadata,
+        sa.Column("kind", sa.String(16), primary_key=True),
+        sa.Column("source", sa.String(200), primary_key=True),  # '' stands for an empty source
+        sa.Column("column_name", sa.String(64), primary_key=True),
+    )
+    return table, meta, presence
+
+
+def _presence(rows: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(kind, source, column) for every column holding a value in some row of that kind and source."""
+    key = [rows["kind"].astype(object), rows["source"].astype(object).where(rows["source"].notna(), "")]
+    filled = rows[list(COLUMNS)].notna().groupby(key).any()
+    return [(k, src, col) for (k, src), flags in filled.iterrows() for col, on in flags.items() if on]
 
 
 def content_hashes(frame: pd.DataFrame) -> list[str]:
@@ -170,17 +203,19 @@ class Store:
         self.engine: Engine = self._make_engine()
         self.dialect = self.engine.dialect.name
         self._metadata = sa.MetaData()
-        self.table, self.meta_table = _build_tables(self._metadata)
+        self.table, self.meta_table, self.presence_table = _build_tables(self._metadata)
         self._open()
 
     # --- connection set-up ----------------------------------------------------------------------------------
 
     def _make_engine(self) -> Engine:
-        url = sa.engine.make_url(self.url)
+        url = driver_url(self.url)
         kwargs: dict = {"future": True}
         if url.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"timeout": self._busy_timeout_s, "check_same_thread": False}
-            kwargs["poolclass"] = sa.pool.NullPool
+            in_memory = not url.database or url.database == ":memory:"
+            # a file: a fresh connection per use (safe across threads and forks); in memory: one shared connection
+            kwargs["poolclass"] = sa.pool.StaticPool if in_memory else sa.pool.NullPool
         else:
             kwargs["pool_pre_ping"] = True
         try:
@@ -247,12 +282,13 @@ class Store:
                 raise InputError(f"store {self._safe_url()} has a {TABLE_NAME!r} table but no {META_TABLE_NAME!r}: "
                                  "not a layoutcast store")
             if META_TABLE_NAME in names:
-                row = conn.execute(sa.select(self.meta_table.c.value).where(self.meta_table.c.key == "schema_version")).first()
+                m = self.meta_table
+                row = conn.execute(sa.select(m.c.value).where(m.c.key == "schema_version")).first()
                 found = row[0] if row else None
                 if found != str(SCHEMA_VERSION):
                     raise InputError(f"store {self._safe_url()} has measurement schema version {found}; "
                                      f"this layoutcast reads version {SCHEMA_VERSION} (use a new store)")
-                if TABLE_NAME in names:
+                if TABLE_NAME in names and PRESENCE_TABLE_NAME in names:
                     return
             self._metadata.create_all(conn, checkfirst=True)
             if META_TABLE_NAME not in names:
@@ -260,6 +296,34 @@ class Store:
                     {"key": "schema_version", "value": str(SCHEMA_VERSION)},
                     {"key": "created_at", "value": pd.Timestamp.now(tz="UTC").isoformat()},
                 ])
+            elif TABLE_NAME in names and PRESENCE_TABLE_NAME not in names:
+                self._backfill_presence(conn)
+
+    def _backfill_presence(self, conn: Connection) -> None:
+        """Record which columns hold values (a store written before the presence table existed)."""
+        t = self.table
+        src = sa.func.coalesce(t.c.source, "")
+        stmt = sa.select(t.c.kind, src, *[sa.func.count(t.c[c]) for c in COLUMNS]).group_by(t.c.kind, src)
+        entries = [(r[0], r[1], col) for r in conn.execute(stmt) for col, k in zip(COLUMNS, r[2:]) if k]
+        self._insert_presence(conn, entries)
+
+    def _insert_presence(self, conn: Connection, entries: list[tuple[str, str, str]]) -> None:
+        if not entries:
+            return
+        if self.dialect == "sqlite":
+            conn.exec_driver_sql(f"INSERT OR IGNORE INTO {PRESENCE_TABLE_NAME} (kind, source, column_name) "
+                                 "VALUES (?, ?, ?)", entries)
+            return
+        dicts = [{"kind": k, "source": s, "column_name": c} for k, s, c in entries]
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(pg_insert(self.presence_table).on_conflict_do_nothing(), dicts)
+            return
+        present = {tuple(r) for r in conn.execute(sa.select(self.presence_table))}
+        fresh = [d for d in dicts if (d["kind"], d["source"], d["column_name"]) not in present]
+        if fresh:
+            conn.execute(self.presence_table.insert(), fresh)
 
     def _safe_url(self) -> str:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
@@ -288,7 +352,8 @@ class Store:
         filled = [c for c in COLUMNS if rows[c].notna().any()]  # all-empty columns are left to default NULL
         records = list(zip(*_python_columns(rows, filled), hashes))
         names = filled + ["content_hash"]
-        inserted = self._retrying(lambda: self._insert(records, names, progress), "append")
+        presence = _presence(rows)
+        inserted = self._retrying(lambda: self._insert(records, names, presence, progress), "append")
         return AppendResult(inserted=inserted, duplicates=len(records) - inserted)
 
     def _validated(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -308,13 +373,17 @@ class Store:
             raise InputError(f"measurement rows with invalid status {bad_status} (expected one of {list(STATUSES)})")
         return rows[list(COLUMNS)]
 
-    def _insert(self, records: list[tuple], names: list[str], progress: bool) -> int:
+    def _insert(self, records: list[tuple], names: list[str], presence: list[tuple[str, str, str]],
+                progress: bool) -> int:
+        from rich.console import Console
         from rich.progress import Progress
 
         batches = [records[i:i + _SQLITE_BATCH_ROWS] for i in range(0, len(records), _SQLITE_BATCH_ROWS)]
         inserted = 0
-        with self._write() as conn, Progress(transient=True, disable=not progress) as bar:
+        with self._write() as conn, Progress(console=Console(stderr=True), transient=True,
+                                                      disable=not progress) as bar:
             task = bar.add_task(f"storing {len(records):,} rows", total=len(records))
+            self._insert_presence(conn, presence)
             for batch in batches:
                 inserted += self._insert_batch(conn, batch, names)
                 bar.advance(task, len(batch))
@@ -331,7 +400,8 @@ class Store:
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            stmt = pg_insert(self.table).on_conflict_do_nothing(index_elements=["content_hash"]).returning(self.table.c.id)
+            stmt = (pg_insert(self.table).on_conflict_do_nothing(index_elements=["content_hash"])
+                    .returning(self.table.c.id))
             return len(conn.execute(stmt, dicts).fetchall())
         # any other database: skip hashes already present, insert the rest (a racing duplicate raises and retries)
         present = self._present_hashes(conn, [d["content_hash"] for d in dicts])
@@ -344,7 +414,8 @@ class Store:
         found: set[str] = set()
         for i in range(0, len(hashes), 500):
             chunk = hashes[i:i + 500]
-            found.update(conn.execute(sa.select(self.table.c.content_hash).where(self.table.c.content_hash.in_(chunk))).scalars())
+            h = self.table.c.content_hash
+            found.update(conn.execute(sa.select(h).where(h.in_(chunk))).scalars())
         return found
 
     # --- reading --------------------------------------------------------------------------------------------
@@ -369,16 +440,29 @@ class Store:
         """Stored rows (oldest first) as a schema frame; each filter is a value or a list of values."""
         where = self._where(dict(kind=kind, model=model, gpu=gpu, engine=engine, source=source, status=status))
         with self.engine.connect() as conn:
-            # fetch only the columns that hold a value in the selection: the rest come back as typed empty columns
-            counts = conn.execute(sa.select(*[sa.func.count(self.table.c[c]) for c in COLUMNS]).where(*where)).one()
-            filled = [c for c, k in zip(COLUMNS, counts) if k]
-            stmt = sa.select(*[self.table.c[c] for c in filled] or [self.table.c.id]).where(*where).order_by(self.table.c.id)
+            filled = self._filled_columns(conn, kind, source)  # the rest come back as typed empty columns
+            cols = [self.table.c[c] for c in filled] or [self.table.c.id]
+            stmt = sa.select(*cols).where(*where).order_by(self.table.c.id)
             if limit is not None:
                 stmt = stmt.limit(int(limit))
             result = conn.execute(stmt)
             rows = result.cursor.fetchall()  # plain DB-API tuples: no per-row Row objects for 100k-row reads
             result.close()
-        return _frame_from_columns(dict(zip(filled, zip(*rows))) if rows else {}, len(rows))
+        if not rows:
+            return _frame_from_columns({}, 0)
+        table = np.array(rows, dtype=object)  # one C-level transpose instead of zip(*rows)
+        return _frame_from_columns({c: table[:, j] for j, c in enumerate(filled)}, len(rows))
+
+    def _filled_columns(self, conn: Connection, kind, source) -> list[str]:
+        """Columns that may hold values for rows of these kinds and sources (from the presence table)."""
+        p = self.presence_table
+        stmt = sa.select(p.c.column_name).distinct()
+        if kind is not None:
+            stmt = stmt.where(p.c.kind.in_([kind] if isinstance(kind, str) else list(kind)))
+        if source is not None:
+            stmt = stmt.where(p.c.source.in_([source] if isinstance(source, str) else list(source)))
+        found = set(conn.execute(stmt).scalars())
+        return [c for c in COLUMNS if c in found]
 
     def count(self, **filters) -> int:
         """Number of stored rows matching the filters (same keywords as `read`)."""
@@ -401,24 +485,53 @@ class Store:
             lay = [self.table.c[c] for c in ("tp", "pp", "dp", "ep", "attention_dp")]
             res = conn.execute(sa.select(*lay, n).where(*where).group_by(*lay)).fetchall()
         lay_df = pd.DataFrame(res, columns=["tp", "pp", "dp", "ep", "attention_dp", "rows"])
-        lay_df["layout"] = [_layout_label(*r) for r in lay_df[["tp", "pp", "dp", "ep", "attention_dp"]].itertuples(index=False)]
+        parts = lay_df[["tp", "pp", "dp", "ep", "attention_dp"]].itertuples(index=False)
+        lay_df["layout"] = [_layout_label(*r) for r in parts]
         lay_df = lay_df.groupby("layout", as_index=False)["rows"].sum()
         out["layout"] = lay_df.sort_values(["rows", "layout"], ascending=[False, True], ignore_index=True)
         return out
 
 
-_ARROW_TYPES = {"float64": "float64", "Int64": "int64", "string": "string"}
+def _inferred_text_dtype():
+    """The dtype pandas gives a column of Python strings (what `conform` returns for text columns)."""
+    return pd.DataFrame({"x": np.array(["a", None], dtype=object)})["x"].dtype
 
 
-def _frame_from_columns(values: dict[str, tuple], n: int) -> pd.DataFrame:
-    """A schema frame (the dtypes `conform` gives) from column value tuples; absent columns are empty."""
+_TEXT_DTYPE = _inferred_text_dtype()
+
+
+def _text_array(vals: np.ndarray):
+    """A text column as `conform` would type it, built straight from Arrow (all-empty columns stay object)."""
+    import pyarrow as pa
+
+    arr = pa.array(vals, type=pa.large_string(), from_pandas=True)
+    if arr.null_count == len(arr):
+        return np.asarray(vals, dtype=object)
+    if isinstance(_TEXT_DTYPE, pd.StringDtype) and _TEXT_DTYPE.storage == "pyarrow":
+        return pd.arrays.ArrowStringArray(pa.chunked_array([arr]), dtype=_TEXT_DTYPE)
+    return pd.array(np.asarray(vals, dtype=object), dtype=_TEXT_DTYPE)
+
+
+def _frame_from_columns(values: dict[str, np.ndarray], n: int) -> pd.DataFrame:
+    """A schema frame, typed exactly as `conform` types it, from the column values the driver returned.
+
+    Built directly (not through `conform`) because this is the hot path of 100,000-row reads; every stored row was
+    conformed on the way in, so defaults and `num_gpus` are already filled. Absent columns are empty.
+    """
     import pyarrow as pa
 
     data = {}
     for col, dtype in COLUMNS.items():
         vals = values.get(col)
         if vals is None:
-            data[col] = pd.Series(np.nan if dtype == "float64" else pd.NA, index=range(n), dtype=dtype)
+            default = DEFAULTS.get(col)
+            if dtype == "float64":
+                data[col] = np.full(n, np.nan if default is None else default, dtype=float)
+            elif dtype == "string":
+                empty = np.full(n, default, dtype=object)
+                data[col] = empty if default is None else _text_array(empty)
+            else:
+                data[col] = pd.array([pd.NA if default is None else default] * n, dtype=dtype)
         elif dtype == "boolean":
             data[col] = pd.array([None if v is None else bool(v) for v in vals], dtype="boolean")
         elif dtype == "float64":
@@ -426,7 +539,7 @@ def _frame_from_columns(values: dict[str, tuple], n: int) -> pd.DataFrame:
         elif dtype == "Int64":
             data[col] = pa.array(vals, type=pa.int64()).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get).array
         else:
-            data[col] = pa.array(vals, type=pa.string()).to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get).array
+            data[col] = _text_array(vals)
     return pd.DataFrame(data, index=pd.RangeIndex(n))
 
 

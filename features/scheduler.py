@@ -65,8 +65,8 @@ class SimResult:
 
     def summary(self) -> dict:
         """The scalar results as a plain dict (JSON-ready)."""
-        skip = {"ttft_s", "finish_s", "tpot_s", "queue_s", "running_s", "request_preemptions", "output_tokens", "replica",
-                "admit_order", "timeline", "per_replica"}
+        skip = {"ttft_s", "finish_s", "tpot_s", "queue_s", "running_s", "request_preemptions", "output_tokens",
+                "replica", "admit_order", "timeline", "per_replica"}
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.__dict__.items() if k not in skip}
 
 
@@ -164,13 +164,17 @@ def _percentiles(x: np.ndarray) -> tuple[float, float, float]:
 def simulate(isl: np.ndarray, osl: np.ndarray, *, step_time_s: StepTimeFn, kv_capacity_tokens: int,
              block_size: int = 16, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
              enable_chunked_prefill: bool = True, dp: int = 1, arrival_s: np.ndarray | None = None,
-             concurrency: int = 0, record_timeline: bool = False, reserve_full_sequence: bool = True) -> SimResult:
+             concurrency: int = 0, record_timeline: bool = False, reserve_full_sequence: bool = True,
+             interpolate_step_times: bool = False) -> SimResult:
     """Simulate serving `isl`/`osl` requests on `dp` vLLM v1 replicas of `kv_capacity_tokens` KV each.
 
     `step_time_s(decode_seqs, decode_kv_tokens, prefill_tokens)` gives seconds per engine step, elementwise;
     decode_kv_tokens counts each decoding sequence's context including the token computed in the step.
     `reserve_full_sequence` is vLLM's `scheduler_reserve_full_isl` (default on): admit a request only when the free
     blocks hold its whole current sequence, not just its first prefill chunk.
+    `interpolate_step_times` evaluates `step_time_s` only at the first and last step of each run of identical decode
+    steps and interpolates linearly between them (exact for models affine in decode_kv_tokens; far fewer calls to
+    an expensive model).
     """
     isl, osl, arrival_s = _check_inputs(isl, osl, kv_capacity_tokens, block_size, max_num_seqs,
                                         max_num_batched_tokens, dp, arrival_s, concurrency)
@@ -179,7 +183,7 @@ def simulate(isl: np.ndarray, osl: np.ndarray, *, step_time_s: StepTimeFn, kv_ca
                         max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                         enable_chunked_prefill=enable_chunked_prefill, reserve_full_sequence=reserve_full_sequence)
     table = RequestTable(isl=isl, osl=osl, arrival_s=np.zeros(n) if arrival_s is None else arrival_s.copy())
-    replicas = [Replica(i, table, knobs, step_time_s) for i in range(dp)]
+    replicas = [Replica(i, table, knobs, step_time_s, interpolate_step_times) for i in range(dp)]
     if concurrency:
         _run_closed_loop(replicas, n, concurrency)
     else:
@@ -249,7 +253,8 @@ def _collect(table: RequestTable, replicas: list[Replica], knobs: EngineKnobs, r
         makespan_s=makespan, ttft_s=ttft, finish_s=finish, tpot_s=tpot, queue_s=queue, running_s=running,
         request_preemptions=np.asarray(table.preemptions, np.int64),
         output_tokens=np.asarray(table.gen, np.int64), replica=replica_of, preemptions=pre_total,
-        steps=steps_total, output_throughput=out_tokens / span, total_throughput=(out_tokens + int(table.isl.sum())) / span,
+        steps=steps_total, output_throughput=out_tokens / span,
+        total_throughput=(out_tokens + int(table.isl.sum())) / span,
         request_throughput=n / span, ttft_mean_s=t_mean, ttft_p50_s=t_p50, ttft_p99_s=t_p99, tpot_mean_s=p_mean,
         tpot_p50_s=p_p50, tpot_p99_s=p_p99, peak_running=peak,
         mean_running=run_time_integral / busy_s if busy_s else 0.0, full_cache_s=full_s,

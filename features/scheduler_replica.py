@@ -139,14 +139,19 @@ class StepLog:
             "waiting": a["waiting"][idx],
             "kv_blocks": a["kv_blocks0"][idx] + growth,
             "kv_full": a["kv_full"][idx].astype(bool),
+            "interval": idx,
+            "k": k,
+            "interval_steps": k_steps,
         }
 
 
 class Replica:
     """One engine: running set in admission order, FCFS waiting deque, block pool, and a step log."""
 
-    def __init__(self, index: int, table: RequestTable, knobs: EngineKnobs, step_time_s: StepTimeFn):
+    def __init__(self, index: int, table: RequestTable, knobs: EngineKnobs, step_time_s: StepTimeFn,
+                 interpolate_step_times: bool = False):
         self.index, self.table, self.knobs, self.step_time_s = index, table, knobs, step_time_s
+        self.interpolate = interpolate_step_times
         self.bs = knobs.block_size
         self.ranks: list[int] = []  # running requests' ranks, ascending = admission order
         self.rid_of_rank: dict[int, int] = {}
@@ -163,7 +168,6 @@ class Replica:
         self.tau = 0  # steps executed
         self.log = StepLog(self.bs)
         self.resolved_desc = 0
-        self.resolved_steps = 0
         self.clock_s = 0.0
         self._starts: list[np.ndarray] = []
         self._durs: list[np.ndarray] = []
@@ -190,11 +194,6 @@ class Replica:
         self.waiting.append(rid)
 
     # ---- decoder bookkeeping -----------------------------------------------------------------------------------
-    def _dec_state(self, rid: int) -> tuple[int, int]:
-        """(computed tokens, generated tokens) of a decoder now (after `tau` steps)."""
-        t0, c0, g0 = self.table.anchor[rid]
-        return c0 + self.tau - t0, g0 + self.tau - t0
-
     def _add_decoder(self, rid: int, step: int, comp: int, gen: int) -> None:
         """Make `rid` a decoder anchored at (`step` steps done, `comp` computed, `gen` generated)."""
         T = self.table
@@ -282,7 +281,11 @@ class Replica:
         kv_first = self.dec_offset + n * tau + n
         if until_s is not None:  # arrivals pending: keep only the steps that start before the next arrival
             ks = np.arange(steps, dtype=np.int64)
-            d = self._eval(np.full(steps, n), kv_first + n * ks, np.zeros(steps, np.int64))
+            if self.interpolate:
+                d_ends = self._eval(np.full(2, n), kv_first + n * np.array([0, steps - 1]), np.zeros(2, np.int64))
+                d = d_ends[0] + (d_ends[1] - d_ends[0]) * ks / max(steps - 1, 1)
+            else:
+                d = self._eval(np.full(steps, n), kv_first + n * ks, np.zeros(steps, np.int64))
             starts = self.clock_s + np.cumsum(d) - d
             steps = max(1, int(np.searchsorted(starts, until_s, side="left")))
         used0 = self.knobs.num_blocks - self.free
@@ -300,40 +303,20 @@ class Replica:
         T, k, bs = self.table, self.knobs, self.bs
         tau, ranks = self.tau, self.ranks
         budget = k.max_num_batched_tokens
-        # 1. Token budget over the running order (decoders take 1 token; prefill chunks take the rest).
-        used, last_pos, cut = 0, 0, None
+        # 1. Token budget over the running order. Decoders take 1 token each and always fit (running <=
+        # max_num_seqs <= max_num_batched_tokens). Requests still prefilling are always the newest running ones: a
+        # partial chunk exhausts the budget, so nothing is admitted behind it. So only they can miss the budget.
+        used = self.n_dec
         chunks: dict[int, int] = {}
         for rid in self.prefilling:
-            pos = bisect_left(ranks, T.rank[rid])
-            run = pos - last_pos
-            if used + run >= budget:
-                cut = last_pos + budget - used
-                used = budget
+            if used >= budget:
                 break
-            used += run
             chunk = min(T.P[rid] + T.gen[rid] - T.comp[rid], budget - used)
             chunks[rid] = chunk
             used += chunk
-            last_pos = pos + 1
-            if used == budget:
-                cut = pos + 1
-                break
-        if cut is None:
-            run = len(ranks) - last_pos
-            if used + run > budget:
-                cut = last_pos + budget - used
-                used = budget
-            else:
-                used += run
-        cut_rank = ranks[cut] if cut is not None and cut < len(ranks) else None
         # 2. Block claims in admission order: decoders whose phase needs a block now, and prefill chunks.
         phase = (-tau) % bs
-        if cut_rank is None:
-            total_need = self.bucket_n[phase]
-            claims = None
-        else:
-            claims = [(T.rank[r], r, 1) for r in self.buckets[phase] if T.rank[r] < cut_rank]
-            total_need = len(claims)
+        total_need = self.bucket_n[phase]
         pf_claims = []
         for rid, chunk in chunks.items():
             need = cdiv(T.comp[rid] + chunk, bs) - T.blocks[rid]
@@ -344,10 +327,7 @@ class Replica:
         if total_need <= self.free:
             self.free -= total_need
         else:
-            if claims is None:
-                claims = [(T.rank[r], r, 1) for r in self.buckets[phase]]
-            claims += pf_claims
-            claims.sort()
+            claims = sorted([(T.rank[r], r, 1) for r in self.buckets[phase]] + pf_claims)
             avail = self.free
             for rank, rid, need in claims:
                 if rank not in self.rid_of_rank:  # popped as the tail earlier in this pass
@@ -364,17 +344,9 @@ class Replica:
             self.free = avail
             for rid in preempted:
                 chunks.pop(rid, None)
-        # Requests the budget did not reach keep their state; decoders among them shift phase by one step.
+            used = self.n_dec + sum(chunks.values())
         sched_dec = self.n_dec
         kv_dec = self.dec_offset + self.n_dec * (tau + 1)
-        if cut_rank is not None:
-            for r in ranks[bisect_left(ranks, cut_rank):]:
-                rid = self.rid_of_rank[r]
-                if T.state[rid] == DECODE:
-                    c, g = self._drop_decoder(rid)
-                    self._add_decoder(rid, tau + 1, c, g)
-                    sched_dec -= 1
-                    kv_dec -= c + 1
         # 3. Admissions (only when nothing was preempted).
         kv_bound = bool(preempted)
         admitted: list[tuple[int, int]] = []
@@ -502,17 +474,25 @@ class Replica:
             return
         a = self.log.expand(self.resolved_desc)
         self.resolved_desc = len(self.log)
-        d = self._eval(a["decode_seqs"], a["decode_kv_tokens"], a["prefill_tokens"])
+        if self.interpolate:  # each interval's first and last step only; linear in between (decode KV grows linearly)
+            counts = a["interval_steps"]
+            first = np.cumsum(counts) - counts
+            rows = np.concatenate([first, first + counts - 1])
+            e = self._eval(a["decode_seqs"][rows], a["decode_kv_tokens"][rows], a["prefill_tokens"][rows])
+            d0, d1 = e[: len(first)], e[len(first):]
+            i = a["interval"]
+            d = d0[i] + (d1[i] - d0[i]) * a["k"] / np.maximum(counts[i] - 1, 1)
+        else:
+            d = self._eval(a["decode_seqs"], a["decode_kv_tokens"], a["prefill_tokens"])
         ends = self.clock_s + np.cumsum(d)
         self._starts.append(ends - d)
         self._durs.append(d)
         self.clock_s = float(ends[-1])
-        self.resolved_steps += len(d)
 
     def log_arrays(self) -> dict[str, np.ndarray]:
         """The full per-step log of this replica with start and duration of each step (call after the run)."""
         self.resolve()
-        out = self.log.expand() if len(self.log) else {}
+        out = self.log.expand()
         out["start_s"] = np.concatenate(self._starts) if self._starts else np.empty(0)
         out["dur_s"] = np.concatenate(self._durs) if self._durs else np.empty(0)
         return out

@@ -83,30 +83,64 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
     """Return `df` with every schema column present (missing = NaN), defaults filled, dtypes coerced.
 
     Columns outside the schema are kept at the end (features, predictions). `num_gpus` is filled from the layout.
+    Built column by column into a dict and assembled once (fast for one row and for 100,000).
     """
-    df = df.copy()
+    n = len(df)
+    cols: dict[str, object] = {}
     for col, dtype in COLUMNS.items():
         if col not in df.columns:
-            df[col] = pd.Series(np.nan if dtype == "float64" else pd.NA, index=df.index, dtype=dtype)
-    for col, default in DEFAULTS.items():
-        df[col] = df[col].fillna(default) if len(df) else df[col]
-    for col, dtype in COLUMNS.items():
+            default = DEFAULTS.get(col)
+            if dtype == "float64":
+                cols[col] = np.full(n, np.nan if default is None else default, dtype=float)
+            elif dtype == "string":
+                cols[col] = np.full(n, default, dtype=object)
+            else:
+                cols[col] = pd.array([pd.NA if default is None else default] * n, dtype=dtype)
+            continue
+        s = df[col]
         try:
             if dtype == "float64":
-                df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+                v = s.to_numpy(dtype=float, na_value=np.nan) if s.dtype.kind in "fiub" or str(s.dtype) in ("Int64", "Float64") \
+                    else pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
             elif dtype == "Int64":
-                df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64")
+                v = s.array if str(s.dtype) == "Int64" else pd.array(
+                    np.round(pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)), dtype="Float64"
+                ).astype("Int64")
             elif dtype == "boolean":
-                df[col] = df[col].map(_to_bool).astype("boolean")
-            else:
-                df[col] = df[col].astype("string")
+                v = s.array if str(s.dtype) == "boolean" else pd.array([_to_bool(x) for x in s], dtype="boolean")
+            else:  # text as plain Python objects (None when missing): far cheaper than Arrow strings to index
+                v = s.to_numpy(dtype=object, na_value=None) if s.dtype == object or str(s.dtype).startswith(("string", "str")) \
+                    else s.astype(object).to_numpy()
+                v = np.array([None if x is None or (isinstance(x, float) and x != x) else str(x) for x in v], dtype=object) \
+                    if len(v) < 64 else _clean_text(v)
         except (TypeError, ValueError) as e:
             raise ValueError(f"column {col!r} cannot be read as {dtype}: {e}") from None
-    missing_gpus = df["num_gpus"].isna()
+        if col in DEFAULTS:
+            if dtype == "float64":
+                v = np.where(np.isnan(v), DEFAULTS[col], v)
+            elif dtype == "string":
+                v = np.where(pd.isna(v), DEFAULTS[col], v).astype(object)
+            else:
+                v = pd.array(pd.Series(v, index=df.index).fillna(DEFAULTS[col]), dtype=dtype)
+        cols[col] = v
+    out = pd.DataFrame(cols, index=df.index)
+    missing_gpus = out["num_gpus"].isna()
     if missing_gpus.any():
-        df.loc[missing_gpus, "num_gpus"] = (df["tp"] * df["pp"] * df["dp"])[missing_gpus]
+        out.loc[missing_gpus, "num_gpus"] = (out["tp"] * out["pp"] * out["dp"])[missing_gpus]
     rest = [c for c in df.columns if c not in COLUMNS]
-    return df[list(COLUMNS) + rest]
+    if rest:
+        out = pd.concat([out, df[rest]], axis=1)
+    return out
+
+
+def _clean_text(v: np.ndarray) -> np.ndarray:
+    """Object array of str/None from any array of text-like values (NaN and pd.NA become None)."""
+    missing = pd.isna(v)
+    out = v.astype(object)
+    out[missing] = None
+    if not all(isinstance(x, str) for x in out[~missing][:8]):
+        out[~missing] = [str(x) for x in out[~missing]]
+    return out
 
 
 def _to_bool(v):

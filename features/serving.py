@@ -149,7 +149,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
         "communication": pp * (t.comm_ms + t.p2p_ms),
         "latency": pp * (t.overhead_ms + t.misc_ms + t.lm_head_ms),
     }
-    hbm_util = (wbytes + kvb * batch * (isl + osl / 2.0)) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9) / pp
+    # per token period each GPU streams its weights once per micro-batch (pp times) plus its share of the KV
+    hbm_util = (pp * wbytes + kvb * batch * (isl + osl / 2.0)) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
 
     names = np.array(list(terms))
     stack = np.vstack([np.broadcast_to(np.asarray(v, dtype=float), tpot.shape) for v in terms.values()])

@@ -218,6 +218,11 @@ class EngineConfig:
     block_size: int = 16
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False
+    # knobs real engine runs (collect.backends.vllm) also set; defaults leave the engine to decide
+    enable_prefix_caching: bool = False  # off unless asked: measurements should not depend on prompt overlap
+    num_gpu_blocks_override: int = 0  # 0 = the engine sizes the KV cache; >0 = exactly this many blocks
+    kv_cache_memory_gb: float = 0.0  # 0 = from gpu_memory_utilization (vLLM-CPU: VLLM_CPU_KVCACHE_SPACE or 1 GiB)
+    max_model_len: int = 0  # 0 = the longest request of the workload
 
     @property
     def kv_dtype(self) -> str:

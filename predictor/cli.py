@@ -17,6 +17,9 @@ COMMAND_MODULES = [
     "predictor.commands.search",
     "predictor.commands.train",
     "predictor.commands.evaluate",
+    "predictor.commands.import_data",
+    "predictor.commands.data",
+    "predictor.commands.collect",
 ]
 
 

@@ -149,7 +149,7 @@ def _apply_slo(df: pd.DataFrame, slo: dict) -> pd.Series:
 def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reasoning", objective: str = "throughput",
            slo: dict | None = None, trials: int = 200, exhaustive: bool = False, num_requests: int | None = None,
            concurrency: int = 0, isl: int | None = None, osl: int | None = None, knobs: dict | None = None,
-           weight_dtype: str | None = None, refine_top: int = 5, seed: int = 0, predictor: Predictor | None = None,
+           weight_dtype: str | None = None, refine_top: int = 8, seed: int = 0, predictor: Predictor | None = None,
            show_progress: bool = False) -> SearchResult:
     """Search layouts (and knobs) of `num_gpus` GPUs for the best `objective` under `slo`."""
     import time
@@ -187,8 +187,11 @@ def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reas
     if wl.num_requests > 0 and refine_top > 0:
         seen = _refine_with_simulation(predictor, seen, model, g.name, wl, wdt, col, sign, refine_top, seed)
         seen["meets_slo"] = _apply_slo(seen, slo) & seen["feasible"] & np.isfinite(seen[col])
+    # simulated (closed-batch) candidates rank ahead of steady-state-only ones: their numbers include the tail
+    sim_first = ~seen["simulated"] if seen["simulated"].any() else pd.Series(False, index=seen.index)
     ranked = seen.assign(_key=np.where(seen["meets_slo"], sign * seen[col].fillna(np.inf), np.inf),
-                         _feas=~seen["feasible"]).sort_values(["_feas", "_key"]).drop(columns=["_key", "_feas"])
+                         _feas=~seen["feasible"], _sim=sim_first).sort_values(["_feas", "_sim", "_key"])
+    ranked = ranked.drop(columns=["_key", "_feas", "_sim"])
     ranked = ranked.reset_index(drop=True)
     best = None
     message = ""
@@ -239,7 +242,9 @@ def _refine_with_simulation(predictor: Predictor, seen: pd.DataFrame, model: str
                             col: str, sign: float, top: int, seed: int) -> pd.DataFrame:
     seen = seen.copy()
     cand = seen[seen["feasible"] & np.isfinite(seen[col])]
-    order = (sign * cand[col]).sort_values().index[:top]
+    # small spaces: simulate every feasible candidate; large ones: the `top` best by the steady-state screen
+    order = (sign * cand[col]).sort_values().index
+    order = order if len(order) <= 3 * top else order[:top]
     for i in order:
         r = seen.loc[i]
         p = predictor.predict(model, gpu, int(r.tp), int(r.pp), int(r.dp), int(r.ep), bool(r.attention_dp), wl,

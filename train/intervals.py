@@ -80,6 +80,16 @@ class IntervalCalibration:
                 hi[unseen] = np.maximum(hi[unseen], d_hi)
         return lo, hi
 
+    def __getstate__(self):
+        """Seen keys as sorted tuples: set order varies between processes, and artifacts must be reproducible."""
+        state = dict(self.__dict__)
+        state["seen"] = {dim: tuple(sorted(keys, key=str)) for dim, keys in self.seen.items()}
+        return state
+
+    def __setstate__(self, state):
+        state["seen"] = {dim: frozenset(keys) for dim, keys in state.get("seen", {}).items()}
+        self.__dict__.update(state)
+
     @staticmethod
     def _widest(offsets: dict[str, tuple[float, float]]) -> tuple[float, float]:
         return (min(o[0] for o in offsets.values()), max(o[1] for o in offsets.values()))

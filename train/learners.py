@@ -170,7 +170,8 @@ class MLPLearner:
     """A small torch MLP (two hidden ReLU layers) trained with Adam; inference in numpy (no torch needed)."""
 
     hidden: int = 64
-    epochs: int = 300
+    epochs: int = 300  # at most; large data sets get fewer epochs so a fit stays near `max_steps` updates
+    max_steps: int = 3000
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     batch_size: int = 512
@@ -197,7 +198,8 @@ class MLPLearner:
         )
         opt = torch.optim.Adam(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         n = len(Xt)
-        for _ in range(self.epochs):
+        batches = max(1, -(-n // self.batch_size))
+        for _ in range(max(10, min(self.epochs, self.max_steps // batches))):
             perm = torch.randperm(n, generator=gen)
             for i in range(0, n, self.batch_size):
                 idx = perm[i : i + self.batch_size]

@@ -21,6 +21,9 @@ from train.splits import split_folds
 from train.targets import PHYSICS_TARGETS, pred_cols
 
 CALIBRATION_GROUPINGS = ("random", "model", "gpu", "layout")
+# one measurement in other units (total = output x (isl + osl) / osl, requests = output / osl): the physics answers
+# obey the same identities, so the learned correction of output_throughput applies to them unchanged
+SHARED_RESIDUAL = {"total_throughput": "output_throughput", "request_throughput": "output_throughput"}
 MAX_LOG_CORRECTION = 7.0  # a learned correction never moves physics by more than e^7 (~1,100x) either way
 
 
@@ -90,6 +93,9 @@ class FrameModel:
             for t in targets:
                 if masks[t].sum() < self.min_rows:
                     continue
+                if self._shared_source(t) is not None:
+                    self.fit_report_[t] = {"n": int(masks[t].sum()), "shares_correction_of": self._shared_source(t)}
+                    continue
                 if progress:
                     progress(t)
                 sub = frame[masks[t]]
@@ -100,6 +106,11 @@ class FrameModel:
                     self.learners_[t] = learner
                 self.calibration_[t], self.fit_report_[t] = self._calibrate(space, sub, t, X, y)
         return self
+
+    def _shared_source(self, target: str) -> str | None:
+        """The target whose learned correction `target` reuses (residual families, once that one is fitted)."""
+        src = SHARED_RESIDUAL.get(target)
+        return src if self.residual and src is not None and src in self.calibration_ else None
 
     def _rows(self, frame: pd.DataFrame, target: str) -> np.ndarray:
         mask = target_rows(frame, target, need_physics=True)
@@ -158,21 +169,29 @@ class FrameModel:
             space = self.spaces_.get(kind)
             X = None
             keys = row_novelty(sub) if self.calibration_ else None
+            corrections: dict[str, np.ndarray] = {}
+            bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for t in targets:
                 phys_log = nan_safe_log(physics_answer(sub, t))
-                learner = self.learners_.get(t)
+                key = self._shared_source(t) or t
+                learner = self.learners_.get(key)
                 if learner is None:
                     point = phys_log  # no measurements of this target: the physics answer
-                else:
+                elif not self.residual:
                     if X is None:
                         X = space.matrix(sub)
-                    if self.residual:
-                        X[:, -1] = phys_log
-                        point = phys_log + np.clip(learner.predict(X), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)
-                    else:
-                        point = learner.predict(X)
-                cal = self.calibration_.get(t) or IntervalCalibration(self.coverage)
-                lo_off, hi_off = cal.bounds(sub, keys)
+                    point = learner.predict(X)
+                else:
+                    if key not in corrections:
+                        if X is None:
+                            X = space.matrix(sub)
+                        X[:, -1] = phys_log if key == t else nan_safe_log(physics_answer(sub, key))
+                        corrections[key] = np.clip(learner.predict(X), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)
+                    point = phys_log + corrections[key]
+                if key not in bounds:
+                    cal = self.calibration_.get(key) or IntervalCalibration(self.coverage)
+                    bounds[key] = cal.bounds(sub, keys)
+                lo_off, hi_off = bounds[key]
                 vals = (np.exp(point), np.exp(point + lo_off), np.exp(point + hi_off))
                 for col, v in zip(pred_cols(t), vals):
                     if whole:
@@ -192,11 +211,14 @@ class FrameModel:
 
 
 class ResidualModel(FrameModel):
-    """XGBoost on the physics features predicting log(measured / physics); monotone in the physics answer."""
+    """XGBoost on the physics features predicting log(measured / physics); monotone in the physics answer.
+
+    Few, fairly strong trees by default: the correction is smooth, and 100,000-row predictions must stay fast.
+    """
 
     family = "residual-xgb"
     defaults = {
-        "n_estimators": 300, "max_depth": 6, "learning_rate": 0.05, "min_child_weight": 1.0, "subsample": 0.8,
+        "n_estimators": 60, "max_depth": 6, "learning_rate": 0.15, "min_child_weight": 1.0, "subsample": 0.8,
         "colsample_bytree": 0.8, "reg_lambda": 1.0, "reg_alpha": 0.0, "monotone_phys": 1,
     }
 

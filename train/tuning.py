@@ -17,7 +17,7 @@ from train.targets import ALL_TARGETS, pred_cols
 def suggest_xgb(trial: optuna.Trial, monotone: bool = True) -> dict:
     """XGBoost search space; tree counts stay small enough for 100,000-row predictions under a second."""
     p = {
-        "n_estimators": trial.suggest_int("n_estimators", 20, 150, step=10),
+        "n_estimators": trial.suggest_int("n_estimators", 20, 120, step=10),
         "max_depth": trial.suggest_int("max_depth", 2, 8),
         "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.4, log=True),
         "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 30.0, log=True),

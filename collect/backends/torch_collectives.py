@@ -19,13 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.errors import InputError
-from features.schema import conform
-
 from collect.backends.torch_step import (
     ENGINE,
     SOURCE,
-    RowSink,
     _concat,
     _json_default,
     _now_iso,
@@ -35,6 +31,9 @@ from collect.backends.torch_step import (
     device_info,
     torch_dtype,
 )
+from collect.sinks import RowSink
+from features.errors import InputError
+from features.schema import conform
 
 COLLECTIVES = ("allreduce", "allgather", "alltoall")
 # bus bandwidth factor (nccl-tests): bytes each rank moves over its link per byte of message

@@ -25,15 +25,16 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from collect.sinks import CsvSink, RowSink, StoreSink, make_sink  # noqa: F401 - re-exported for backend users
 from features.errors import InputError
-from features.schema import COLUMNS, conform
+from features.schema import conform
 from features.specs import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,8 +50,6 @@ MOE_ROW_ALIGN = 16  # each expert's token group is padded to a multiple of this 
 DECODE_INCLUDES = ("rmsnorm", "qkv_gemm", "rope", "kv_append", "attention", "o_gemm", "residual", "rmsnorm",
                    "gate_up_gemm", "silu_mul", "down_gemm", "residual")
 MOE_INCLUDES = ("grouped_gate_up_gemm", "silu_mul", "grouped_down_gemm", "shared_expert")
-
-RowSink = Callable[[pd.DataFrame], None]
 
 _DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -391,7 +390,11 @@ def torch_dtype(name: str):
 
 def _dtype_name(dtype) -> str:
     """The project name (`bf16`, ...) of a torch dtype."""
-    return {v: k for k, v in _DTYPE_NAMES.items()}[str(dtype).removeprefix("torch.")]
+    names = {v: k for k, v in _DTYPE_NAMES.items()}
+    key = str(dtype).removeprefix("torch.")
+    if key not in names:
+        raise InputError(f"dtype {dtype} is not one of {sorted(_DTYPE_NAMES)}")
+    return names[key]
 
 
 def resolve_device(device: str | None) -> str:
@@ -469,11 +472,20 @@ def device_info(device: str) -> dict[str, Any]:
         info.update(_nvidia_smi(idx))
     else:
         info.update(
-            device_name=platform.processor() or platform.machine(),
+            device_name=_cpu_model_name(),
             cpu_count=os.cpu_count(),
             torch_threads=torch.get_num_threads(),
         )
     return info
+
+
+def _cpu_model_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else the platform's processor or machine string."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def _row_device_detail(info: dict[str, Any]) -> dict[str, Any]:
@@ -658,8 +670,8 @@ class DecoderStack:
     def new_caches(self, batch: int, capacity: int) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
         """Per-layer K and V caches [batch, kv_heads, capacity, head_dim], filled with random values."""
         s = self.shard
-        return [(self.random(batch, s.kv_heads, capacity, s.head_dim), self.random(batch, s.kv_heads, capacity, s.head_dim))
-                for _ in self.layers]
+        shape = (batch, s.kv_heads, capacity, s.head_dim)
+        return [(self.random(*shape), self.random(*shape)) for _ in self.layers]
 
     def decode_state(self, batch: int, context: int, caches=None) -> StepState:
         """One new token per sequence at position context-1, its K/V appended to slot context-1 of each cache."""
@@ -833,72 +845,11 @@ class MoEBlock:
         return routed, shared
 
 
-# --- rows and sinks ---------------------------------------------------------------------------------------------
+# --- provenance ---------------------------------------------------------------------------------------------------
 
 
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-class CsvSink:
-    """Appends each frame of schema rows to a CSV file as it arrives (header written once), so nothing is lost."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_header = not self.path.exists() or self.path.stat().st_size == 0
-        self.rows_written = 0
-
-    def __call__(self, df: pd.DataFrame) -> None:
-        frame = conform(df)[list(COLUMNS)]
-        with open(self.path, "a", newline="") as fh:
-            frame.to_csv(fh, header=self._write_header, index=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        self._write_header = False
-        self.rows_written += len(frame)
-
-
-class StoreSink:
-    """Appends each frame to the measurement store (`collect.store.Store`): one transaction per measurement."""
-
-    def __init__(self, store_or_url: Any = None):
-        from collect.store import Store
-
-        self.store = store_or_url if hasattr(store_or_url, "append") else Store(store_or_url)
-        self.rows_written = 0
-
-    def __call__(self, df: pd.DataFrame) -> None:
-        self.store.append(df)
-        self.rows_written += len(df)
-
-
-def fan_out(*sinks: RowSink | None) -> RowSink:
-    """One sink that hands every frame to each of `sinks` (None entries ignored)."""
-    live = [s for s in sinks if s is not None]
-
-    def sink(df: pd.DataFrame) -> None:
-        for s in live:
-            s(df)
-
-    return sink
-
-
-def make_sink(csv_path: str | os.PathLike | None = None, store: Any = None) -> RowSink:
-    """A sink writing to a CSV file and/or a store (a Store, an URL, or a callable); CSV alone if no store exists."""
-    sinks: list[RowSink] = []
-    if csv_path:
-        sinks.append(CsvSink(csv_path))
-    if store is not None:
-        if callable(store) and not hasattr(store, "append"):
-            sinks.append(store)
-        else:
-            try:
-                sinks.append(StoreSink(store))
-            except ImportError:
-                if not csv_path:
-                    raise InputError("the measurement store (collect.store) is not available; give a CSV path") from None
-    return fan_out(*sinks)
 
 
 # --- progress ---------------------------------------------------------------------------------------------------
@@ -944,7 +895,7 @@ def _log(message: str) -> None:
 class TorchStepBackend:
     """Measures step and op times with torch on one device and turns each into a schema row."""
 
-    def __init__(self, device: str | None = None, dtype: str | None = None, *, layers_timed: int = 5,
+    def __init__(self, device: str | None = None, dtype: Any = None, *, layers_timed: int = 5,
                  warmup: int = 3, replays: int = 10, prefill_warmup: int = 2, prefill_replays: int = 5,
                  memory_bytes: float | None = None, memory_fraction: float = MEMORY_FRACTION,
                  use_graph: bool = True, time_budget_s: float | None = None, seed: int = 0,
@@ -953,6 +904,8 @@ class TorchStepBackend:
 
         self.device = resolve_device(device)
         self.is_cuda = self.device.startswith("cuda")
+        if dtype is not None and not isinstance(dtype, str):
+            dtype = _dtype_name(dtype)  # a torch dtype
         self.dtype_name = dtype or ("bf16" if self.is_cuda else "fp32")
         self.dtype = torch_dtype(self.dtype_name)
         self.elem_bytes = int(torch.empty((), dtype=self.dtype).element_size())
@@ -1017,6 +970,7 @@ class TorchStepBackend:
             _log(f"[red]{label}: {'out of memory' if oom else 'error'}: {str(e).splitlines()[0][:200]}[/red]")
             row = self._row(kind, {**fields, "status": "oom" if oom else "error"},
                             {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:500]}"})
+            self._release(collect=True)
         finally:
             self._release()
         df = conform(pd.DataFrame([row]))
@@ -1024,10 +978,12 @@ class TorchStepBackend:
             on_row(df)
         return df
 
-    def _release(self) -> None:
+    def _release(self, collect: bool = False) -> None:
+        """Hand cached device memory back between measurements (and collect garbage after a model or an error)."""
         import torch
 
-        gc.collect()
+        if collect:
+            gc.collect()
         if self.is_cuda:
             torch.cuda.empty_cache()
 
@@ -1075,7 +1031,7 @@ class TorchStepBackend:
                     advance(label)
         finally:
             del stack
-            self._release()
+            self._release(collect=True)
         return _concat(frames)
 
     def _step_detail(self, shard: LayerShard, layers: int, t: Timing) -> dict[str, Any]:
@@ -1222,7 +1178,7 @@ class TorchStepBackend:
         return {"op_ms": t.median_ms}, detail
 
     # -- MoE --
-    def measure_moe(self, model: ModelSpec, ep: int = 1, batches: Sequence[int] = (1, 8, 32, 128, 512, 2048),
+    def measure_moe(self, model: ModelSpec, ep: int = 1, batches: Sequence[int] = (1, 8, 32, 128, 512, 2048),  # probe
                     on_row: RowSink | None = None, *, tp: int = 1, impl: str | None = None) -> pd.DataFrame:
         """moe_ffn op rows: one MoE FFN block of `model` under EP degree `ep` for each batch of routed tokens."""
         shard = shard_moe(model, ep, tp)
@@ -1249,7 +1205,7 @@ class TorchStepBackend:
                     advance(label)
         finally:
             del block
-            self._release()
+            self._release(collect=True)
         return _concat(frames)
 
     def _moe_point(self, block: MoEBlock, routing: Routing, batch: int):
@@ -1341,6 +1297,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 # --- CLI helpers (the `layoutcast collect --backend torch` command wires these) ----------------------------------
 
 MEASURE_KINDS = ("step", "ops", "moe", "collectives")
+MOE_BATCHES = (1, 8, 32, 128, 512, 2048)  # tokens per MoE block, as in the GPU probe
 
 
 def add_torch_arguments(parser) -> None:
@@ -1373,7 +1330,7 @@ def add_torch_arguments(parser) -> None:
 
 
 def collect_torch(args: Any, store: Any = None) -> pd.DataFrame:
-    """Run the torch backend from CLI args (a Namespace or dict) writing rows to `store` and/or `--csv` as they finish."""
+    """Run the torch backend from CLI args (Namespace or dict); rows go to `store` and/or `--csv` as they finish."""
     get = (lambda k, d=None: args.get(k, d)) if isinstance(args, dict) else (lambda k, d=None: getattr(args, k, d))
     from features.catalog import resolve_model
 
@@ -1389,9 +1346,9 @@ def collect_torch(args: Any, store: Any = None) -> pd.DataFrame:
     models = [resolve_model(n) for n in names]
     memory_gb = get("memory_gb")
     backend = TorchStepBackend(
-        get("device"), get("dtype"), layers_timed=int(get("layers_timed", 5) or 5),
-        replays=int(get("replays", 10) or 10), warmup=int(get("warmup", 3) if get("warmup") is not None else 3),
-        memory_bytes=memory_gb * 2**30 if memory_gb else None, time_budget_s=get("time_budget_s"),
+        get("device"), get("dtype"), layers_timed=_int_or(get("layers_timed"), 5), replays=_int_or(get("replays"), 10),
+        warmup=_int_or(get("warmup"), 3), memory_bytes=memory_gb * 2**30 if memory_gb else None,
+        time_budget_s=get("time_budget_s"),
     )
     sink = make_sink(get("csv"), store)
     tps, eps = parse_int_list(get("tp", 1), "tp"), parse_int_list(get("ep", 1), "ep")
@@ -1402,8 +1359,11 @@ def collect_torch(args: Any, store: Any = None) -> pd.DataFrame:
         prefill_tokens=parse_int_list(get("prefill_tokens"), "prefill tokens") or default.prefill_tokens,
         prefill_prior=parse_int_list(get("prefill_prior", "0"), "prefill prior", allow_zero=True) or (0,),
     )
+    moe_batches = parse_int_list(get("batches"), "batches") or MOE_BATCHES
     frames = []
     for model in models:
+        if model.is_moe and ("step" in measure or "ops" in measure):
+            _log(f"[yellow]{model.name} is a mixture of experts: measure its expert block with --measure moe[/yellow]")
         if "step" in measure and not model.is_moe:
             for tp in tps:
                 frames.append(backend.measure_model(model, tp, grid, on_row=sink))
@@ -1413,7 +1373,7 @@ def collect_torch(args: Any, store: Any = None) -> pd.DataFrame:
                 frames.append(backend.measure_ops(og, on_row=sink, model=model.name, tp=tp))
         if "moe" in measure and model.is_moe:
             for ep in eps:
-                frames.append(backend.measure_moe(model, ep, grid.batches, on_row=sink))
+                frames.append(backend.measure_moe(model, ep, moe_batches, on_row=sink))
     if "ops" in measure and not models:
         frames.append(backend.measure_ops(probe_op_grid() if backend.is_cuda else cpu_op_grid(), on_row=sink))
     if "collectives" in measure:
@@ -1424,6 +1384,10 @@ def collect_torch(args: Any, store: Any = None) -> pd.DataFrame:
     for line in backend.skipped:
         _log(f"[yellow]skipped {line}[/yellow]")
     return _concat([f for f in frames if len(f)])
+
+
+def _int_or(value: Any, default: int) -> int:
+    return default if value is None else int(value)
 
 
 def _names(value: Any) -> list[str]:

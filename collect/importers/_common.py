@@ -63,8 +63,9 @@ def require_path(path: str | Path, what: str, is_dir: bool | None = None) -> Pat
     return p
 
 
-def _check_record_lengths(path: Path, sep: str = ",") -> None:
-    """Every CSV record has as many fields as the header (a truncated or malformed file fails here)."""
+def _check_record_lengths(path: Path, optional_trailing: int = 0, sep: str = ",") -> None:
+    """Every CSV record has as many fields as the header, or omits at most `optional_trailing` trailing ones
+    (a truncated or malformed file fails here)."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.reader(f, delimiter=sep)
@@ -73,18 +74,22 @@ def _check_record_lengths(path: Path, sep: str = ",") -> None:
                 raise InputError(f"{str(path)!r} is empty")
             n = len(header)
             for rec in reader:
-                if rec and len(rec) != n and any(x.strip() for x in rec):
-                    raise InputError(f"{str(path)!r} line {reader.line_num}: {len(rec)} fields where the header has {n} "
-                                     "(file truncated or malformed)")
+                if rec and not (n - optional_trailing <= len(rec) <= n) and any(x.strip() for x in rec):
+                    raise InputError(f"{str(path)!r} line {reader.line_num}: {len(rec)} fields where the header has "
+                                     f"{n} (file truncated or malformed)")
     except UnicodeDecodeError as e:
         raise InputError(f"{str(path)!r} is not a UTF-8 text file: {e}") from None
     except csv.Error as e:
         raise InputError(f"{str(path)!r} is not a readable CSV file: {e}") from None
 
 
-def read_csv_checked(path: Path, required: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
-    """A CSV file as a frame, or one InputError: missing, empty, malformed, truncated, or lacking a column."""
-    _check_record_lengths(path)
+def read_csv_checked(path: Path, required: list[str] | tuple[str, ...] = (),
+                     optional_trailing: int = 0) -> pd.DataFrame:
+    """A CSV file as a frame, or one InputError: missing, empty, malformed, truncated, or lacking a column.
+
+    `optional_trailing`: how many trailing fields a record may leave out (files whose last columns are optional).
+    """
+    _check_record_lengths(path, optional_trailing)
     try:
         df = pd.read_csv(path, skip_blank_lines=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
@@ -238,6 +243,12 @@ def detail_from_columns(df: pd.DataFrame, columns: dict[str, str], constant: dic
     values = [df[c].tolist() for c in cols]
     const = constant or {}
     return detail_json([{**const, **dict(zip(keys, row))} for row in zip(*values)] if cols else [dict(const)] * len(df))
+
+
+def row_keys(df: pd.DataFrame) -> pd.Series:
+    """One string per row joining every column's value (missing as empty): a grouping key over several columns."""
+    parts = [df[c].astype(object).where(df[c].notna(), "").astype(str) for c in df.columns]
+    return parts[0].str.cat(parts[1:], sep="\x1f") if len(parts) > 1 else parts[0]
 
 
 def with_progress(items: list, enabled: bool, what: str):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from collect.importers._common import (ImportReport, NameResolver, detail_from_columns, dtype_name, finish, numeric,
-                                       read_csv_checked, require_path, require_values)
+                                       read_csv_checked, require_path, require_values, row_keys)
 from features.errors import InputError
 
 SOURCE = "dli"
@@ -27,8 +27,9 @@ COL_TPOT = "Token-to-token Latency (ms)"
 REQUIRED = ("Model", "GPU", "Precision", "Batch Size", "Number of GPUs", "Tensor Model Parallel Size",
             "Pipeline Model Parallel Size", "Input/Output Lengths", COL_TTFT, COL_LAT, COL_TPUT, COL_TPOT)
 NUMERIC = ("Batch Size", "Number of GPUs", "Tensor Model Parallel Size", "Pipeline Model Parallel Size", COL_TTFT,
-           COL_LAT, COL_TPUT, COL_TPOT, "Generation Throughput (tokens / sec)", "Throughput per GPU (tokens / sec / GPU)",
-           "GPU Peak Memory Usage (GB)", "Input Token Length", "Output Token Length")
+           COL_LAT, COL_TPUT, COL_TPOT, "Generation Throughput (tokens / sec)",
+           "Throughput per GPU (tokens / sec / GPU)", "GPU Peak Memory Usage (GB)", "Input Token Length",
+           "Output Token Length")
 CONFIG_KEYS = ("Model", "GPU", "Precision", "Tensor Model Parallel Size", "Pipeline Model Parallel Size",
                "Input/Output Lengths")
 DETAIL = {"Generation Throughput (tokens / sec)": "generation_tok_s",
@@ -53,7 +54,7 @@ def failure_status(raw: pd.DataFrame, failed: np.ndarray) -> np.ndarray:
     """`oom` for a failed run above the largest successful batch of its configuration, `error` otherwise."""
     batch = raw["Batch Size"].to_numpy(dtype=float)
     ok_batch = np.where(~failed, batch, np.nan)
-    key = raw[list(CONFIG_KEYS)].astype(str).agg("|".join, axis=1)
+    key = row_keys(raw[list(CONFIG_KEYS)])
     max_ok = pd.Series(ok_batch).groupby(key.to_numpy()).transform("max").to_numpy()
     oom = failed & ~np.isnan(max_ok) & (batch > max_ok)
     return np.where(oom, "oom", "error")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from collect.importers._common import (ImportReport, NameResolver, detail_from_columns, dtype_name, finish, numeric,
-                                       read_csv_checked, require_path, require_values)
+                                       read_csv_checked, require_values)
 from collect.importers.dli import resolve_file
 from features.errors import InputError
 
@@ -78,7 +78,8 @@ def import_nim(path: str | Path) -> tuple[pd.DataFrame, ImportReport]:
         "derived": "total_throughput",
         "detail": detail_from_columns(
             detail_src, {"task_inputs-execution_type": "runtime", "input_config-backend": "backend",
-                         "request_latency-avg_ms": "request_latency_ms", "request_latency-p95_ms": "request_latency_p95_ms",
+                         "request_latency-avg_ms": "request_latency_ms",
+                         "request_latency-p95_ms": "request_latency_p95_ms",
                          "time_to_first_token-p95_ms": "ttft_p95_ms", "inter_token_latency-p95_ms": "itl_p95_ms",
                          "output_token_throughput_per_request-avg": "output_tok_s_per_request",
                          "num_input_token-p95": "isl_p95", "num_output_token-p95": "osl_p95"},

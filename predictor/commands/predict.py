@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from features.catalog import resolve_model
 from predictor.commands.common import add_engine, add_layout, add_model_gpu, add_workload, check_positive, engine_from_args, fmt, print_json
 
@@ -42,7 +44,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    c = Console()
+    c = Console(width=None if sys.stdout.isatty() else 160)
     t = Table(title=f"{r.model} on {r.num_gpus}x {r.gpu} — {r.layout} — workload {r.workload}"
               + (f", {args.requests} requests" if args.requests else ""))
     t.add_column("target")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from predictor.commands.common import add_model_gpu, fmt, print_json
 
 
@@ -60,7 +62,7 @@ def _print_table(res, args) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    c = Console()
+    c = Console(width=None if sys.stdout.isatty() else 160)
     df = res.ranked
     t = Table(title=f"{args.model} on {args.gpus}x {args.gpu}: objective {res.objective} ({res.method}; "
               f"{res.evaluated} of {res.space_size} candidates scored)")

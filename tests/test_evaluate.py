@@ -1,0 +1,101 @@
+"""`layoutcast train` and `layoutcast evaluate` end to end on a small real CSV (shared H200 step times)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from predictor.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.skipif(not (SHARED / "gpu_probe").is_dir(), reason="../shared/data is absent (outside the workspace)")
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory) -> Path:
+    from collect.importers.gpu_probe import import_gpu_probe
+
+    df, _ = import_gpu_probe(SHARED / "gpu_probe")
+    path = tmp_path_factory.mktemp("data") / "steps.csv"
+    df[df["kind"] == "step"].sample(200, random_state=0).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_path(data_csv, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "m.joblib"
+    assert main(["train", "--data", str(data_csv), "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_artifact_with_metadata(model_path, data_csv, capsys):
+    from train.artifact import read_metadata
+
+    meta = read_metadata(model_path)
+    assert meta["family"] == "residual-xgb" and meta["n_rows"] == 200
+    assert set(meta["targets"]) == {"layer_ms", "lm_head_ms"}
+    assert meta["metrics"]["layer_ms"]["n"] > 100 and len(meta["data_fingerprint"]) == 64
+    assert "f_term_weights_ms" in meta["features"]["step"]
+    out = model_path.with_name("tuned.joblib")
+    capsys.readouterr()
+    assert main(["train", "--data", str(data_csv), "--out", str(out), "--tune", "2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["tuning"]["trials"] == 2 and doc["artifact"] == str(out)
+
+
+def test_evaluate_json_is_one_document(model_path, data_csv, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model_path), "--data", str(data_csv), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    r = doc["targets"]["layer_ms"]
+    assert doc["split"] == "none" and r["n"] == 200
+    assert r["median_ape"] < 0.05 and 0.0 <= r["coverage"] <= 1.0
+
+
+def test_evaluate_grouped_split_with_plot(model_path, data_csv, tmp_path, capsys):
+    png = tmp_path / "eval.png"
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model_path), "--data", str(data_csv), "--split", "model",
+                 "--folds", "3", "--plot", str(png), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["split"] == "model" and doc["targets"]["layer_ms"]["n"] == 200
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["evaluate", "--model", str(model_path), "--data", str(data_csv), "--split", "gpu"]) == 2  # one GPU
+    assert "needs at least two groups" in capsys.readouterr().err
+
+
+def test_human_output_is_a_table(model_path, data_csv, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model_path), "--data", str(data_csv)]) == 0
+    assert "layer_ms" in capsys.readouterr().out
+
+
+def test_bad_inputs_fail_with_one_line(model_path, data_csv, tmp_path, capsys):
+    broken = tmp_path / "broken.joblib"
+    broken.write_bytes(model_path.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(broken), "--data", str(data_csv)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupted" in err and err.count("\n") == 1
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("model,gpu\nx,y\n")
+    assert main(["train", "--data", str(bad_csv)]) == 2
+    assert "not in the measurement schema" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert "no measurements" in capsys.readouterr().err
+    unknown = tmp_path / "unknown.csv"
+    pd.DataFrame({"kind": ["step"], "model": ["no-such-model"], "gpu": ["h200"], "layer_ms": [1.0]}).to_csv(unknown)
+    assert main(["train", "--data", str(unknown)]) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_cli_module_runs_as_a_process(model_path, data_csv):
+    proc = subprocess.run([sys.executable, "-m", "predictor", "evaluate", "--model", str(model_path), "--data",
+                           str(data_csv), "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["targets"]["lm_head_ms"]["n"] > 0

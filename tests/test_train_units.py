@@ -1,0 +1,166 @@
+"""Unit tests of train's pure parts: splits, conformal offsets, metrics, artifact save/load and its failures."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.errors import InputError
+from train import artifact as art
+from train.intervals import IntervalCalibration, conformal_offsets
+from train.metrics import layout_ranking, target_report
+from train.splits import group_key, layout_code, layout_label, split_folds
+
+
+def _frame(n=60):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "kind": "serving",
+        "model": rng.choice(["a", "b", "c", "d", "e"], n),
+        "gpu": rng.choice(["h100-sxm", "h200", "a100-80g"], n),
+        "tp": rng.choice([1, 2, 4, 8], n), "pp": 1, "dp": rng.choice([1, 2], n), "ep": 1, "attention_dp": False,
+    })
+
+
+@pytest.mark.parametrize("split", ["model", "gpu", "layout"])
+def test_grouped_folds_never_split_a_group(split):
+    df = _frame()
+    folds = split_folds(df, split, n_folds=3, seed=1)
+    keys = group_key(df, split).to_numpy()
+    assert folds
+    seen_test = np.zeros(len(df), dtype=int)
+    for tr, te in folds:
+        assert not set(keys[tr]) & set(keys[te])
+        seen_test[te] += 1
+    assert (seen_test == 1).all()  # every row is held out exactly once
+
+
+def test_folds_deterministic_and_single_group_gives_none():
+    df = _frame()
+    a = split_folds(df, "random", 4, seed=3)
+    b = split_folds(df, "random", 4, seed=3)
+    assert all((x[1] == y[1]).all() for x, y in zip(a, b))
+    assert split_folds(df.assign(gpu="h200"), "gpu", 3) == []
+    with pytest.raises(InputError):
+        split_folds(df, "vendor")
+
+
+def test_layout_code_roundtrip():
+    df = pd.DataFrame({"tp": [2, 8], "pp": [1, 2], "dp": [4, 1], "ep": [1, 8], "attention_dp": [False, True]})
+    assert [layout_label(c) for c in layout_code(df)] == ["TP2xPP1xDP4xEP1", "TP8xPP2xDP1xEP8xADP"]
+    # missing layout columns mean the defaults (1, False)
+    assert layout_label(layout_code(pd.DataFrame({"tp": [4]}))[0]) == "TP4xPP1xDP1xEP1"
+
+
+def test_conformal_offsets_cover_and_bracket_zero():
+    rng = np.random.default_rng(0)
+    calib = rng.normal(0.1, 0.2, 2000)
+    lo, hi = conformal_offsets(calib, 0.8)
+    fresh = rng.normal(0.1, 0.2, 20000)
+    cover = np.mean((fresh >= lo) & (fresh <= hi))
+    assert 0.77 < cover < 0.84
+    assert lo <= 0 <= hi
+    # all-positive residuals: the interval still contains the point (lower offset 0)
+    lo2, hi2 = conformal_offsets(np.abs(calib) + 0.5, 0.8)
+    assert lo2 == 0.0 and hi2 > 0.5
+    assert all(math.isnan(v) for v in conformal_offsets(np.array([]), 0.8))
+
+
+def test_calibration_widens_for_unseen_model():
+    cal = IntervalCalibration(0.8, {"random": (-0.05, 0.05), "model": (-0.3, 0.4)},
+                              {"model": frozenset({"a"}), "gpu": frozenset({"h200"}), "layout": frozenset()})
+    df = pd.DataFrame({"model": ["a", "z"], "gpu": ["h200", "h200"], "tp": [1, 1]})
+    cal.seen["layout"] = frozenset(layout_code(df).tolist())
+    lo, hi = cal.bounds(df)
+    assert (lo[0], hi[0]) == (-0.05, 0.05)
+    assert (lo[1], hi[1]) == (-0.3, 0.4)
+
+
+def test_metrics_by_hand():
+    df = pd.DataFrame({
+        "kind": "serving", "model": "m", "gpu": "g", "isl": 100.0, "osl": 1000.0,
+        "tp": [1, 2, 4], "pp": 1, "dp": 1, "ep": 1, "num_gpus": [1, 2, 4],
+        "tpot_ms": [30.0, 20.0, 10.0],
+        "pred_tpot_ms": [33.0, 18.0, 12.0], "pred_tpot_ms_lo": [25.0, 17.0, 11.0], "pred_tpot_ms_hi": [40.0, 19.0, 13.0],
+    })
+    r = target_report(df, "tpot_ms")
+    assert r["n"] == 3
+    assert r["median_ape"] == pytest.approx(0.1)  # errors 10%, 10%, 20%
+    assert r["coverage"] == pytest.approx(1 / 3)  # only the first interval holds its truth
+    assert r["spearman_mean"] == pytest.approx(1.0)
+    assert r["regret_mean"] == 0.0 and r["best_pick_rate"] == 1.0
+    # a wrong pick: the prediction ranks TP1 best, measured best is TP4 (10 ms): regret (30-10)/10
+    bad = df.assign(pred_tpot_ms=[5.0, 20.0, 30.0])
+    rank = layout_ranking(bad, "tpot_ms")
+    assert rank["regret_mean"] == pytest.approx(2.0)
+    assert rank["spearman_mean"] == pytest.approx(-1.0)
+
+
+def test_throughput_regret_is_per_gpu():
+    df = pd.DataFrame({"kind": "serving", "model": "m", "gpu": "g", "tp": [1, 8], "num_gpus": [1, 8],
+                       "output_throughput": [1000.0, 4000.0], "pred_output_throughput": [900.0, 5000.0]})
+    # per GPU: 1000 vs 500 measured; the prediction says 900 vs 625, picks TP1: no regret
+    assert layout_ranking(df, "output_throughput")["regret_mean"] == 0.0
+
+
+class _Tiny:
+    """A picklable stand-in model object for artifact plumbing tests (the real models are tested elsewhere)."""
+
+    family = "physics"
+    learners_: dict = {}
+    calibration_: dict = {"layer_ms": None}
+    feature_names: dict = {"step": ["f_x"]}
+
+    def get_params(self):
+        return {"seed": 0}
+
+
+def test_artifact_roundtrip_and_metadata(tmp_path):
+    path = tmp_path / "m.joblib"
+    frame = pd.DataFrame({"kind": ["step"], "model": ["llama-3.1-8b"], "layer_ms": [0.5]})
+    meta = art.save_artifact(_Tiny(), path, {"metrics": {"layer_ms": {"n": 1}},
+                                             "data_fingerprint": art.data_fingerprint(frame)})
+    assert meta["schema_version"] == art.SCHEMA_VERSION and meta["versions"]["xgboost"]
+    loaded = art.load_artifact(path)
+    assert isinstance(loaded, _Tiny)
+    assert loaded.metadata_["metrics"] == {"layer_ms": {"n": 1}}
+    assert art.read_metadata(path)["data_fingerprint"] == art.data_fingerprint(frame.iloc[::-1])  # order-free
+    assert art.data_fingerprint(frame) != art.data_fingerprint(frame.assign(layer_ms=0.6))
+
+
+def test_corrupted_artifact_fails_with_one_line(tmp_path):
+    path = tmp_path / "m.joblib"
+    art.save_artifact(_Tiny(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as e:
+        art.load_artifact(path)
+    assert "corrupted" in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "junk.joblib").write_bytes(b"not a pickle at all")
+    with pytest.raises(InputError, match="corrupted"):
+        art.load_artifact(tmp_path / "junk.joblib")
+    joblib.dump({"something": "else"}, tmp_path / "other.joblib")
+    with pytest.raises(InputError, match="not a layoutcast model"):
+        art.load_artifact(tmp_path / "other.joblib")
+    with pytest.raises(InputError, match="does not exist"):
+        art.load_artifact(tmp_path / "missing.joblib")
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("artifact_version", 999, "format version 999"),
+    ("schema_version", -1, "measurement schema -1"),
+    ("features_version", "old", "physics features version old"),
+])
+def test_incompatible_artifact_fails_clearly(tmp_path, key, value, words):
+    path = tmp_path / "m.joblib"
+    meta = art.artifact_metadata(_Tiny())
+    meta[key] = value
+    joblib.dump({"meta": meta, "model": pickle.dumps(_Tiny())}, path)
+    with pytest.raises(InputError) as e:
+        art.load_artifact(path)
+    assert words in str(e.value) and "retrain" in str(e.value)
