@@ -71,10 +71,11 @@ def main() -> dict:
     t.add_row("ALL", "", "", f"{total_rows:,}", "", f"{import_s:.1f} total", style="bold")
     console.print(t)
     import_ok, read_ok = import_s < IMPORT_TARGET_S, read_s < READ_TARGET_S and read_rows == READ_ROWS
+    read_cpu_ok = read_cpu_s < READ_TARGET_S
     console.print(f"import: {import_s:.1f} s for {total_rows:,} rows (target < {IMPORT_TARGET_S:.0f} s): "
                   f"{'met' if import_ok else 'NOT met'}; store file {db_bytes / 1e6:.0f} MB")
-    console.print(f"filtered read of {read_rows:,} rows (kind=step, source=fpm): median {read_s:.2f} s wall, "
-                  f"{read_cpu_s:.2f} s CPU, of "
+    console.print(f"filtered read of {read_rows:,} rows (kind=step, source=fpm): median {read_s:.2f} s wall "
+                  f"(best {min(reads):.2f} s), {read_cpu_s:.2f} s CPU, of "
                   f"{READ_REPEATS} (target < {READ_TARGET_S:.0f} s): {'met' if read_ok else 'NOT met'}; "
                   f"{len(ops):,} op rows (kind=op, source=vidur): median {read_ops_s:.2f} s")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -85,7 +86,7 @@ def main() -> dict:
                "read_rows": read_rows, "read_s_median": read_s, "read_s_all": reads, "read_cpu_s_median": read_cpu_s,
                "read_op_rows": len(ops), "read_op_s_median": read_ops_s, "load_average": load,
                "targets": {"import_s": IMPORT_TARGET_S, "read_s": READ_TARGET_S},
-               "met": {"import": import_ok, "read": read_ok}}
+               "met": {"import": import_ok, "read": read_ok, "read_cpu": read_cpu_ok}}
     path = write_result("store", payload)
     console.print(f"wrote {path}")
     return payload

@@ -13,7 +13,7 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +25,15 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from features.errors import InputError
-from features.schema import COLUMNS, DEFAULTS, KINDS, SCHEMA_VERSION, STATUSES, conform
+from features.schema import COLUMNS, KINDS, SCHEMA_VERSION, STATUSES, conform
 
 STORE_ENV = "LAYOUTCAST_STORE"
 DEFAULT_STORE_PATH = Path("~/.layoutcast/measurements.sqlite")
 TABLE_NAME = "measurements"
 META_TABLE_NAME = "layoutcast_meta"
-PRESENCE_TABLE_NAME = "layoutcast_columns"  # which columns hold values for each (kind, source): reads skip the rest
+# per (kind, source) and column: whether any value / any empty cell was stored, and the value when it is always the
+# same: reads fetch only the columns that vary and fill the constant and empty ones without touching the rows
+STATS_TABLE_NAME = "layoutcast_column_stats"
 
 # Columns the content hash covers: provenance that makes a measurement distinct, configuration, targets, detail.
 # `measured_at`, `derived` and `run_id` are left out so re-importing a file, or the same value recorded under
@@ -46,6 +48,15 @@ _SQLITE_BATCH_ROWS = 20_000
 _WRITE_ATTEMPTS = 8
 
 
+@dataclass
+class _Prepared:
+    """One frame ready to insert: DB-API records, their column names, and their column statistics."""
+
+    records: list[tuple]
+    names: list[str]
+    stats: list[dict]
+
+
 @dataclass(frozen=True)
 class AppendResult:
     """What one `Store.append` did: rows newly stored and rows already present (identical content)."""
@@ -55,12 +66,14 @@ class AppendResult:
 
 
 def default_store_url() -> str:
-    """`$LAYOUTCAST_STORE` if set, else the SQLite file `~/.layoutcast/measurements.sqlite`."""
-    return normalize_url(os.environ.get(STORE_ENV) or str(DEFAULT_STORE_PATH))
+    """`$LAYOUTCAST_STORE` if set, else the SQLite file `~/.layoutcast/measurements.sqlite` (as a URL)."""
+    text = (os.environ.get(STORE_ENV) or str(DEFAULT_STORE_PATH)).strip()
+    return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
-def normalize_url(url_or_path: str | os.PathLike) -> str:
-    """An SQLAlchemy URL as given, or a filesystem path turned into an `sqlite:///` URL (parent folder created)."""
+def normalize_url(url_or_path: str | os.PathLike, create: bool = True) -> str:
+    """An SQLAlchemy URL as given, or a filesystem path turned into an `sqlite:///` URL; an SQLite file's folder is
+    created when `create`, else the file must exist."""
     text = str(url_or_path).strip()
     if not text:
         raise InputError("store URL is empty")
@@ -70,13 +83,20 @@ def normalize_url(url_or_path: str | os.PathLike) -> str:
         except (sa.exc.ArgumentError, ValueError) as e:
             raise InputError(f"malformed store URL {text!r}: {e}") from None
         if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_file(Path(url.database).expanduser(), create)
         return text
     path = Path(text).expanduser().resolve()
+    _sqlite_file(path, create)
+    return f"sqlite:///{path}"
+
+
+def _sqlite_file(path: Path, create: bool) -> None:
     if path.is_dir():
         raise InputError(f"store path {str(path)!r} is a directory, not an SQLite file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.is_file():
+        raise InputError(f"no measurement store at {str(path)!r}")
 
 
 def driver_url(url: str) -> sa.engine.URL:
@@ -121,21 +141,59 @@ def _build_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
         sa.Column("key", sa.String(64), primary_key=True),
         sa.Column("value", sa.Text(), nullable=False),
     )
-    presence = sa.Table(
-        PRESENCE_TABLE_NAME,
+    stats = sa.Table(
+        STATS_TABLE_NAME,
         metadata,
         sa.Column("kind", sa.String(16), primary_key=True),
         sa.Column("source", sa.String(200), primary_key=True),  # '' stands for an empty source
         sa.Column("column_name", sa.String(64), primary_key=True),
+        sa.Column("has_value", sa.Boolean(create_constraint=False), nullable=False),
+        sa.Column("has_null", sa.Boolean(create_constraint=False), nullable=False),
+        sa.Column("multi", sa.Boolean(create_constraint=False), nullable=False),  # more than one distinct value
+        sa.Column("value", sa.Text(), nullable=True),  # the first value seen (encoded), when has_value
     )
-    return table, meta, presence
+    return table, meta, stats
 
 
-def _presence(rows: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(kind, source, column) for every column holding a value in some row of that kind and source."""
-    key = [rows["kind"].astype(object), rows["source"].astype(object).where(rows["source"].notna(), "")]
-    filled = rows[list(COLUMNS)].notna().groupby(key).any()
-    return [(k, src, col) for (k, src), flags in filled.iterrows() for col, on in flags.items() if on]
+def _encode(value, dtype: str) -> str:
+    """A stored value as exact text (floats by repr, which round-trips), for the column statistics."""
+    if dtype == "float64":
+        return repr(float(value))
+    if dtype == "Int64":
+        return str(int(value))
+    if dtype == "boolean":
+        return "1" if bool(value) else "0"
+    return str(value)
+
+
+def _decode(text: str, dtype: str):
+    if dtype == "float64":
+        return float(text)
+    if dtype == "Int64":
+        return int(text)
+    if dtype == "boolean":
+        return text == "1"
+    return text
+
+
+def _column_stats(rows: pd.DataFrame) -> list[dict]:
+    """Per (kind, source) group and schema column of a conformed frame: has_value, has_null, multi, value."""
+    key = rows["kind"].astype(object) + "\x1f" + rows["source"].astype(object).where(rows["source"].notna(), "")
+    out = []
+    for k, idx in key.groupby(key, sort=False).indices.items():
+        kind, source = k.split("\x1f", 1)
+        sub = rows.iloc[idx]
+        for col, dtype in COLUMNS.items():
+            s = sub[col]
+            present = s.notna().to_numpy()
+            has_value = bool(present.any())
+            values = s[present]
+            first = values.iloc[0] if has_value else None
+            multi = bool(has_value and (values != first).any())
+            out.append({"kind": kind, "source": source, "column_name": col, "has_value": has_value,
+                        "has_null": bool(not present.all()), "multi": multi,
+                        "value": _encode(first, dtype) if has_value else None})
+    return out
 
 
 def content_hashes(frame: pd.DataFrame) -> list[str]:
@@ -197,13 +255,14 @@ def _is_lock_error(exc: BaseException) -> bool:
 class Store:
     """An append-only measurement store; `Store()` opens the default SQLite file, `Store(url)` any SQLAlchemy URL."""
 
-    def __init__(self, url: str | os.PathLike | None = None, *, busy_timeout_s: float = 60.0):
-        self.url = normalize_url(url) if url is not None else default_store_url()
+    def __init__(self, url: str | os.PathLike | None = None, *, create: bool = True, busy_timeout_s: float = 60.0):
+        """`create=False`: an SQLite store must already exist (for commands that only read)."""
+        self.url = normalize_url(url if url is not None else default_store_url(), create=create)
         self._busy_timeout_s = busy_timeout_s
         self.engine: Engine = self._make_engine()
         self.dialect = self.engine.dialect.name
         self._metadata = sa.MetaData()
-        self.table, self.meta_table, self.presence_table = _build_tables(self._metadata)
+        self.table, self.meta_table, self.stats_table = _build_tables(self._metadata)
         self._open()
 
     # --- connection set-up ----------------------------------------------------------------------------------
@@ -288,7 +347,7 @@ class Store:
                 if found != str(SCHEMA_VERSION):
                     raise InputError(f"store {self._safe_url()} has measurement schema version {found}; "
                                      f"this layoutcast reads version {SCHEMA_VERSION} (use a new store)")
-                if TABLE_NAME in names and PRESENCE_TABLE_NAME in names:
+                if TABLE_NAME in names and STATS_TABLE_NAME in names:
                     return
             self._metadata.create_all(conn, checkfirst=True)
             if META_TABLE_NAME not in names:
@@ -296,34 +355,63 @@ class Store:
                     {"key": "schema_version", "value": str(SCHEMA_VERSION)},
                     {"key": "created_at", "value": pd.Timestamp.now(tz="UTC").isoformat()},
                 ])
-            elif TABLE_NAME in names and PRESENCE_TABLE_NAME not in names:
-                self._backfill_presence(conn)
+            elif TABLE_NAME in names and STATS_TABLE_NAME not in names:
+                self._backfill_stats(conn)
 
-    def _backfill_presence(self, conn: Connection) -> None:
-        """Record which columns hold values (a store written before the presence table existed)."""
+    def _backfill_stats(self, conn: Connection) -> None:
+        """Compute the column statistics of a store written before they were kept (one grouped scan)."""
         t = self.table
         src = sa.func.coalesce(t.c.source, "")
-        stmt = sa.select(t.c.kind, src, *[sa.func.count(t.c[c]) for c in COLUMNS]).group_by(t.c.kind, src)
-        entries = [(r[0], r[1], col) for r in conn.execute(stmt) for col, k in zip(COLUMNS, r[2:]) if k]
-        self._insert_presence(conn, entries)
+        aggs = [sa.func.count()]
+        for c, dtype in COLUMNS.items():
+            low = sa.func.min(sa.cast(t.c[c], sa.Integer) if dtype == "boolean" else t.c[c])  # PG has no min(bool)
+            aggs += [sa.func.count(t.c[c]), sa.func.count(sa.distinct(t.c[c])), low]
+        entries = []
+        for r in conn.execute(sa.select(t.c.kind, src, *aggs).group_by(t.c.kind, src)):
+            kind, source, total = r[0], r[1], r[2]
+            for i, (col, dtype) in enumerate(COLUMNS.items()):
+                n, distinct, low = r[3 + 3 * i: 6 + 3 * i]
+                entries.append({"kind": kind, "source": source, "column_name": col, "has_value": n > 0,
+                                "has_null": n < total, "multi": distinct > 1,
+                                "value": _encode(low, dtype) if n > 0 else None})
+        self._merge_stats(conn, entries)
 
-    def _insert_presence(self, conn: Connection, entries: list[tuple[str, str, str]]) -> None:
+    def _merge_stats(self, conn: Connection, entries: list[dict]) -> None:
+        """Fold new column statistics into the stored ones with one atomic upsert per entry (order-free merge,
+        so concurrent writers cannot lose an update)."""
         if not entries:
             return
-        if self.dialect == "sqlite":
-            conn.exec_driver_sql(f"INSERT OR IGNORE INTO {PRESENCE_TABLE_NAME} (kind, source, column_name) "
-                                 "VALUES (?, ?, ?)", entries)
+        t = self.stats_table
+        if self.dialect in ("sqlite", "postgresql"):
+            if self.dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            ins = dialect_insert(t)
+            new = ins.excluded
+            stmt = ins.on_conflict_do_update(
+                index_elements=["kind", "source", "column_name"],
+                set_={
+                    "multi": sa.or_(t.c.multi, new.multi,
+                                    sa.and_(t.c.has_value, new.has_value, t.c.value.is_distinct_from(new.value))),
+                    "value": sa.case((t.c.has_value, t.c.value), else_=new.value),
+                    "has_value": sa.or_(t.c.has_value, new.has_value),
+                    "has_null": sa.or_(t.c.has_null, new.has_null),
+                })
+            conn.execute(stmt, entries)
             return
-        dicts = [{"kind": k, "source": s, "column_name": c} for k, s, c in entries]
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            conn.execute(pg_insert(self.presence_table).on_conflict_do_nothing(), dicts)
-            return
-        present = {tuple(r) for r in conn.execute(sa.select(self.presence_table))}
-        fresh = [d for d in dicts if (d["kind"], d["source"], d["column_name"]) not in present]
-        if fresh:
-            conn.execute(self.presence_table.insert(), fresh)
+        # any other database: read, merge and write in this transaction
+        old = {(r.kind, r.source, r.column_name): r for r in conn.execute(sa.select(t))}
+        for e in entries:
+            o = old.get((e["kind"], e["source"], e["column_name"]))
+            if o is None:
+                conn.execute(t.insert(), [e])
+                continue
+            merged = {"multi": o.multi or e["multi"] or (o.has_value and e["has_value"] and o.value != e["value"]),
+                      "value": o.value if o.has_value else e["value"], "has_value": o.has_value or e["has_value"],
+                      "has_null": o.has_null or e["has_null"]}
+            conn.execute(t.update().where(t.c.kind == e["kind"], t.c.source == e["source"],
+                                          t.c.column_name == e["column_name"]).values(**merged))
 
     def _safe_url(self) -> str:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
@@ -343,18 +431,42 @@ class Store:
 
     # --- writing --------------------------------------------------------------------------------------------
 
-    def append(self, frame: pd.DataFrame, progress: bool = False) -> AppendResult:
-        """Store the rows of a measurement frame in one transaction; identical rows already stored are skipped."""
+    def append(self, frames: pd.DataFrame | Iterable[pd.DataFrame], progress: bool = False) -> AppendResult:
+        """Store measurement rows in one transaction; rows identical to stored ones are skipped (duplicates).
+
+        `frames` is one frame, or an iterable of frames streamed into the same transaction (each is prepared only
+        when reached, so memory holds one at a time; an error from the iterable rolls the whole append back).
+        """
+        if isinstance(frames, pd.DataFrame):
+            prepared = self._prepare(frames)
+            if prepared is None:
+                return AppendResult(0, 0)
+            total = len(prepared.records)
+            inserted = self._retrying(lambda: self._insert_all(iter([prepared]), progress, total), "append")
+            return AppendResult(inserted=inserted, duplicates=total - inserted)
+        if not isinstance(frames, Iterable) or isinstance(frames, (str, bytes)):
+            raise InputError(f"store.append needs a DataFrame or an iterable of them, not {type(frames).__name__}")
+        seen = [0]
+
+        def prepared_stream() -> Iterator[_Prepared]:
+            for frame in frames:
+                p = self._prepare(frame)
+                if p is not None:
+                    seen[0] += len(p.records)
+                    yield p
+
+        inserted = self._insert_all(prepared_stream(), progress, None)  # a stream cannot be replayed: no retry
+        return AppendResult(inserted=inserted, duplicates=seen[0] - inserted)
+
+    def _prepare(self, frame: pd.DataFrame) -> "_Prepared | None":
+        """Validated rows as DB-API records (non-empty columns + content hash) and their column statistics."""
         rows = self._validated(frame)
         if len(rows) == 0:
-            return AppendResult(0, 0)
+            return None
         hashes = content_hashes(rows)
         filled = [c for c in COLUMNS if rows[c].notna().any()]  # all-empty columns are left to default NULL
-        records = list(zip(*_python_columns(rows, filled), hashes))
-        names = filled + ["content_hash"]
-        presence = _presence(rows)
-        inserted = self._retrying(lambda: self._insert(records, names, presence, progress), "append")
-        return AppendResult(inserted=inserted, duplicates=len(records) - inserted)
+        return _Prepared(records=list(zip(*_python_columns(rows, filled), hashes)), names=filled + ["content_hash"],
+                         stats=_column_stats(rows))
 
     def _validated(self, frame: pd.DataFrame) -> pd.DataFrame:
         if not isinstance(frame, pd.DataFrame):
@@ -373,20 +485,21 @@ class Store:
             raise InputError(f"measurement rows with invalid status {bad_status} (expected one of {list(STATUSES)})")
         return rows[list(COLUMNS)]
 
-    def _insert(self, records: list[tuple], names: list[str], presence: list[tuple[str, str, str]],
-                progress: bool) -> int:
+    def _insert_all(self, prepared: Iterator["_Prepared"], progress: bool, total: int | None) -> int:
+        """Insert every prepared frame in one write transaction; the number of rows newly stored."""
         from rich.console import Console
         from rich.progress import Progress
 
-        batches = [records[i:i + _SQLITE_BATCH_ROWS] for i in range(0, len(records), _SQLITE_BATCH_ROWS)]
         inserted = 0
         with self._write() as conn, Progress(console=Console(stderr=True), transient=True,
                                                       disable=not progress) as bar:
-            task = bar.add_task(f"storing {len(records):,} rows", total=len(records))
-            self._insert_presence(conn, presence)
-            for batch in batches:
-                inserted += self._insert_batch(conn, batch, names)
-                bar.advance(task, len(batch))
+            task = bar.add_task("storing rows", total=total)
+            for p in prepared:
+                self._merge_stats(conn, p.stats)
+                for i in range(0, len(p.records), _SQLITE_BATCH_ROWS):
+                    batch = p.records[i:i + _SQLITE_BATCH_ROWS]
+                    inserted += self._insert_batch(conn, batch, p.names)
+                    bar.advance(task, len(batch))
         return inserted
 
     def _insert_batch(self, conn: Connection, batch: list[tuple], names: list[str]) -> int:
@@ -440,8 +553,8 @@ class Store:
         """Stored rows (oldest first) as a schema frame; each filter is a value or a list of values."""
         where = self._where(dict(kind=kind, model=model, gpu=gpu, engine=engine, source=source, status=status))
         with self.engine.connect() as conn:
-            filled = self._filled_columns(conn, kind, source)  # the rest come back as typed empty columns
-            cols = [self.table.c[c] for c in filled] or [self.table.c.id]
+            varying, constant = self._column_plan(conn, kind, source)
+            cols = [self.table.c[c] for c in varying] or [self.table.c.id]
             stmt = sa.select(*cols).where(*where).order_by(self.table.c.id)
             if limit is not None:
                 stmt = stmt.limit(int(limit))
@@ -449,20 +562,36 @@ class Store:
             rows = result.cursor.fetchall()  # plain DB-API tuples: no per-row Row objects for 100k-row reads
             result.close()
         if not rows:
-            return _frame_from_columns({}, 0)
+            return _frame_from_columns({}, {}, 0)
         table = np.array(rows, dtype=object)  # one C-level transpose instead of zip(*rows)
-        return _frame_from_columns({c: table[:, j] for j, c in enumerate(filled)}, len(rows))
+        return _frame_from_columns({c: table[:, j] for j, c in enumerate(varying)}, constant, len(rows))
 
-    def _filled_columns(self, conn: Connection, kind, source) -> list[str]:
-        """Columns that may hold values for rows of these kinds and sources (from the presence table)."""
-        p = self.presence_table
-        stmt = sa.select(p.c.column_name).distinct()
+    def _column_plan(self, conn: Connection, kind, source) -> tuple[list[str], dict]:
+        """(columns to fetch, {column: value} of columns that hold one value in every matching row).
+
+        From the column statistics of the (kind, source) groups the filters select: a column empty in all of them
+        is neither fetched nor filled; one with the same value everywhere (no empty cell) is filled, not fetched.
+        """
+        t = self.stats_table
+        stmt = sa.select(t.c.kind, t.c.source, t.c.column_name, t.c.has_value, t.c.has_null, t.c.multi, t.c.value)
         if kind is not None:
-            stmt = stmt.where(p.c.kind.in_([kind] if isinstance(kind, str) else list(kind)))
+            stmt = stmt.where(t.c.kind.in_([kind] if isinstance(kind, str) else list(kind)))
         if source is not None:
-            stmt = stmt.where(p.c.source.in_([source] if isinstance(source, str) else list(source)))
-        found = set(conn.execute(stmt).scalars())
-        return [c for c in COLUMNS if c in found]
+            stmt = stmt.where(t.c.source.in_([source] if isinstance(source, str) else list(source)))
+        per_col: dict[str, list] = {}
+        for r in conn.execute(stmt):
+            per_col.setdefault(r.column_name, []).append(r)
+        varying, constant = [], {}
+        for col, dtype in COLUMNS.items():
+            groups = per_col.get(col, [])
+            if not any(g.has_value for g in groups):
+                continue
+            values = {g.value for g in groups}
+            if all(g.has_value and not g.has_null and not g.multi for g in groups) and len(values) == 1:
+                constant[col] = _decode(values.pop(), dtype)
+            else:
+                varying.append(col)
+        return varying, constant
 
     def count(self, **filters) -> int:
         """Number of stored rows matching the filters (same keywords as `read`)."""
@@ -512,11 +641,25 @@ def _text_array(vals: np.ndarray):
     return pd.array(np.asarray(vals, dtype=object), dtype=_TEXT_DTYPE)
 
 
-def _frame_from_columns(values: dict[str, np.ndarray], n: int) -> pd.DataFrame:
-    """A schema frame, typed exactly as `conform` types it, from the column values the driver returned.
+def _full(value, dtype: str, n: int):
+    """A column of `n` copies of one value (None: empty), typed as `conform` types the column."""
+    if dtype == "float64":
+        return np.full(n, np.nan if value is None else value, dtype=float)
+    if dtype == "string":
+        filled = np.full(n, value, dtype=object)
+        return filled if value is None else _text_array(filled)
+    if value is None:
+        return pd.array([pd.NA] * n, dtype=dtype)
+    data = np.full(n, value, dtype=np.int64 if dtype == "Int64" else bool)
+    cls = pd.arrays.IntegerArray if dtype == "Int64" else pd.arrays.BooleanArray
+    return cls(data, np.zeros(n, dtype=bool))
+
+
+def _frame_from_columns(values: dict[str, np.ndarray], constant: dict, n: int) -> pd.DataFrame:
+    """A schema frame, typed exactly as `conform` types it, from fetched columns and constant columns.
 
     Built directly (not through `conform`) because this is the hot path of 100,000-row reads; every stored row was
-    conformed on the way in, so defaults and `num_gpus` are already filled. Absent columns are empty.
+    conformed on the way in, so defaults and `num_gpus` are already filled. Other columns are empty.
     """
     import pyarrow as pa
 
@@ -524,14 +667,7 @@ def _frame_from_columns(values: dict[str, np.ndarray], n: int) -> pd.DataFrame:
     for col, dtype in COLUMNS.items():
         vals = values.get(col)
         if vals is None:
-            default = DEFAULTS.get(col)
-            if dtype == "float64":
-                data[col] = np.full(n, np.nan if default is None else default, dtype=float)
-            elif dtype == "string":
-                empty = np.full(n, default, dtype=object)
-                data[col] = empty if default is None else _text_array(empty)
-            else:
-                data[col] = pd.array([pd.NA if default is None else default] * n, dtype=dtype)
+            data[col] = _full(constant.get(col), dtype, n)
         elif dtype == "boolean":
             data[col] = pd.array([None if v is None else bool(v) for v in vals], dtype="boolean")
         elif dtype == "float64":

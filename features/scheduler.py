@@ -61,7 +61,20 @@ class SimResult:
     decode_kv_tokens_read: int
     admit_order: np.ndarray
     per_replica: list[dict] = field(default_factory=list)
-    timeline: list[np.ndarray] | None = None  # per replica: rows (t_end_s, running, waiting, kv_used_tokens)
+    # per replica, one row per engine step: (t_end_s, running, waiting, kv_used_tokens, output_tokens_in_step)
+    timeline: list[np.ndarray] | None = None
+
+    def output_rate(self, bin_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Output throughput over time (needs record_timeline): bin start times (s) and tokens/s of all replicas."""
+        if not self.timeline:
+            raise InputError("output_rate needs simulate(..., record_timeline=True)")
+        edges = np.arange(0.0, self.makespan_s + bin_s, bin_s)
+        tokens = np.zeros(len(edges))
+        for tl in self.timeline:
+            if len(tl):
+                idx = np.minimum((tl[:, 0] // bin_s).astype(np.int64), len(edges) - 1)
+                tokens += np.bincount(idx, weights=tl[:, 4], minlength=len(edges))
+        return edges, tokens / bin_s
 
     def summary(self) -> dict:
         """The scalar results as a plain dict (JSON-ready)."""
@@ -240,7 +253,8 @@ def _collect(table: RequestTable, replicas: list[Replica], knobs: EngineKnobs, r
                             "peak_running": rep_peak, "mean_running": rep_mean, "full_cache_s": rep_full,
                             "recompute_tokens": rep.recompute_tokens})
         if record_timeline:
-            timeline.append(np.column_stack([end, log["running"], log["waiting"], kv_used]).astype(np.float64))
+            timeline.append(np.column_stack([end, log["running"], log["waiting"], kv_used, log["emitted"]])
+                            .astype(np.float64))
     makespan = float(np.nanmax(finish))
     tpot = np.where(table.osl > 1, (finish - first_tok) / np.maximum(table.osl - 1, 1), np.nan)
     arrival_all = table.arrival_s

@@ -90,14 +90,15 @@ class StepLog:
     """Steps as interval descriptors (one per bulk run or single step), expanded to per-step arrays with numpy."""
 
     FIELDS = ("steps", "decode_seqs", "decode_kv_first", "prefill", "running", "waiting", "kv_blocks0", "kv_full",
-              "pattern")
+              "emitted", "pattern")
 
     def __init__(self, block_size: int):
         self.block_size = block_size
         self.cols: dict[str, list] = {f: [] for f in self.FIELDS}
         self.patterns: list[list[int]] = [[0] * (block_size + 1)]  # row 0: no block growth inside the interval
 
-    def add(self, steps, decode_seqs, decode_kv_first, prefill, running, waiting, kv_blocks0, kv_full, pattern=None):
+    def add(self, steps, decode_seqs, decode_kv_first, prefill, running, waiting, kv_blocks0, kv_full, emitted,
+            pattern=None):
         """Log `steps` steps; step k (0-based) has decode_kv_first + decode_seqs*k KV tokens and, at its end,
         kv_blocks0 + (full cycles)*decode_seqs + pattern[rest] blocks in use (pattern: cumulative block needs)."""
         c = self.cols
@@ -109,6 +110,7 @@ class StepLog:
         c["waiting"].append(waiting)
         c["kv_blocks0"].append(kv_blocks0)
         c["kv_full"].append(kv_full)
+        c["emitted"].append(emitted)
         if pattern is None:
             c["pattern"].append(0)
         else:
@@ -139,6 +141,7 @@ class StepLog:
             "waiting": a["waiting"][idx],
             "kv_blocks": a["kv_blocks0"][idx] + growth,
             "kv_full": a["kv_full"][idx].astype(bool),
+            "emitted": a["emitted"][idx],
             "interval": idx,
             "k": k,
             "interval_steps": k_steps,
@@ -289,7 +292,7 @@ class Replica:
             starts = self.clock_s + np.cumsum(d) - d
             steps = max(1, int(np.searchsorted(starts, until_s, side="left")))
         used0 = self.knobs.num_blocks - self.free
-        self.log.add(steps, n, kv_first, 0, n, len(self.waiting), used0, kv_bound, pattern)
+        self.log.add(steps, n, kv_first, 0, n, len(self.waiting), used0, kv_bound, n, pattern)
         q, r = divmod(steps, bs)
         self.free -= q * n + pattern[r]
         self.tau += steps
@@ -378,8 +381,9 @@ class Replica:
                 decode_kv += T.comp[rid] + 1
             else:
                 prefill += chunk
+        emitted = sched_dec + sum(1 for rid, chunk in work if T.comp[rid] + chunk == T.P[rid] + T.gen[rid])
         self.log.add(1, decode_seqs, decode_kv, prefill, len(ranks), len(self.waiting),
-                     k.num_blocks - self.free, kv_bound)
+                     k.num_blocks - self.free, kv_bound, emitted)
         self.tau = tau + 1
         for rid, chunk in work:
             c = T.comp[rid] + chunk

@@ -113,17 +113,33 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
 
     tpot = step(batch)
     prefill = replica_step_ms(model, gpu, layout, cal, 0.0, 0.0, isl, 0.0, engine.weight_dtype, engine.kv_dtype)
-    # a new request's prefill rides in a step with the running batch
-    ttft_base = replica_step_ms(model, gpu, layout, cal, np.maximum(batch - 1, 0), np.maximum(batch - 1, 0) * (isl + osl / 2),
-                                isl, 0.0, engine.weight_dtype, engine.kv_dtype)
+    # steady state: a new request's prompt is chunked into the token budget left after the running decodes
+    mnbt = np.asarray(engine.max_num_batched_tokens, dtype=float)
+    others = np.maximum(batch - 1, 0)
+    chunk = np.maximum(mnbt - others, 1.0)
+    n_chunks = np.ceil(isl / chunk)
+    ttft_base = n_chunks * replica_step_ms(model, gpu, layout, cal, others, others * (isl + osl / 2),
+                                           np.minimum(isl, chunk), 0.0, engine.weight_dtype, engine.kv_dtype)
     ttft_base = np.maximum(ttft_base, prefill)
     completion_rate = batch / np.maximum(osl * tpot, 1e-9)  # requests per ms per replica
     waiting = np.maximum(demand - batch, 0.0)
     closed = nreq > 0
     wait_mean = np.where(closed, waiting**2 / 2.0 / np.maximum(demand, 1.0), waiting) / completion_rate
     wait_p99 = waiting / completion_rate
-    ttft = ttft_base + wait_mean
-    ttft_p99 = ttft_base + wait_p99
+    # requests that arrive together (a closed batch, or the opening burst of a fixed-concurrency run): the first
+    # wave's prompts are prefilled back to back in chunks of the token budget; the k-th waits for k prompts
+    wave = np.minimum(np.ceil(demand), cap_batch)
+    burst_tokens = np.minimum(mnbt, wave * isl)
+    per_token = replica_step_ms(model, gpu, layout, cal, 0.0, 0.0, burst_tokens, 0.0, engine.weight_dtype,
+                                engine.kv_dtype) / burst_tokens
+    first_mean = np.maximum(per_token * (wave * isl + isl) / 2.0, ttft_base)
+    first_max = np.maximum(per_token * wave * isl, ttft_base)
+    later = np.maximum(demand - wave, 0.0)
+    ttft_closed = (wave * first_mean + later * (ttft_base + wait_mean * np.maximum(demand, 1.0) / np.maximum(later, 1.0)))
+    ttft_closed = ttft_closed / np.maximum(wave + later, 1.0)
+    burst = closed | (conc > 0)
+    ttft = np.where(burst, ttft_closed, ttft_base + wait_mean)
+    ttft_p99 = np.where(burst, np.maximum(first_max, ttft_base + wait_p99), ttft_base + wait_p99)
 
     out_tps = replicas * batch / tpot * 1e3
     total_tps = out_tps * (isl + osl) / np.maximum(osl, 1.0)

@@ -28,9 +28,14 @@ ALL_TARGETS = SERVING_TARGETS + STEP_TARGETS + OP_TARGETS
 @functools.lru_cache(maxsize=1)
 def physics_uncertainty() -> dict:
     """Per target: the 10th and 90th percentiles of log(measured / physics) on held-out data (an 80% interval)."""
-    if PHYSICS_UNCERTAINTY_PATH.exists():
-        return json.loads(PHYSICS_UNCERTAINTY_PATH.read_text()).get("targets", {})
-    return {}
+    if not PHYSICS_UNCERTAINTY_PATH.exists():
+        return {}
+    table = dict(json.loads(PHYSICS_UNCERTAINTY_PATH.read_text()).get("targets", {}))
+    # p99 latencies share the spread of their means where no p99 was measured against the physics
+    for p99, mean in (("ttft_p99_ms", "ttft_ms"), ("tpot_p99_ms", "tpot_ms")):
+        if p99 not in table and mean in table:
+            table[p99] = table[mean]
+    return table
 
 
 @dataclass
@@ -106,19 +111,24 @@ class Predictor:
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Add pred_<target>, pred_<target>_lo/_hi (80% interval), regime and bottleneck to any measurement frame."""
         phys = physics_frame(frame, self.calibration)
-        if self.learned is not None:
-            out = self.learned.predict(phys)
-        else:
-            out = phys
-            unc = physics_uncertainty()
-            new = {}
-            for t in ALL_TARGETS:
-                p = phys[f"phys_{t}"].to_numpy(dtype=float)
-                lo_q, hi_q = unc.get(t, (np.nan, np.nan))
-                new[f"pred_{t}"] = p
-                new[f"pred_{t}_lo"] = p * np.exp(lo_q)
-                new[f"pred_{t}_hi"] = p * np.exp(hi_q)
-            out = pd.concat([out.drop(columns=[c for c in new if c in out.columns]), pd.DataFrame(new, index=out.index)], axis=1)
+        out = self.learned.predict(phys) if self.learned is not None else phys
+        # every target has a prediction: the learned one where a model for it was trained, else the physics
+        # answer with its held-out 80% band (data/physics_uncertainty.json)
+        unc = physics_uncertainty()
+        new = {}
+        for t in ALL_TARGETS:
+            p = phys[f"phys_{t}"].to_numpy(dtype=float)
+            lo_q, hi_q = unc.get(t, (np.nan, np.nan))
+            base = {f"pred_{t}": p, f"pred_{t}_lo": p * np.exp(lo_q), f"pred_{t}_hi": p * np.exp(hi_q)}
+            if f"pred_{t}" in out.columns:
+                learned = out[f"pred_{t}"].to_numpy(dtype=float)
+                use = np.isfinite(learned)
+                for col, fallback in base.items():
+                    have = out[col].to_numpy(dtype=float) if col in out.columns else np.full(len(out), np.nan)
+                    new[col] = np.where(use, have, fallback)
+            else:
+                new.update(base)
+        out = pd.concat([out.drop(columns=[c for c in new if c in out.columns]), pd.DataFrame(new, index=out.index)], axis=1)
         return out
 
     # --- single configuration ----------------------------------------------------------------------------------
@@ -179,9 +189,16 @@ class Predictor:
         if simulate and (wl.num_requests > 0 or wl.concurrency > 0 or wl.request_rate > 0):
             sim = simulate_deployment(model, gpu, layout, engine, wl, wl.num_requests or None, self.calibration, seed)
             simulated = True
-            # learned residuals (where trained) scale the simulated values by their ratio to the steady-state physics
-            scale = {t: (targets[t]["value"] / _f(r[f"phys_{t}"])) if t in targets and _f(r[f"phys_{t}"]) > 0 else 1.0
-                     for t in SERVING_TARGETS}
+            # the simulation runs on the physics step time; the learned correction of the step speed (its TPOT
+            # ratio to physics) scales every time in it coherently, throughputs inversely; TTFT keeps its own ratio
+            def ratio(t):
+                ph = _f(r[f"phys_{t}"])
+                return targets[t]["value"] / ph if t in targets and ph > 0 and np.isfinite(targets[t]["value"]) else 1.0
+
+            speed = ratio("tpot_ms")
+            scale = {"makespan_s": speed, "tpot_ms": speed, "tpot_p99_ms": speed, "ttft_ms": ratio("ttft_ms"),
+                     "ttft_p99_ms": ratio("ttft_ms"), "output_throughput": 1 / speed, "total_throughput": 1 / speed,
+                     "request_throughput": 1 / speed}
             sim_values = {
                 "makespan_s": sim.makespan_s if wl.num_requests > 0 else np.nan,
                 "output_throughput": sim.output_throughput, "total_throughput": sim.total_throughput,

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "predictor.commands.import_data",
     "predictor.commands.data",
     "predictor.commands.collect",
+    "predictor.commands.campaign",
 ]
 
 

@@ -83,7 +83,8 @@ def test_gpu_probe_rows_match_the_csv():
     gemm = df[df["op"] == "gemm"]
     assert len(gemm) == sum(r["kind"] == "gemm" for r in step)
     g = next(r for r in step if r["kind"] == "gemm")
-    hit = gemm[[detail(x) == {**detail(x), "m": int(g["m"]), "n": int(g["n"]), "k": int(g["k"])} for _, x in gemm.iterrows()]]
+    shape = {"m": int(g["m"]), "n": int(g["n"]), "k": int(g["k"])}
+    hit = gemm[[detail(x) == {**detail(x), **shape} for _, x in gemm.iterrows()]]
     assert hit["op_ms"].iloc[0] == float(g["ms_median"])
     moe_rows = df[df["op"] == "moe_ffn"]
     assert len(moe_rows) == len(moe) and set(moe_rows["ep"]) == {1, 2, 4, 8}
@@ -118,7 +119,8 @@ def test_dli_keeps_failed_runs_as_feasibility_labels():
         assert r["num_requests"] > max_ok.loc[tuple(r[c] for c in cfg)]
     r0, row = raw[0], df.iloc[0]
     assert row["output_throughput"] == float(r0["Throughput (tokens / sec)"])
-    assert row["ttft_ms"] == float(r0["1st Token Latency (ms)"]) and close(row["tpot_ms"], float(r0["Token-to-token Latency (ms)"]))
+    assert row["ttft_ms"] == float(r0["1st Token Latency (ms)"])
+    assert close(row["tpot_ms"], float(r0["Token-to-token Latency (ms)"]))
     assert close(row["makespan_s"], float(r0["Latency (ms)"]) / 1000)
     ok = df[df["status"] == "ok"]
     # the published throughput is batch x OSL / batch latency (checked on every valid row)
@@ -148,8 +150,9 @@ def test_aiconfigurator_end_to_end_dedup_layouts_and_derived_throughput():
     conc = raw["silicon_data_source"].str.extract(r"silicon_concurrency=(\d+)")[0]
     key_cols = [c for c in raw.columns if c not in ("id", "silicon_data_source", "backend_version",
                                                     "silicon_ttft_ms", "silicon_tpot_ms")]
-    keys = raw[key_cols].astype(object).where(raw[key_cols].notna(), "").astype(str).agg("|".join, axis=1) \
-        + "|" + conc.fillna("") + "|" + raw["silicon_ttft_ms"].round(4).astype(str) + "|" + raw["silicon_tpot_ms"].round(4).astype(str)
+    keys = (raw[key_cols].astype(object).where(raw[key_cols].notna(), "").astype(str).agg("|".join, axis=1)
+            + "|" + conc.fillna("") + "|" + raw["silicon_ttft_ms"].round(4).astype(str)
+            + "|" + raw["silicon_tpot_ms"].round(4).astype(str))
     assert len(e2e) == keys.nunique() == 4374
     assert report.duplicates >= (len(raw) - keys.nunique()) + len(refs)
     assert e2e["detail"].str.contains('"anchor":true').sum() == refs["id"].nunique()
@@ -158,10 +161,12 @@ def test_aiconfigurator_end_to_end_dedup_layouts_and_derived_throughput():
     r = raw.iloc[0]
     c = float(conc.iloc[0])
     assert row["concurrency"] == c
-    assert close(row["output_throughput"], c * r["osl"] / ((r["silicon_ttft_ms"] + (r["osl"] - 1) * r["silicon_tpot_ms"]) / 1000))
+    request_s = (r["silicon_ttft_ms"] + (r["osl"] - 1) * r["silicon_tpot_ms"]) / 1000
+    assert close(row["output_throughput"], c * r["osl"] / request_s)
     assert "output_throughput" in row["derived"]
     by_id = e2e.set_index(e2e["run_id"].str.removeprefix("aiconfigurator:"))
-    dep = raw[(raw["mode"] == "agg") & (raw["tp_size"] == 1) & (raw["attention_dp_size"] == 8) & (raw["moe_ep_size"] == 8)]
+    agg = raw[raw["mode"] == "agg"]
+    dep = agg[(agg["tp_size"] == 1) & (agg["attention_dp_size"] == 8) & (agg["moe_ep_size"] == 8)]
     dep = dep[dep["id"].isin(by_id.index)].iloc[0]
     d = by_id.loc[dep["id"]]
     assert (d["tp"], d["dp"], d["ep"], bool(d["attention_dp"]), d["num_gpus"]) == (8, 1, 8, True, 8)
@@ -248,8 +253,10 @@ def test_llm_inference_bench_throughput_definition_and_left_out_rows():
     ratio = thr["total_throughput"] / (thr["num_requests"] * 2 * thr["isl"] / thr["makespan_s"])
     assert ratio.between(0.98, 1.02).mean() > 0.98
     non_llamacpp_main = main[main["Framework"] != "llama.cpp"]
-    assert (df["run_id"] == "llm-inference-bench:throughput_all_results").sum() == len(non_llamacpp_main.drop_duplicates())
-    assert ((df["pp"] == 2) & (df["tp"] == 2)).any() and (df["pp"] == 4).any() and ((df["ep"] == 2) & (df["tp"] == 4)).any()
+    from_main = (df["run_id"] == "llm-inference-bench:throughput_all_results").sum()
+    assert from_main == len(non_llamacpp_main.drop_duplicates())
+    assert ((df["pp"] == 2) & (df["tp"] == 2)).any() and (df["pp"] == 4).any()
+    assert ((df["ep"] == 2) & (df["tp"] == 4)).any()
     assert report.left_out["heatmap_isl_osl_trtllm_llama3_8b.csv: GPU not stated in the file"] == 37
     assert {"mi300x", "mi250", "gaudi2", "intel-max-1550", "sn40l"} <= set(df["gpu"])
 
@@ -278,7 +285,8 @@ def test_csv_source_round_trips_a_schema_file_and_validates(tmp_path):
     frame = pd.DataFrame({"kind": ["serving", "op"], "source": ["campaign", None], "engine": ["vllm", "torch"],
                           "model": ["Qwen/Qwen2.5-32B", None], "gpu": ["h100", "h200"], "tp": [2, 1],
                           "isl": [100, None], "osl": [4500, None], "op": [None, "gemm"],
-                          "output_throughput": [1234.5, None], "op_ms": [None, 0.5], "pred_output_throughput": [1000, 1]})
+                          "output_throughput": [1234.5, None], "op_ms": [None, 0.5],
+                          "pred_output_throughput": [1000, 1]})
     f = tmp_path / "measured.csv"
     frame.to_csv(f, index=False)
     df, report = run_import("csv", f)
@@ -320,8 +328,8 @@ def test_truncated_or_malformed_files_fail_cleanly_and_leave_the_store_unchanged
     with pytest.raises(InputError, match=r"mystery-llm-9000.*Quantum QPU"):
         run_import("nim", nim)
     bad_parquet = tmp_path / "aic"
-    shutil.copytree(PUB / "aiconfigurator", bad_parquet, ignore=shutil.ignore_patterns("fpm_golden_runs_vllm", "a100_sxm",
-                                                                                        "b200_sxm", "h100_sxm"))
+    skip = shutil.ignore_patterns("fpm_golden_runs_vllm", "a100_sxm", "b200_sxm", "h100_sxm")
+    shutil.copytree(PUB / "aiconfigurator", bad_parquet, ignore=skip)
     victim = next(bad_parquet.glob("op_perf/h200_sxm/comm/nccl/*/nccl_perf.parquet"))
     victim.write_bytes(victim.read_bytes()[:300])
     assert cli(["import", "aiconfigurator", str(bad_parquet), "--ops", "comm", "--store", store]) == 2
@@ -350,3 +358,5 @@ def test_cli_import_twice_stores_once_and_summary_counts(tmp_path, capsys):
     assert cli(["data", "summary", "--store", store]) == 0
     assert "by layout" in capsys.readouterr().out
     assert cli(["import", "nim", path, "--ops", "all", "--store", store]) == 2
+    assert cli(["data", "summary", "--store", str(tmp_path / "absent.sqlite")]) == 2
+    assert not (tmp_path / "absent.sqlite").exists()

@@ -98,6 +98,8 @@ def test_replay_from_a_store(tmp_path):
         s.append(recorded())
     rb = ReplayBackend.from_store(url, kind="serving")
     assert len(rb) == 4 and len(rb.measure(request())) == 2
+    with pytest.raises(InputError, match="no measurement store"):
+        ReplayBackend.from_store(str(tmp_path / "absent.sqlite"))
     assert ReplayBackend.from_store(url).available({"model": "qwen2.5-32b", "gpu": "h200", "tp": 2, "dp": 4,
                                                    "phase": "decode", "batch": 64, "context": 4096})
 

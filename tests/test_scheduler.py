@@ -256,6 +256,10 @@ def test_invariants(case, dp):
     assert res.makespan_s >= case["osl"].max() * min_step * (1 - 1e-12)
     assert np.all(res.queue_s >= -1e-12) and np.all(res.running_s > 0)
     assert res.steps == sum(p["steps"] for p in res.per_replica)
+    # every output token is emitted by exactly one logged step
+    assert sum(tl[:, 4].sum() for tl in res.timeline) == case["osl"].sum()
+    edges, rate = res.output_rate(0.05)
+    assert rate.sum() * 0.05 == pytest.approx(case["osl"].sum())
 
 
 @settings(max_examples=60, deadline=None)
@@ -379,3 +383,28 @@ def test_interpolated_step_times_close_for_a_curved_model():
                       interpolate_step_times=True)
     assert interp.preemptions == exact.preemptions
     assert interp.makespan_s == pytest.approx(exact.makespan_s, rel=0.01)
+
+
+# ---- against the real engine (vLLM CPU build) -------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_real_vllm_schedule_is_reproduced_exactly(tmp_path):
+    """A real vLLM engine in the capacity trap: the simulation makes the same number of steps and preemptions."""
+    pytest.importorskip("vllm")
+    from benchmarks.scheduler_fidelity import BLOCK_SIZE, MAX_NUM_BATCHED_TOKENS, real_metrics, run_engine, \
+        trap_workload
+
+    isl, osl = trap_workload(12)
+    res = run_engine("tiny-llama", 1, isl, osl, (4, 16), 1, tmp_path, timeout_s=400)
+    assert not res.get("error"), res.get("log_tail") or res.get("error")
+    assert res["usable_blocks"] == 39  # num_gpu_blocks_override 40, one is vLLM's null block
+    for reps in res["runs"]:
+        real = real_metrics(reps)
+        sim = simulate(np.array(isl), np.array(osl), step_time_s=STEP, kv_capacity_tokens=39 * BLOCK_SIZE,
+                       block_size=BLOCK_SIZE, max_num_seqs=reps[0]["max_num_seqs"],
+                       max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS)
+        assert real["all_tokens_generated"]
+        assert (sim.steps, sim.preemptions, sim.peak_running) == (real["steps"], real["preemptions"],
+                                                                  real["peak_running"])
+        assert real["preemptions"] > 0
+        np.testing.assert_array_equal(sim.request_preemptions, reps[0]["request_preemptions"])

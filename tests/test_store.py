@@ -33,8 +33,9 @@ def make_rows(n: int, seed: int = 0, source: str = "synthetic") -> pd.DataFrame:
         "model": rng.choice(["llama-3.1-8b", "qwen2.5-32b"], n), "weight_dtype": "bf16",
         "gpu": rng.choice(["h200", "h100-sxm"], n), "tp": tp, "dp": 8 // tp, "attention_dp": rng.random(n) < 0.2,
         "isl": rng.integers(64, 4096, n).astype(float), "osl": rng.integers(64, 8192, n).astype(float),
-        "isl_dist": "fixed:128", "concurrency": rng.integers(0, 256, n), "request_rate": np.where(kinds == "serving", 1.5, np.nan),
-        "batch": rng.integers(1, 512, n), "context": rng.random(n) * 1e4, "phase": np.where(kinds == "op", None, "decode"),
+        "isl_dist": "fixed:128", "concurrency": rng.integers(0, 256, n),
+        "request_rate": np.where(kinds == "serving", 1.5, np.nan), "batch": rng.integers(1, 512, n),
+        "context": rng.random(n) * 1e4, "phase": np.where(kinds == "op", None, "decode"),
         "op": np.where(kinds == "op", "gemm", None),
         "output_throughput": np.where(kinds == "serving", rng.random(n) * 1e4, np.nan),
         "tpot_ms": np.where(kinds == "serving", rng.random(n) * 50, np.nan),
@@ -264,15 +265,32 @@ def test_content_hash_ignores_provenance_labels_but_not_values():
     assert content_hashes(bumped)[0] != base[0] and content_hashes(bumped)[1:] == base[1:]
 
 
-def test_a_store_without_the_column_presence_table_is_backfilled(tmp_path):
+def test_a_store_without_column_statistics_is_backfilled(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     rows = make_rows(60, seed=40)
     with Store(url) as s:
         s.append(rows)
     eng = sa.create_engine(url)
     with eng.begin() as c:
-        c.exec_driver_sql(f"DROP TABLE {store_mod.PRESENCE_TABLE_NAME}")
+        c.exec_driver_sql(f"DROP TABLE {store_mod.STATS_TABLE_NAME}")
     eng.dispose()
     with Store(url) as s:
         pd.testing.assert_frame_equal(s.read(), conform(rows)[list(COLUMNS)])
         assert s.read(kind="op")["op_ms"].notna().all()
+
+
+def test_reads_stay_exact_when_a_constant_column_starts_to_vary(store_url):
+    """Columns with one value are filled from the column statistics: later appends must update them."""
+    a = make_rows(90, seed=50).assign(engine="vllm", model="llama-3.1-8b", request_rate=2.5)
+    b = make_rows(60, seed=51).assign(engine="trtllm", model=None, request_rate=np.nan)
+    c = make_rows(30, seed=52).assign(source="other", engine="vllm")
+    with Store(store_url) as s:
+        s.append(a)
+        pd.testing.assert_frame_equal(s.read(), conform(a)[list(COLUMNS)])
+        s.append(b)
+        s.append(c)
+        both = conform(pd.concat([a, b, c], ignore_index=True))[list(COLUMNS)]
+        pd.testing.assert_frame_equal(s.read(), both)
+        ops = both[(both["source"] == "synthetic") & (both["kind"] == "op")].reset_index(drop=True)
+        pd.testing.assert_frame_equal(s.read(source="synthetic", kind="op"), conform(ops))
+        assert set(s.read(source="other")["engine"]) == {"vllm"}

@@ -36,14 +36,23 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """A stable 64-bit hash of each row's schema columns (same values, same hash, in any process)."""
+    cols = [c for c in COLUMNS if c in frame.columns]
+    text = frame[cols].astype("string").fillna("\x00")
+    return pd.util.hash_pandas_object(text, index=False).to_numpy(np.uint64)
+
+
+def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` sorted by row hash: any permutation of the same rows trains the same model."""
+    return frame.iloc[np.argsort(row_hashes(frame), kind="stable")]
+
+
 def data_fingerprint(frame: pd.DataFrame) -> str:
     """sha256 over the schema columns of every row, independent of row order: which data a model saw."""
-    cols = [c for c in COLUMNS if c in frame.columns]
     if not len(frame):
         return hashlib.sha256(b"").hexdigest()
-    text = frame[cols].astype("string").fillna("\x00")
-    row_hashes = np.sort(pd.util.hash_pandas_object(text, index=False).to_numpy(np.uint64))
-    return hashlib.sha256(row_hashes.tobytes()).hexdigest()
+    return hashlib.sha256(np.sort(row_hashes(frame)).tobytes()).hexdigest()
 
 
 def features_version() -> int | None:
@@ -72,6 +81,7 @@ def artifact_metadata(model, frame: pd.DataFrame | None = None, metrics: dict | 
     if frame is not None:
         meta["data_fingerprint"] = data_fingerprint(frame)
         meta["n_rows"] = int(len(frame))
+        meta["physics_reference"] = physics_reference(frame)
     meta.update(extra)
     return meta
 
@@ -128,19 +138,70 @@ def check_compatible(meta: dict, path: str | Path = "artifact") -> None:
             raise InputError(f"model artifact {str(path)!r} needs scikit-learn {made}, installed is {have}; {retrain}")
 
 
+def physics_reference(frame: pd.DataFrame, per_group: int = 2) -> dict:
+    """A few training rows (per kind and source) with their physics answers, so a loader can tell whether the
+    physics model changed since training: learned corrections of another physics model would be wrong."""
+    if not len(frame) or "kind" not in frame.columns:
+        return {"rows": [], "phys": {}}
+    keys = [c for c in ("kind", "source") if c in frame.columns]
+    picked = frame.groupby(keys, sort=True, dropna=False).head(per_group)
+    schema_cols = [c for c in COLUMNS if c in picked.columns]
+    rows = [{k: _plain(v) for k, v in r.items() if not _missing(v)} for r in picked[schema_cols].to_dict("records")]
+    phys = {c: [None if _missing(v) else float(v) for v in picked[c]] for c in picked.columns if c.startswith("phys_")}
+    return {"rows": rows, "phys": phys}
+
+
+def _missing(v) -> bool:
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def check_physics(meta: dict, path: str | Path = "artifact", rtol: float = 1e-6) -> None:
+    """Raise InputError when today's physics answers differ from those the artifact's model was trained on."""
+    ref = meta.get("physics_reference") or {}
+    if not ref.get("rows"):
+        return
+    from features.frame import physics_frame
+
+    try:
+        now = physics_frame(pd.DataFrame(ref["rows"]))
+    except InputError as e:
+        raise InputError(f"model artifact {str(path)!r} refers to rows this layoutcast cannot frame ({e}); "
+                         "retrain it with `layoutcast train`") from None
+    for col, old in ref["phys"].items():
+        new = now[col].to_numpy(dtype=float, na_value=np.nan) if col in now.columns else np.full(len(old), np.nan)
+        old = np.array([np.nan if v is None else v for v in old], dtype=float)
+        same = np.isclose(new, old, rtol=rtol, atol=0.0, equal_nan=True)
+        if not same.all():
+            raise InputError(f"model artifact {str(path)!r} was trained on another version of the physics model "
+                             f"({col} changed on {int((~same).sum())} of {len(same)} reference rows); retrain it with "
+                             "`layoutcast train` (the bundled default: scripts/build_default_model.py)")
+
+
 def read_metadata(path: str | Path) -> dict:
     """The metadata of an artifact, without loading its model."""
     return _read(path)["meta"]
 
 
-def load_artifact(path: str | Path):
-    """The model stored at `path`, after checking it is intact and compatible with this installation."""
+def load_artifact(path: str | Path, check_physics_model: bool = True):
+    """The model stored at `path`, after checking it is intact and compatible with this installation
+    (formats, versions and, unless `check_physics_model` is False, the physics answers it was trained on)."""
     payload = _read(path)
     check_compatible(payload["meta"], path)
+    if check_physics_model:
+        check_physics(payload["meta"], path)
     try:
         model = pickle.loads(payload["model"])
     except Exception as e:  # noqa: BLE001
         raise InputError(f"model artifact {str(path)!r} is corrupted or incompatible ({type(e).__name__}: {e}); "
                          "retrain it with `layoutcast train`") from None
+    if not callable(getattr(model, "predict_arrays", None)):
+        raise InputError(f"model artifact {str(path)!r} holds a {type(model).__name__}, not a layoutcast model")
     model.metadata_ = payload["meta"]
     return model

@@ -63,7 +63,8 @@ class ResidualMLP(FrameModel):
     """A small torch MLP on standardised physics features, predicting the log residual."""
 
     family = "residual-mlp"
-    defaults = {"hidden": 64, "epochs": 300, "learning_rate": 3e-3, "weight_decay": 1e-4, "batch_size": 512}
+    defaults = {"hidden": 64, "epochs": 300, "learning_rate": 3e-3, "weight_decay": 1e-4, "batch_size": 512,
+                "max_steps": 3000}
 
     def make_learner(self, n_features: int, seed: int):
         return MLPLearner(seed=seed, **self.hyper)

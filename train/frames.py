@@ -124,8 +124,9 @@ class FeatureSpace:
         j = len(self.numeric)
         for c, vocab in self.categories.items():
             if c in frame.columns:
-                vals = frame[c].to_numpy(dtype=object, na_value=None)
-                X[:, j] = np.fromiter((vocab.get(v, np.nan) if isinstance(v, str) else np.nan for v in vals),
-                                      dtype=np.float32, count=n)
+                codes, uniques = pd.factorize(frame[c].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
+                lookup = np.array([vocab.get(u, np.nan) if isinstance(u, str) else np.nan for u in uniques] + [np.nan],
+                                  dtype=np.float32)
+                X[:, j] = lookup[codes]  # code -1 (missing) picks the trailing NaN
             j += 1
         return X

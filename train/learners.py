@@ -184,6 +184,14 @@ class MLPLearner:
     def fit(self, X, y, w=None):
         import torch
 
+        threads = torch.get_num_threads()
+        torch.set_num_threads(default_threads(len(y)))  # small nets: extra threads only contend
+        try:
+            return self._fit(torch, X, y)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, torch, X, y):
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         self._std = _Standardizer(X)

@@ -7,7 +7,7 @@ from typing import Callable
 import pandas as pd
 
 from features.errors import InputError
-from train.artifact import artifact_metadata
+from train.artifact import artifact_metadata, canonical_order
 from train.baselines import FAMILIES
 from train.evaluate import usable_rows
 from train.frames import physics
@@ -30,7 +30,7 @@ def train_model(frame: pd.DataFrame, family: str = "residual-xgb", seed: int = 0
     usable = usable_rows(framed)
     if not usable.any():
         raise InputError("no usable measurements: need rows with status ok, a measured target and a physics answer")
-    framed = framed[usable]
+    framed = canonical_order(framed[usable])
     model = make_model(family, seed=seed, **(params or {}))
     tuning = None
     if tune_trials:

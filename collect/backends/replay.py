@@ -83,7 +83,7 @@ class ReplayBackend:
 
         if isinstance(store, Store):
             return cls(store.read(**filters))
-        with Store(store) as s:
+        with Store(store, create=False) as s:
             return cls(s.read(**filters))
 
     @classmethod

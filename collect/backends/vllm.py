@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -198,14 +200,23 @@ def cpu_binding(num_ranks: int, cpus: Sequence[int]) -> list[str]:
     return [str(cpus[r % len(cpus)]) for r in range(num_ranks)]
 
 
+AMX_SITE_DIR = Path(__file__).resolve().parent / "vllm_site"
+RUN_MARKER_ENV = "LAYOUTCAST_VLLM_RUN"  # set in every engine process: its run folder (finds strays by environment)
+
+
 def engine_env(base: dict[str, str], layout: Layout, engine: EngineConfig, install: VLLMInstall,
-               binding: list[str] | None) -> dict[str, str]:
+               binding: list[str] | None, run_dir: str = "") -> dict[str, str]:
     """Environment of an engine process: offline hub, no usage stats, CPU KV space and thread binding on CPU."""
     env = dict(base)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
                PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env[RUN_MARKER_ENV] = run_dir
     repo_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
+    paths = [repo_root, env.get("PYTHONPATH", "")]
+    if install.cpu and importlib.util.find_spec("sitecustomize") is None:
+        paths.insert(0, str(AMX_SITE_DIR))  # asks for AMX permission in every engine process (see its docstring)
+        env["LAYOUTCAST_REQUEST_AMX"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     if install.cpu:
         if engine.kv_cache_memory_gb:
             env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override kv_cache_memory_bytes
@@ -216,26 +227,39 @@ def engine_env(base: dict[str, str], layout: Layout, engine: EngineConfig, insta
     return env
 
 
+_LOG_PREFIX = re.compile(r"^\([^)]*\)\s+(?:ERROR|INFO|WARNING|DEBUG)\s+\S+\s+\S+\s+\[[^\]]*\]\s*")
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception|Interrupt)\b:?\s*(.*)$")
+_GENERIC_ERRORS = ("Engine core initialization failed", "EngineDeadError", "EngineCore encountered",
+                   "RuntimeError: cancelled", "See root cause above")
+
+
+def root_cause(text: str) -> str:
+    """The first specific exception (or worker death) in an engine log: the root cause, not its echoes."""
+    lines = [_LOG_PREFIX.sub("", ln).strip() for ln in text.splitlines()]
+    for ln in lines:
+        if "died unexpectedly" in ln or (_EXCEPTION_LINE.match(ln) and not any(g in ln for g in _GENERIC_ERRORS)):
+            return ln
+    return ""
+
+
 def classify_failure(text: str) -> tuple[str, str]:
     """(status, one-line reason) for a failed engine run from its error message and log tail."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     status = "oom" if any(m in text.lower() for m in _OOM_MARKERS) else "error"
-    keys = ("Error", "error:", "Exception", "died", "exited", "timeout", "Killed")
-    hits = [ln for ln in lines if any(k in ln for k in keys) and "Traceback" not in ln and "WARNING" not in ln]
-    reason = hits[-1] if hits else (lines[-1] if lines else "engine failed without a message")
+    reason = root_cause(text) or (lines[-1] if lines else "engine failed without a message")
     if status == "oom":
-        reason = next((ln for ln in reversed(lines) if any(m in ln.lower() for m in _OOM_MARKERS)), reason)
+        reason = next((_LOG_PREFIX.sub("", ln) for ln in lines if any(m in ln.lower() for m in _OOM_MARKERS)), reason)
     return status, reason[-600:]
 
 
 def failure_status(result: dict) -> tuple[str, str]:
-    """(status, reason) of an engine result that did not finish: the error it raised plus the log's root cause."""
+    """(status, reason) of an engine result that did not finish: the root cause in its log, else its error."""
     err = str(result.get("error") or "")
     if result.get("timed_out"):
         return "error", err
     status, log_reason = classify_failure("\n".join([result.get("log_tail") or "", err]))
-    parts = [p for p in (err, log_reason) if p]
-    reason = parts[0] if len(parts) == 1 or parts[0] == parts[1] else f"{parts[0]} (log: {parts[1]})"
+    generic = not err or any(g in err for g in _GENERIC_ERRORS) or err.startswith("engine process exited")
+    reason = log_reason if generic or status == "oom" else err
     return status, reason[:900]
 
 
@@ -353,8 +377,8 @@ class VLLMBackend:
 
     # modes ---------------------------------------------------------------------------------------------------
 
-    def _env(self, layout: Layout, engine: EngineConfig, binding: list[str] | None) -> dict[str, str]:
-        return engine_env(dict(os.environ), layout, engine, self.install, binding)
+    def _env(self, layout: Layout, engine: EngineConfig, binding: list[str] | None, run_dir: Path) -> dict[str, str]:
+        return engine_env(dict(os.environ), layout, engine, self.install, binding, str(run_dir))
 
     def _bindings(self, layout: Layout, replicas: int) -> list[list[str] | None]:
         """Per replica process, its VLLM_CPU_OMP_THREADS_BIND list (None: leave vLLM's automatic binding)."""
@@ -387,7 +411,7 @@ class VLLMBackend:
             plan_path, result_path, log_path = tmp / f"plan{r}.json", tmp / f"result{r}.json", tmp / f"engine{r}.log"
             plan_path.write_text(json.dumps(plan))
             binding = bindings[r] if not spmd else [b for bs in bindings if bs for b in bs] or None
-            env = self._env(layout, engine, binding)
+            env = self._env(layout, engine, binding, tmp)
             if spmd:
                 env.update(VLLM_DP_RANK=str(r), VLLM_DP_RANK_LOCAL=str(r), VLLM_DP_SIZE=str(replicas),
                            VLLM_DP_MASTER_IP="127.0.0.1", VLLM_DP_MASTER_PORT=str(dp_port))
@@ -418,7 +442,7 @@ class VLLMBackend:
                 res["error"], res["timed_out"] = f"timeout after {self.timeout_s:.0f} s", True
             elif p.returncode not in (0, None) and not res.get("error"):
                 res["error"] = f"engine process exited with code {p.returncode}"
-            res["log_tail"] = tail(log_path)
+            res["log_tail"] = tail(log_path, max_lines=400)
             if self.log_dir:
                 shutil.copy(log_path, Path(self.log_dir) / f"vllm-{uuid.uuid4().hex[:8]}-{log_path.name}")
             results.append(res)
@@ -430,7 +454,7 @@ class VLLMBackend:
         plan = {"engine_args": args, "workloads": [
             {"prompts": r.prompts, "output_lens": r.output_lens, "concurrency": r.workload.concurrency,
              "request_rate": r.workload.request_rate, "seed": r.seed} for r in runs]}
-        env = self._env(layout, engine, self._bindings(layout, 1)[0])
+        env = self._env(layout, engine, self._bindings(layout, 1)[0], tmp)
         log_path = tmp / "serve.log"
         res = run_online(plan, env, log_path, self.timeout_s, self.startup_timeout_s, self.python)
         if self.log_dir:
@@ -489,6 +513,7 @@ class VLLMBackend:
                 "engine_config": effective or {k: v for k, v in args.items() if k != "model"},
                 "replicas": len(results), "replica_kv_capacity_tokens": [r.get("kv_capacity_tokens") for r in results],
                 "sampling": "greedy, ignore_eos, max_tokens = asked output length",
+                "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine: timing noise
             }
             if layout.dp > 1:
                 detail["dp_mode"] = ("vllm serve --data-parallel-size (internal load balancing)" if self.mode == "online"

@@ -235,5 +235,5 @@ def run_online(plan: dict, env: dict[str, str], log_path: Path, timeout_s: float
                 break
     finally:
         stop_group(proc, grace_s=20.0)
-        result["log_tail"] = tail(log_path)
+        result["log_tail"] = tail(log_path, max_lines=400)
     return result

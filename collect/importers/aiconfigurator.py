@@ -19,6 +19,7 @@ chosen by a stable hash of the row, so repeated imports pick the same rows; `com
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -206,11 +207,12 @@ def _import_e2e(folder: Path, report: ImportReport, names: NameResolver) -> pd.D
 
 
 def _merge_detail(a: str | None, b: str | None) -> str | None:
+    """Two detail JSON objects as one canonical (sorted-key) object."""
     if not b:
         return a
     if not a:
         return b
-    return a[:-1] + "," + b[1:]
+    return json.dumps({**json.loads(a), **json.loads(b)}, sort_keys=True, separators=(",", ":"))
 
 
 # --- op_perf tables --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--concurrency", type=int, default=0, help="requests in flight at most (default: all)")
     p.add_argument("--rate", type=float, default=0.0, help="request rate (requests/s, Poisson; default: all at once)")
     add_engine(p)
+    p.set_defaults(block_size=None)  # engine default per build: 16 on GPUs, 32 on vLLM-CPU (its attention needs it)
     p.add_argument("--kv-cache-gb", type=float, default=0.0, help="KV cache memory per replica (GB; default: engine)")
     p.add_argument("--num-gpu-blocks", type=int, default=0, help="exactly this many KV blocks (vLLM override)")
     p.add_argument("--max-model-len", type=int, default=0, help="default: the longest request")
@@ -55,11 +56,13 @@ def _workload(args):
 
 def run_vllm(args, sink, say):
     """Measure one configuration with the real vLLM engine (collect.backends.vllm)."""
-    from collect.backends.vllm import VLLMBackend
+    from collect.backends.vllm import VLLMBackend, vllm_install
     from features.catalog import resolve_model
     from features.specs import Layout
 
     model = resolve_model(args.model)
+    if args.block_size is None:
+        args.block_size = 32 if vllm_install().cpu else 16
     engine = replace(engine_from_args(args, model.native_dtype), kv_cache_memory_gb=args.kv_cache_gb,
                      num_gpu_blocks_override=args.num_gpu_blocks, max_model_len=args.max_model_len,
                      enable_chunked_prefill=not args.no_chunked_prefill, enforce_eager=args.enforce_eager,

@@ -18,7 +18,7 @@ def register(sub) -> None:
 def run_summary(args) -> int:
     from collect.store import Store
 
-    with Store(args.store) as store:
+    with Store(args.store, create=False) as store:
         total = store.count()
         groups = store.summary()
         url = repr(store)

@@ -1,0 +1,309 @@
+"""What a campaign learns between batches and how it picks the next one: the surrogate, acquisition scores, batches.
+
+The surrogate is the project's learned model (`train.residual.ResidualModel`: physics answer x a learned, calibrated
+correction) fitted on what the campaign has measured, plus a small bootstrap ensemble of the same residual learner
+whose disagreement makes the calibrated interval vary from row to row, and a feasibility classifier fitted on the
+statuses measured so far (an OOM teaches where not to go). Acquisitions: `uncertainty` scores the width of each
+candidate's calibrated log-interval (averaged over the campaign's targets) times its chance of running, per unit of
+budget when the budget is GPU-hours; `search` scores the expected improvement of the objective over the best measured
+configuration of the candidate's scenario (log scale, so scenarios of any size compare), and first makes sure every
+scenario has one good measurement. `select_batch` takes the best-scored candidates but keeps a batch diverse: a
+candidate close (in the encoded configuration space) to one already in the batch is discounted, and with scenario
+groups each scenario gives at most one configuration per batch while others remain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from features.errors import InputError
+from train.frames import FeatureSpace, float_column, physics_answer
+from train.learners import XGBLearner
+from train.residual import MAX_LOG_CORRECTION, ResidualModel, nan_safe_log
+from train.targets import ALL_TARGETS, KIND_OF_TARGET, pred_cols
+
+Z80 = float(norm.ppf(0.9))  # half-width of a central 80% normal interval, in standard deviations
+PRIOR_LOG_SIGMA = math.log(2.0) / Z80  # no measurement yet: "within a factor of two" at 80%
+FIRST_SCENARIO_BONUS = 1e6  # search: a scenario with no good measurement comes before any improvement elsewhere
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What `search` optimises: a target, its direction, and whether it is normalised per GPU."""
+
+    name: str
+    target: str
+    higher_is_better: bool
+    per_gpu: bool
+
+    def utility(self, values: np.ndarray, num_gpus: np.ndarray) -> np.ndarray:
+        """log utility, higher is better: log(throughput / GPUs) or -log(latency x GPUs) (-log latency unnormalised)."""
+        return self.log_utility(nan_safe_log(values), num_gpus)
+
+    def log_utility(self, log_values: np.ndarray, num_gpus: np.ndarray) -> np.ndarray:
+        sign = 1.0 if self.higher_is_better else -1.0
+        n = np.log(np.maximum(np.nan_to_num(np.asarray(num_gpus, dtype=float), nan=1.0), 1.0))
+        return sign * np.asarray(log_values, dtype=float) - (n if self.per_gpu else 0.0)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "throughput": Objective("throughput", "output_throughput", True, True),  # output tok/s per GPU
+    "makespan": Objective("makespan", "makespan_s", False, True),  # GPU-seconds to finish the closed batch
+    "tpot": Objective("tpot", "tpot_ms", False, False),
+    "ttft": Objective("ttft", "ttft_ms", False, False),
+    "layer": Objective("layer", "layer_ms", False, True),  # GPU-milliseconds per decoder-layer step
+}
+
+
+def resolve_objective(name: str | None, kind: str) -> Objective:
+    """The named objective (default: throughput for serving campaigns, layer time for step campaigns)."""
+    name = name or ("throughput" if kind == "serving" else "layer")
+    if name not in OBJECTIVES:
+        raise InputError(f"unknown objective {name!r} (choose from {', '.join(OBJECTIVES)})")
+    obj = OBJECTIVES[name]
+    if KIND_OF_TARGET[obj.target] != kind:
+        raise InputError(f"objective {name!r} ({obj.target}) does not apply to {kind} campaigns")
+    return obj
+
+
+# --- the surrogate -------------------------------------------------------------------------------------------------
+
+@dataclass
+class Prediction:
+    """Per candidate and target: log point prediction, log interval offsets, ensemble log spread; chance of running."""
+
+    log_point: dict[str, np.ndarray] = field(default_factory=dict)
+    log_lo: dict[str, np.ndarray] = field(default_factory=dict)  # offsets (<= 0) to the 80% interval's low end
+    log_hi: dict[str, np.ndarray] = field(default_factory=dict)
+    log_spread: dict[str, np.ndarray] = field(default_factory=dict)
+    p_ok: np.ndarray | None = None
+
+    def log_sigma(self, target: str) -> np.ndarray:
+        """A per-row standard deviation (log scale): the calibrated width, modulated by the ensemble's disagreement."""
+        width = self.log_hi[target] - self.log_lo[target]
+        sigma = np.where(np.isfinite(width), width / (2.0 * Z80), np.nan)
+        spread = self.log_spread.get(target)
+        if spread is not None and np.isfinite(spread).any() and np.nanmedian(spread) > 0:
+            rel = spread / np.nanmedian(spread)
+            sigma = sigma * (0.5 + 0.5 * np.where(np.isfinite(rel), rel, 1.0))
+        return sigma
+
+
+class Surrogate:
+    """ResidualModel + bootstrap ensemble + feasibility classifier, refitted on a campaign's measured rows."""
+
+    def __init__(self, targets: tuple[str, ...], seed: int = 0, members: int = 3, model_params: dict | None = None):
+        unknown = [t for t in targets if t not in ALL_TARGETS]
+        if unknown:
+            raise InputError(f"unknown target(s) {unknown} (choose from {', '.join(ALL_TARGETS)})")
+        self.targets, self.seed, self.members = tuple(targets), int(seed), int(members)
+        self.model_params = dict(model_params or {})
+        self.model: ResidualModel | None = None
+        self.ensemble: dict[str, list[XGBLearner]] = {}
+        self.feasibility = None
+
+    def training_frame(self, measured: pd.DataFrame) -> pd.DataFrame:
+        """The measured physics frame with every target outside the campaign's emptied (fewer models to fit)."""
+        frame = measured.copy()
+        for t in ALL_TARGETS:
+            if t not in self.targets and t in frame.columns:
+                frame[t] = np.nan
+        return frame
+
+    def fit(self, measured: pd.DataFrame, encoded: np.ndarray | None = None) -> "Surrogate":
+        """Fit on the physics frame of measured rows (`encoded`: their configurations in `sampler.encode` space)."""
+        frame = self.training_frame(measured)
+        self.model = ResidualModel(seed=self.seed, **self.model_params).fit(frame)
+        self.ensemble = {}
+        rng = np.random.default_rng(self.seed)
+        for t in self.targets:
+            kind, learner = KIND_OF_TARGET[t], self.model.learners_.get(t)
+            space = self.model.spaces_.get(kind)
+            if learner is None or space is None or self.members < 2:
+                continue
+            X, y = residual_xy(space, frame, t)
+            if len(y) < 8:
+                continue
+            members = []
+            for k in range(self.members):
+                idx = rng.integers(0, len(y), len(y))
+                members.append(XGBLearner(**_learner_params(self.model, X.shape[1]), seed=self.seed + 101 + k)
+                               .fit(X[idx], y[idx]))
+            self.ensemble[t] = members
+        self.feasibility = _fit_feasibility(measured, encoded, self.seed)
+        return self
+
+    def predict(self, candidates: pd.DataFrame, encoded: np.ndarray | None = None) -> Prediction:
+        """Predictions for a physics frame of candidates (`encoded`: their configurations, for feasibility)."""
+        if self.model is None:
+            raise RuntimeError("Surrogate.predict before fit")
+        arrays = self.model.predict_arrays(candidates)
+        out = Prediction()
+        for t in self.targets:
+            p, lo, hi = pred_cols(t)
+            if p not in arrays:
+                continue
+            point = nan_safe_log(arrays[p])
+            out.log_point[t] = point
+            out.log_lo[t] = nan_safe_log(arrays[lo]) - point
+            out.log_hi[t] = nan_safe_log(arrays[hi]) - point
+            members = self.ensemble.get(t)
+            if members:
+                space = self.model.spaces_[KIND_OF_TARGET[t]]
+                X = space.matrix(candidates)
+                X[:, -1] = nan_safe_log(physics_answer(candidates, t))
+                preds = np.vstack([np.clip(m.predict(X), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION) for m in members])
+                out.log_spread[t] = preds.std(axis=0)
+        if self.feasibility is not None and encoded is not None:
+            out.p_ok = self.feasibility.predict_proba(_feasibility_features(candidates, encoded))[:, 1]
+        else:
+            out.p_ok = np.ones(len(candidates))
+        return out
+
+
+def residual_xy(space: FeatureSpace, frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """Feature matrix and log(measured / physics) of the rows usable for `target` (as ResidualModel builds them)."""
+    from train.frames import target_rows
+
+    sub = frame[target_rows(frame, target)]
+    X = space.matrix(sub)
+    log_phys = nan_safe_log(physics_answer(sub, target))
+    X[:, -1] = log_phys
+    return X, nan_safe_log(float_column(sub, target)) - log_phys
+
+
+def _learner_params(model: ResidualModel, n_features: int) -> dict:
+    """The residual model's own learner settings (monotone in the physics answer, the last column)."""
+    h = dict(model.hyper)
+    mono = int(h.pop("monotone_phys"))
+    return {**h, "monotone": (0,) * (n_features - 1) + (mono,)}
+
+
+def _feasibility_features(frame: pd.DataFrame, encoded: np.ndarray) -> np.ndarray:
+    extra = [np.log1p(np.maximum(float_column(frame, c, 0.0), 0.0))
+             for c in ("f_kv_capacity_tokens", "f_batch_limit_kv", "f_weight_bytes_per_gpu") if c in frame.columns]
+    extra += [float_column(frame, "f_feasible", 1.0)] if "f_feasible" in frame.columns else []
+    return np.column_stack([encoded] + extra) if extra else encoded
+
+
+def _fit_feasibility(measured: pd.DataFrame, encoded: np.ndarray | None, seed: int):
+    """A random-forest classifier of `status == ok` once at least two runs of each outcome were measured."""
+    if encoded is None or len(measured) == 0:
+        return None
+    ok = measured["status"].astype("string").fillna("ok").eq("ok").to_numpy(bool)
+    if ok.sum() < 2 or (~ok).sum() < 2:
+        return None
+    from sklearn.ensemble import RandomForestClassifier
+
+    clf = RandomForestClassifier(n_estimators=100, min_samples_leaf=1, random_state=seed, n_jobs=1)
+    return clf.fit(_feasibility_features(measured, encoded), ok.astype(int))
+
+
+# --- acquisition scores --------------------------------------------------------------------------------------------
+
+def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndarray | None = None) -> np.ndarray:
+    """Mean calibrated log-interval width over the targets (rows without a prediction count as the widest), times
+    the chance the run succeeds, divided by its cost when a cost is given."""
+    widths = []
+    for t in targets:
+        if t not in pred.log_point:
+            continue
+        w = 2.0 * Z80 * pred.log_sigma(t)
+        top = np.nanmax(w) if np.isfinite(w).any() else 2.0 * math.log(2.0)
+        widths.append(np.where(np.isfinite(w), w, top))
+    if not widths:
+        n = len(pred.p_ok) if pred.p_ok is not None else 0
+        return np.ones(n)
+    score = np.mean(widths, axis=0) * (pred.p_ok if pred.p_ok is not None else 1.0)
+    if cost is not None:
+        score = score / np.maximum(np.asarray(cost, dtype=float), 1e-12)
+    return score
+
+
+def expected_improvement(mu: np.ndarray, sigma: np.ndarray, incumbent: np.ndarray) -> np.ndarray:
+    """E[max(0, U - incumbent)] for U ~ Normal(mu, sigma) (log utilities: a relative improvement)."""
+    sigma = np.maximum(np.asarray(sigma, dtype=float), 1e-9)
+    z = (mu - incumbent) / sigma
+    return sigma * norm.pdf(z) + (mu - incumbent) * norm.cdf(z)
+
+
+def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, scenario: np.ndarray,
+                  incumbent: dict[str, float]) -> np.ndarray:
+    """Expected improvement of each candidate over the best measured utility of its scenario, times its chance of
+    running. Scenarios without a good measurement yet come first, led by their predicted-best configuration."""
+    t = objective.target
+    n = len(scenario)
+    if t not in pred.log_point:
+        return np.zeros(n)
+    mu = objective.log_utility(pred.log_point[t], num_gpus)
+    sigma = pred.log_sigma(t)
+    sigma = np.where(np.isfinite(sigma), sigma, PRIOR_LOG_SIGMA)
+    p_ok = pred.p_ok if pred.p_ok is not None else np.ones(n)
+    inc = np.array([incumbent.get(s, np.nan) for s in scenario], dtype=float)
+    first = np.isnan(inc)
+    score = np.where(np.isfinite(mu), expected_improvement(np.nan_to_num(mu), sigma, np.nan_to_num(inc)), 0.0) * p_ok
+    if first.any():
+        # within a scenario never measured well: its best expected log utility, discounted by the chance of failing
+        value = np.where(np.isfinite(mu), mu + np.log(np.maximum(p_ok, 1e-6)), -np.inf)
+        best_in = pd.Series(value[first]).groupby(scenario[first]).transform("max").to_numpy()
+        lead = np.zeros(n, dtype=bool)
+        lead[np.flatnonzero(first)] = value[first] >= best_in
+        score = np.where(first, np.where(lead, FIRST_SCENARIO_BONUS * (1.0 + p_ok * sigma), score), score)
+    return score
+
+
+# --- batches -------------------------------------------------------------------------------------------------------
+
+def select_batch(scores: np.ndarray, X: np.ndarray, k: int, available: np.ndarray, cost: np.ndarray | None = None,
+                 budget_left: float = math.inf, groups: np.ndarray | None = None, shortlist: int = 8) -> list[int]:
+    """Up to `k` indices of available candidates: greedy by score, a candidate near one already chosen discounted
+    (score x min(1, distance / d_ref)); with `groups`, one per group while other groups remain; the summed `cost`
+    stays within `budget_left`."""
+    avail = np.flatnonzero(available & np.isfinite(scores))
+    if len(avail) == 0 or k <= 0:
+        return []
+    cost = np.zeros(len(scores)) if cost is None else np.asarray(cost, dtype=float)
+    order = avail[np.argsort(-scores[avail], kind="stable")]
+    short = order[: max(shortlist * k, 32)]
+    pts = X[short] if X.shape[1] else np.zeros((len(short), 1))
+    sample = pts[: min(len(pts), 200)]
+    pair = np.sqrt(((sample[:, None, :] - sample[None, :, :]) ** 2).sum(-1))
+    d_ref = 0.25 * float(np.median(pair[np.triu_indices(len(sample), 1)])) if len(sample) > 1 else 0.0
+    s = scores[short].astype(float)
+    s = s - min(0.0, s.min())
+    chosen: list[int] = []
+    used_groups: set = set()
+    min_d = np.full(len(short), np.inf)
+    taken = np.zeros(len(short), dtype=bool)
+    spent = 0.0
+    while len(chosen) < k:
+        fits = ~taken & (spent + cost[short] <= budget_left + 1e-12)
+        if not fits.any():
+            break
+        if groups is not None:
+            fresh = fits & np.array([groups[i] not in used_groups for i in short])
+            if fresh.any():
+                fits = fresh
+        discount = np.minimum(1.0, min_d / d_ref) if d_ref > 0 else np.ones(len(short))
+        value = np.where(fits, s * discount + 1e-12 * s, -np.inf)
+        j = int(np.argmax(value))
+        if not np.isfinite(value[j]):
+            break
+        taken[j] = True
+        chosen.append(int(short[j]))
+        spent += cost[short[j]]
+        if groups is not None:
+            used_groups.add(groups[short[j]])
+        min_d = np.minimum(min_d, np.sqrt(((pts - pts[j]) ** 2).sum(axis=1)))
+    for i in order[len(short):]:  # the shortlist ran dry (budget): fill from the rest in score order
+        if len(chosen) >= k:
+            break
+        if spent + cost[i] <= budget_left + 1e-12:
+            chosen.append(int(i))
+            spent += cost[i]
+    return chosen

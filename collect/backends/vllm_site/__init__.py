@@ -1,0 +1,1 @@
+"""Start-up hook for vLLM-CPU engine processes (its directory goes on their PYTHONPATH; see sitecustomize.py)."""

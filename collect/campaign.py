@@ -1,0 +1,543 @@
+"""Active-learning collection campaigns: fit -> score -> measure a batch -> store -> repeat until the budget is spent.
+
+Candidates are configurations (`collect.sampler` candidate columns): a space file's valid set, or a recorded pool's
+configurations for the replay backend, never their targets. Each iteration fits the surrogate
+(`collect.acquisition.Surrogate`: ResidualModel on what was measured + physics) on the rows measured so far, scores
+the untried candidates with the strategy's acquisition (`random`, `uncertainty`, `search`), picks a diverse batch
+that fits the remaining budget (runs, or GPU-hours with each run's cost estimated by the physics: (makespan + start-up
+overhead) x GPUs), plans it in the ledger, dispatches it (`collect.dispatch`), and records every outcome as it comes.
+The first batch of `uncertainty` and `search` is a space-filling design (scrambled Sobol over the encoded valid set).
+A campaign is identified by an id stored with its settings; restarting the same command resumes it from the store:
+done runs are never measured again, runs planned before a kill are finished first.
+
+A `PoolEvaluator` (replay campaigns) scores each iteration's model on the pool rows not measured yet and checks
+whether the best measured configuration of each scenario is within 3% of the pool's true best; it only reports,
+the campaign's choices never read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from collect.acquisition import Objective, Surrogate, resolve_objective, search_scores, select_batch, uncertainty_scores
+from collect.dispatch import BackendSpec, Job, Outcome
+from collect.ledger import Ledger
+from collect.sampler import CANDIDATE_COLUMNS, config_hashes, encode, initial_design
+from features.errors import InputError
+from features.schema import COLUMNS, conform
+from train.frames import float_column, physics
+from train.targets import pred_cols
+
+STRATEGIES = ("random", "uncertainty", "search")
+# configuration columns a scenario is made of by default: everything but the layout, GPU count and engine knobs
+DEFAULT_SCENARIO = ("kind", "engine", "model", "weight_dtype", "kv_dtype", "gpu", "isl", "osl", "isl_dist", "osl_dist",
+                    "num_requests", "concurrency", "request_rate", "phase", "batch", "context", "tokens", "op")
+SETTINGS_CHECKED = ("backend", "strategy", "seed", "objective", "targets", "scenario", "candidates_digest")
+WITHIN = 0.03  # search: a scenario is solved when its best measured configuration is within 3% of the true best
+DEFAULT_OVERHEAD_S = {"serving": 120.0, "step": 10.0}  # engine start-up (and warm-up) each run pays
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a campaign may spend: a number of runs, or GPU-hours (each run's physics-estimated cost)."""
+
+    amount: float
+    unit: str = "runs"  # runs | gpu_hours
+
+    def label(self) -> str:
+        return f"{self.amount:g} runs" if self.unit == "runs" else f"{self.amount:g} GPU-hours"
+
+
+def parse_budget(text: str | float | int) -> Budget:
+    """`40` (runs) or `2.5gpu-h` / `2.5 gpu-hours` / `2.5gpuh` (GPU-hours)."""
+    s = str(text).strip().lower().replace(" ", "")
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(runs?|gpu-?h(?:ours?)?|gpuh)?", s)
+    if not m:
+        raise InputError(f"budget {text!r} is not a number of runs (e.g. 40) or GPU-hours (e.g. 2.5gpu-h)")
+    amount, unit = float(m.group(1)), ("runs" if not m.group(2) or m.group(2).startswith("run") else "gpu_hours")
+    if amount <= 0 or (unit == "runs" and amount != int(amount)):
+        raise InputError(f"budget {text!r}: runs must be a positive whole number, GPU-hours positive")
+    return Budget(amount, unit)
+
+
+@dataclass(frozen=True)
+class CampaignSettings:
+    """Everything that decides what a campaign measures."""
+
+    backend: str
+    strategy: str = "uncertainty"
+    budget: Budget = Budget(20)
+    batch: int = 4
+    seed: int = 0
+    objective: str = ""
+    targets: tuple[str, ...] = ()
+    scenario: tuple[str, ...] = DEFAULT_SCENARIO
+    init_runs: int = 0  # size of the space-filling first batch (0: the batch size)
+    design: str = "sobol"
+    overhead_s: float | None = None  # start-up cost per run for GPU-hour budgets (None: by kind)
+    members: int = 3  # bootstrap members of the surrogate's ensemble
+    model_params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"unknown strategy {self.strategy!r} (choose from {', '.join(STRATEGIES)})")
+        if self.batch < 1:
+            raise InputError("--batch must be at least 1")
+        bad = [c for c in self.scenario if c not in CANDIDATE_COLUMNS]
+        if bad:
+            raise InputError(f"scenario columns {bad} are not configuration columns")
+
+
+@dataclass
+class CurvePoint:
+    """The state after an iteration: spend, the model's errors, how good the best measured configurations are."""
+
+    iteration: int
+    runs: int
+    ok_runs: int
+    gpu_hours: float
+    oof_median_ape: float | None
+    heldout: dict = field(default_factory=dict)  # replay: per target median APE on unmeasured pool rows
+    best: dict = field(default_factory=dict)  # best-found objective (and, replay, share of scenarios within 3%)
+
+
+@dataclass
+class CampaignResult:
+    """What a campaign did: its id, the measured rows, the ledger's runs, the learning curve, the final surrogate."""
+
+    campaign_id: str
+    settings: CampaignSettings
+    measured: pd.DataFrame
+    runs: pd.DataFrame
+    curve: list[CurvePoint]
+    surrogate: Surrogate | None
+    objective: Objective
+
+    def summary(self) -> dict:
+        last = self.curve[-1] if self.curve else None
+        return {"campaign_id": self.campaign_id, "settings": _jsonable(asdict(self.settings)),
+                "runs": int(len(self.runs)), "statuses": self.runs["status"].value_counts().to_dict() if len(self.runs) else {},
+                "gpu_hours": last.gpu_hours if last else 0.0, "final": _jsonable(asdict(last)) if last else None,
+                "curve": [_jsonable(asdict(p)) for p in self.curve]}
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return None if not math.isfinite(float(v)) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+# --- candidates, costs, scenarios ---------------------------------------------------------------------------------
+
+def candidate_frame(candidates: pd.DataFrame) -> pd.DataFrame:
+    """Conformed candidate columns with a `config_hash`, one row per distinct configuration."""
+    cand = conform(candidates.reset_index(drop=True))[list(CANDIDATE_COLUMNS)]
+    cand["config_hash"] = config_hashes(cand)
+    return cand.drop_duplicates("config_hash").reset_index(drop=True)
+
+
+def estimate_cost_gpu_h(phys: pd.DataFrame, overhead_s: float) -> np.ndarray:
+    """Physics-estimated GPU-hours per run: (closed-batch makespan, else requests over request throughput, plus the
+    start-up overhead) x GPUs; step rows: the overhead (their timed work is milliseconds)."""
+    n = len(phys)
+    gpus = np.maximum(np.nan_to_num(float_column(phys, "num_gpus"), nan=1.0), 1.0)
+    makespan = float_column(phys, "phys_makespan_s")
+    reqs = np.nan_to_num(float_column(phys, "num_requests"), nan=0.0)
+    conc = np.nan_to_num(float_column(phys, "concurrency"), nan=0.0)
+    req_tput = float_column(phys, "phys_request_throughput")
+    volume = np.where(reqs > 0, reqs, np.maximum(conc, 1.0) * 4.0)  # a concurrency sweep point: ~4 waves of requests
+    fallback = np.where(np.isfinite(req_tput) & (req_tput > 0), volume / np.where(req_tput > 0, req_tput, 1.0), 0.0)
+    work_s = np.where(np.isfinite(makespan) & (makespan > 0), makespan, fallback)
+    work_s = np.where(phys["kind"].astype("string").fillna("") == "serving", work_s, 0.0) if n else work_s
+    return (np.maximum(work_s, 0.0) + overhead_s) * gpus / 3600.0
+
+
+def scenario_ids(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """One string per row naming its scenario (the given configuration columns)."""
+    cols = [c for c in columns if c in frame.columns]
+    if not cols or not len(frame):
+        return np.full(len(frame), "all", dtype=object)
+    parts = [frame[c].astype(object).where(frame[c].notna(), "").astype(str) for c in cols]
+    return parts[0].str.cat(parts[1:], sep="|").to_numpy(dtype=object) if len(parts) > 1 else parts[0].to_numpy(dtype=object)
+
+
+def default_targets(kind: str, objective: Objective) -> tuple[str, ...]:
+    """The objective's target plus TTFT and TPOT (serving) — what a campaign learns unless told otherwise."""
+    extra = ("ttft_ms", "tpot_ms") if kind == "serving" else ("layer_ms",)
+    return tuple(dict.fromkeys((objective.target,) + extra))
+
+
+# --- replay: held-out scoring against the pool ----------------------------------------------------------------------
+
+class PoolEvaluator:
+    """Scores a campaign on a recorded pool: model error on rows not yet measured, search success per scenario."""
+
+    def __init__(self, pool: pd.DataFrame, objective: Objective, scenario: tuple[str, ...], targets: tuple[str, ...],
+                 kind: str = "serving"):
+        pool = pool[pool["kind"].astype("string").fillna("") == kind].reset_index(drop=True)
+        self.phys = physics(pool)
+        self.hashes = np.asarray(config_hashes(pool), dtype=object)
+        self.ok = self.phys["status"].astype("string").fillna("ok").eq("ok").to_numpy(bool)
+        self.objective, self.targets = objective, targets
+        util = objective.utility(float_column(self.phys, objective.target), float_column(self.phys, "num_gpus"))
+        good = self.ok & np.isfinite(util)
+        scen = scenario_ids(self.phys, scenario)
+        per_config = pd.DataFrame({"h": self.hashes[good], "s": scen[good], "u": util[good]}) \
+            .groupby(["s", "h"], sort=False)["u"].median().reset_index()
+        self.config_utility = dict(zip(per_config["h"], per_config["u"]))
+        self.config_scenario = dict(zip(per_config["h"], per_config["s"]))
+        self.true_best = per_config.groupby("s")["u"].max().to_dict()
+        self.n_configs = per_config.groupby("s")["h"].nunique().to_dict()
+        self.tol = math.log(1.0 - WITHIN) if objective.higher_is_better else -math.log(1.0 + WITHIN)
+
+    def heldout(self, surrogate: Surrogate | None, measured: set[str]) -> dict[str, float]:
+        """Median absolute percentage error per target on good pool rows whose configuration was not measured."""
+        rest = self.ok & ~np.isin(self.hashes, list(measured))
+        if surrogate is None or surrogate.model is None or not rest.any():
+            return {}
+        sub = self.phys[rest]
+        preds = surrogate.model.predict_arrays(sub)
+        out = {}
+        for t in self.targets:
+            col = pred_cols(t)[0]
+            if col not in preds:
+                continue
+            meas, pred = float_column(sub, t), preds[col]
+            use = np.isfinite(meas) & (meas > 0) & np.isfinite(pred)
+            if use.any():
+                out[t] = float(np.median(np.abs(pred[use] / meas[use] - 1.0)))
+        return out
+
+    def search_success(self, measured: set[str], min_configs: int = 1) -> dict[str, float]:
+        """Share of scenarios (with at least `min_configs` good configurations) whose best measured configuration
+        is within 3% of the pool's best, and the mean regret (relative) over those scenarios."""
+        best_found: dict[str, float] = {}
+        for h in measured:
+            s = self.config_scenario.get(h)
+            if s is not None:
+                best_found[s] = max(best_found.get(s, -np.inf), self.config_utility[h])
+        scen = [s for s, n in self.n_configs.items() if n >= min_configs]
+        if not scen:
+            return {"scenarios": 0}
+        hit = [best_found.get(s, -np.inf) >= self.true_best[s] + self.tol - 1e-12 for s in scen]
+        regret = [1.0 - math.exp(min(0.0, best_found.get(s, -np.inf) - self.true_best[s])) for s in scen]
+        return {"scenarios": len(scen), "within_3pct": float(np.mean(hit)), "mean_regret": float(np.mean(regret)),
+                "measured_scenarios": float(np.mean([s in best_found for s in scen]))}
+
+
+# --- the campaign ----------------------------------------------------------------------------------------------------
+
+def campaign_digest(cand: pd.DataFrame) -> str:
+    """A digest of the candidate set (sorted config hashes): a resumed campaign must see the same candidates."""
+    return hashlib.blake2b("\n".join(sorted(cand["config_hash"])).encode(), digest_size=8).hexdigest()
+
+
+def default_campaign_id(settings: CampaignSettings, digest: str) -> str:
+    """`<backend>-<strategy>-s<seed>-<digest>`: the same command on the same candidates resumes the same campaign."""
+    extra = hashlib.blake2b(json.dumps([settings.objective, settings.targets, settings.scenario]).encode(),
+                            digest_size=3).hexdigest()
+    return f"{settings.backend}-{settings.strategy}-s{settings.seed}-{digest}{extra}"
+
+
+class Campaign:
+    """One campaign over a candidate set, measured through a dispatcher into a store."""
+
+    def __init__(self, settings: CampaignSettings, candidates: pd.DataFrame, dispatcher, store,
+                 campaign_id: str | None = None, evaluator: PoolEvaluator | None = None, progress: bool = True,
+                 log: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.cand = candidate_frame(candidates)
+        if self.cand.empty:
+            raise InputError("the campaign has no candidate configurations")
+        kinds = self.cand["kind"].astype("string").fillna("").unique().tolist()
+        if len(kinds) != 1 or kinds[0] not in ("serving", "step"):
+            raise InputError(f"a campaign's candidates are all serving or all step configurations, not {kinds}")
+        self.kind = kinds[0]
+        self.objective = resolve_objective(settings.objective or None, self.kind)
+        self.targets = tuple(dict.fromkeys((self.objective.target,) + (settings.targets or default_targets(
+            self.kind, self.objective))))
+        self.dispatcher, self.store = dispatcher, store
+        self.ledger = Ledger(store)
+        self.digest = campaign_digest(self.cand)
+        self.campaign_id = campaign_id or default_campaign_id(settings, self.digest)
+        self.evaluator, self.progress, self.log = evaluator, progress, log
+        self.cand_phys = physics(self.cand.drop(columns=["config_hash"]))
+        self.X = encode(self.cand)
+        overhead = settings.overhead_s if settings.overhead_s is not None else DEFAULT_OVERHEAD_S[self.kind]
+        self.cost = estimate_cost_gpu_h(self.cand_phys, overhead)
+        self.index = {h: i for i, h in enumerate(self.cand["config_hash"])}
+        self.scen = scenario_ids(self.cand, settings.scenario)
+        self.num_gpus = float_column(self.cand, "num_gpus", 1.0)
+        self._utility: dict[str, float] = {}
+
+    # --- settings stored with the campaign ---
+    def _stored_settings(self) -> dict:
+        s = asdict(self.settings)
+        s.update(objective=self.objective.name, targets=list(self.targets), scenario=list(self.settings.scenario),
+                 candidates_digest=self.digest, n_candidates=int(len(self.cand)), kind=self.kind)
+        return _jsonable(s)
+
+    def _spent(self, runs: pd.DataFrame) -> float:
+        if self.settings.budget.unit == "runs":
+            return float(len(runs))
+        return float(np.nansum(runs["cost_gpu_h"].to_numpy(dtype=float))) if len(runs) else 0.0
+
+    def run(self) -> CampaignResult:
+        """Run (or resume) the campaign until its budget is spent or no candidate is left."""
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.ledger.register(self.campaign_id, self._stored_settings(), SETTINGS_CHECKED)
+        runs = self.ledger.run_rows(self.campaign_id)
+        measured_phys = self._load_measured(runs[runs["state"] == "done"])
+        curve: list[CurvePoint] = []
+        budget = self.settings.budget
+        surrogate: Surrogate | None = None
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(),
+                   TextColumn("{task.completed:.4g}/{task.total:.4g} " + ("runs" if budget.unit == "runs" else "GPU-h")),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=Console(stderr=True), disable=not self.progress) as bar:
+            task = bar.add_task(f"campaign {self.campaign_id}", total=budget.amount)
+            iteration = int(runs["iteration"].max()) + 1 if len(runs) else 0
+            while True:
+                runs = self.ledger.run_rows(self.campaign_id)
+                pending, done = runs[runs["state"] == "planned"], runs[runs["state"] == "done"]
+                bar.update(task, completed=min(self._spent(done), budget.amount))
+                surrogate = self._fit(measured_phys)
+                curve.append(self._point(iteration, done, surrogate))
+                bar.update(task, description=self._describe(curve[-1]))
+                if len(pending):  # planned before a restart: finish them first (unless their rows were stored)
+                    jobs = self._jobs(pending)
+                    measured_phys, recovered = self._recover(jobs, measured_phys)
+                    jobs = [j for j in jobs if j.config_hash not in recovered]
+                else:
+                    left = budget.amount - self._spent(done)
+                    if left <= 1e-9:
+                        break
+                    batch = self._choose(runs, surrogate, left, iteration)
+                    if not batch:
+                        break
+                    self.ledger.plan(self.campaign_id, batch)
+                    jobs = self._jobs(pd.DataFrame(batch))
+                    iteration += 1
+                spent, outcomes = self._spent(done), []
+                for outcome in self.dispatcher.run(jobs):
+                    self._finish(outcome)
+                    outcomes.append(outcome)
+                    spent += 1.0 if budget.unit == "runs" else float(self.cost[self.index[outcome.job.config_hash]])
+                    bar.update(task, completed=min(spent, budget.amount))
+                measured_phys = self._learn(outcomes, measured_phys)
+        runs = self.ledger.run_rows(self.campaign_id)
+        measured = self.ledger.rows_by_hash([h for hs in runs[runs["state"] == "done"]["row_hashes"] for h in hs])
+        return CampaignResult(self.campaign_id, self.settings, measured, runs, curve, surrogate, self.objective)
+
+    def _load_measured(self, done: pd.DataFrame) -> pd.DataFrame | None:
+        """The physics frame of the rows of runs already done (a resumed campaign), each with its config hash."""
+        self._utility: dict[str, float] = {}
+        hashes = [h for hs in done["row_hashes"] for h in hs]
+        if not hashes:
+            return None
+        rows = self.ledger.rows_by_hash(hashes)
+        owner = {h: c for c, hs in zip(done["config_hash"], done["row_hashes"]) for h in hs}
+        rows["config_hash"] = [owner.get(h) for h in rows["content_hash"]]
+        phys = physics(rows.drop(columns=["content_hash"]))
+        for h, part in phys.groupby("config_hash", sort=False):
+            self._note_utility(h, part)
+        return phys
+
+    # --- one iteration's parts ---
+    def _fit(self, measured_phys: pd.DataFrame | None) -> Surrogate:
+        sur = Surrogate(self.targets, seed=self.settings.seed, members=self.settings.members,
+                        model_params=self.settings.model_params)
+        frame = measured_phys if measured_phys is not None else self.cand_phys.iloc[0:0]
+        enc = self._encoded_rows(frame) if len(frame) else None
+        return sur.fit(frame, enc)
+
+    def _encoded_rows(self, rows: pd.DataFrame) -> np.ndarray:
+        """Encoded configurations of measured rows (through their campaign config hash)."""
+        idx = [self.index.get(h, -1) for h in rows["config_hash"]] if "config_hash" in rows.columns else [-1] * len(rows)
+        X = np.zeros((len(rows), self.X.shape[1]))
+        ok = np.asarray(idx) >= 0
+        X[ok] = self.X[np.asarray(idx)[ok]]
+        return X
+
+    def _point(self, iteration: int, done: pd.DataFrame, surrogate: Surrogate) -> CurvePoint:
+        measured = set(done["config_hash"])
+        oof = None
+        if surrogate.model is not None:
+            rep = surrogate.model.fit_report_.get(self.objective.target, {})
+            oof = rep.get("oof_random_median_ape")
+        best = self._best_found(done)
+        heldout: dict = {}
+        if self.evaluator is not None:
+            heldout = self.evaluator.heldout(surrogate, measured)
+            best.update(self.evaluator.search_success(measured))
+        cost = float(np.nansum(done["cost_gpu_h"].to_numpy(dtype=float))) if len(done) else 0.0
+        return CurvePoint(iteration=iteration, runs=int(len(done)), ok_runs=int((done["status"] == "ok").sum()),
+                          gpu_hours=cost, oof_median_ape=oof, heldout=heldout, best=best)
+
+    def _best_found(self, done: pd.DataFrame) -> dict:
+        """The best measured objective value (in its own units, per GPU where the objective is) and where."""
+        if not len(done) or not self._utility:
+            return {}
+        h = max(self._utility, key=self._utility.get)
+        u = self._utility[h]
+        sign = 1.0 if self.objective.higher_is_better else -1.0
+        return {"objective": self.objective.name, "value": float(math.exp(sign * u)), "config_hash": h,
+                "scenarios_measured": int(len(set(self.scen[self.index[x]] for x in self._utility if x in self.index)))}
+
+    def _describe(self, p: CurvePoint) -> str:
+        err = p.heldout.get(self.objective.target) if p.heldout else p.oof_median_ape
+        txt = f"{self.settings.strategy} it{p.iteration}: {p.runs} runs"
+        if err is not None:
+            txt += f", {'held-out' if p.heldout else 'cv'} err {err:.1%}"
+        if "within_3pct" in p.best:
+            txt += f", best within 3% in {p.best['within_3pct']:.0%} of scenarios"
+        return txt
+
+    def _choose(self, runs: pd.DataFrame, surrogate: Surrogate, left: float, iteration: int) -> list[dict]:
+        s = self.settings
+        rng = np.random.default_rng([s.seed, iteration])
+        tried = np.zeros(len(self.cand), dtype=bool)
+        for h in runs["config_hash"]:
+            if h in self.index:
+                tried[self.index[h]] = True
+        available = ~tried
+        if not available.any():
+            return []
+        by_runs = s.budget.unit == "runs"
+        k = int(min(s.batch, left)) if by_runs else s.batch
+        cost = None if by_runs else self.cost
+        budget_left = math.inf if by_runs else left
+        first = not len(runs)
+        if s.strategy == "random":
+            scores = rng.random(len(self.cand))
+            picks = select_batch(scores, np.zeros((len(self.cand), 0)), k, available, cost, budget_left)
+        elif first:
+            n0 = int(min(s.init_runs or s.batch, left)) if by_runs else (s.init_runs or s.batch)
+            design = initial_design(self.X, n0, seed=s.seed, method=s.design, exclude=tried)
+            picks = []
+            spent = 0.0
+            for i in design:
+                c = 0.0 if cost is None else cost[i]
+                if spent + c <= budget_left + 1e-12:
+                    picks.append(int(i))
+                    spent += c
+            scores = np.zeros(len(self.cand))
+        else:
+            pred = surrogate.predict(self.cand_phys, self.X)
+            if s.strategy == "uncertainty":
+                scores = uncertainty_scores(pred, self.targets, cost)
+                picks = select_batch(scores, self.X, k, available, cost, budget_left)
+            else:
+                scores = search_scores(pred, self.objective, self.num_gpus, self.scen, self._incumbents())
+                picks = select_batch(scores, self.X, k, available, cost, budget_left, groups=self.scen)
+        start = int(runs["seq"].max()) + 1 if len(runs) else 0
+        out = []
+        for j, i in enumerate(picks):
+            h = self.cand["config_hash"].iloc[i]
+            config = {c: _plain(self.cand[c].iloc[i]) for c in CANDIDATE_COLUMNS}
+            out.append({"config_hash": h, "seq": start + j, "iteration": iteration, "config": config,
+                        "run_id": f"{self.campaign_id}:{h}", "cost_gpu_h": float(self.cost[i]),
+                        "score": float(scores[i]) if np.isfinite(scores[i]) else None})
+        return out
+
+    def _incumbents(self) -> dict[str, float]:
+        """Best measured log utility per scenario (good runs only)."""
+        out: dict[str, float] = {}
+        for h, u in self._utility.items():
+            i = self.index.get(h)
+            if i is not None and np.isfinite(u):
+                s = self.scen[i]
+                out[s] = max(out.get(s, -np.inf), u)
+        return out
+
+    def _jobs(self, planned: pd.DataFrame) -> list[Job]:
+        jobs = []
+        for _, r in planned.iterrows():
+            config = r["config"]
+            seed = int(hashlib.blake2b(f"{self.settings.seed}:{r['config_hash']}".encode(), digest_size=4).hexdigest(), 16) \
+                & 0x3FFFFFFF
+            gpus = config.get("num_gpus") or 1
+            jobs.append(Job(config_hash=r["config_hash"], config=config, run_id=r["run_id"], seed=seed,
+                            num_gpus=int(gpus)))
+        return jobs
+
+    def _recover(self, jobs: list[Job], measured_phys) -> tuple[pd.DataFrame | None, set[str]]:
+        """Planned runs whose rows reached the store (a kill between storing and marking done) are marked done
+        without measuring them again; returns the updated measured frame and their config hashes."""
+        outcomes = []
+        for job in jobs:
+            rows = self.ledger.rows_by_run_id(job.run_id)
+            if len(rows):
+                frame = rows[list(COLUMNS)]
+                status = "ok" if frame["status"].astype("string").fillna("ok").eq("ok").any() else str(frame["status"].iloc[0])
+                outcomes.append(Outcome(job=job, status=status, rows=frame, row_hashes=list(rows["content_hash"]),
+                                        worker="recovered from the store"))
+                self._finish(outcomes[-1])
+        return self._learn(outcomes, measured_phys), {o.job.config_hash for o in outcomes}
+
+    def _finish(self, outcome: Outcome) -> None:
+        """Mark the run done in the ledger (its rows are in the store) and say how it went."""
+        self.ledger.finish(self.campaign_id, outcome.job.config_hash, outcome.status, outcome.row_hashes, outcome.worker)
+        if self.log:
+            self.log(f"{outcome.job.config_hash} {config_label(outcome.job.config)}: {outcome.status}"
+                     + (f" ({outcome.error.splitlines()[0][:160]})" if outcome.error else ""))
+
+    def _learn(self, outcomes: list[Outcome], measured_phys):
+        """Add the rows of finished runs (physics computed once per batch) to what the surrogate learns from."""
+        if not outcomes:
+            return measured_phys
+        rows = pd.concat([o.rows.assign(config_hash=o.job.config_hash) for o in outcomes], ignore_index=True)
+        phys = physics(rows)
+        for h, part in phys.groupby("config_hash", sort=False):
+            self._note_utility(h, part)
+        return phys if measured_phys is None else pd.concat([measured_phys, phys], ignore_index=True)
+
+    def _note_utility(self, config_hash: str, phys: pd.DataFrame) -> None:
+        """Remember the measured log utility of a configuration (median over its good rows)."""
+        ok = phys["status"].astype("string").fillna("ok").eq("ok").to_numpy(bool)
+        u = self.objective.utility(float_column(phys, self.objective.target), float_column(phys, "num_gpus"))
+        u = u[ok & np.isfinite(u)]
+        if len(u):
+            self._utility[config_hash] = float(np.median(u))
+
+
+def _plain(v):
+    """A JSON-safe Python value (None for missing)."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return None if math.isnan(float(v)) else float(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    return v
+
+
+def config_label(config: dict) -> str:
+    """A short readable name of a configuration (model, GPU, layout, workload and knobs)."""
+    parts = [str(config.get("model")), str(config.get("gpu"))]
+    lay = "x".join(f"{k.upper()}{int(config[k])}" for k in ("tp", "pp", "dp", "ep") if config.get(k) and int(config[k]) > 1)
+    parts.append(lay or "TP1")
+    for k in ("isl", "osl", "num_requests", "concurrency", "max_num_seqs", "phase", "batch", "context"):
+        v = config.get(k)
+        if v is not None:
+            parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
