@@ -136,6 +136,37 @@ def print_table(console: Console, results: list[dict]) -> None:
         console.print(t)
 
 
+def markdown_summary(payload: dict) -> str:
+    """A README-ready summary: per kind, split and target, the residual model against the baselines."""
+    results = pd.DataFrame(payload["results"])
+    lines = ["| kind | split | target | n | residual-xgb median / p90 APE | coverage | physics | descriptor-xgb | "
+             "best other baseline | Spearman | regret |", "|" + "---|" * 11]
+
+    def pct(v):
+        return "-" if v is None or pd.isna(v) else f"{100 * v:.1f}%"
+
+    for (kind, split, target), cell in results.groupby(["kind", "split", "target"], sort=False):
+        fam = cell.set_index("family")
+        if "residual-xgb" not in fam.index:
+            continue
+        r = fam.loc["residual-xgb"]
+        others = fam.drop(index=[f for f in ("residual-xgb", "physics", "descriptor-xgb") if f in fam.index])
+        best = others["median_ape"].idxmin() if len(others) else None
+        best_txt = f"{best} {pct(others.loc[best, 'median_ape'])}" if best else "-"
+        rho = "-" if pd.isna(r.get("spearman_mean")) else f"{r['spearman_mean']:.2f}"
+        lines.append(
+            f"| {kind} | {split} | {target} | {int(r['n'])} | {pct(r['median_ape'])} / {pct(r['p90_ape'])} | "
+            f"{pct(r.get('coverage'))} | {pct(fam['median_ape'].get('physics'))} | "
+            f"{pct(fam['median_ape'].get('descriptor-xgb'))} | {best_txt} | {rho} | {pct(r.get('regret_mean'))} |")
+    checks_md = [f"- {'PASS' if c['pass'] else 'FAIL'} `{name}`" + (f": median {pct(c['median_ape'])} (target "
+                 f"{pct(c['target'])})" if "median_ape" in c else f": {len(c['exceptions'])} exceptions")
+                 for name, c in payload["checks"].items()]
+    skipped = [f"- skipped: {s}" for s in payload.get("skipped", [])]
+    return "\n".join(["Median / 90th-percentile absolute percentage error on held-out rows (APE), 80%-interval "
+                      "coverage, Spearman across the layouts of a scenario and regret of the picked layout.", "",
+                      *lines, "", *checks_md, *skipped]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description="accuracy of every family x target x split")
     ap.add_argument("--kinds", default="serving,step,op")
@@ -145,7 +176,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="accuracy", help="result file name under benchmarks/results")
+    ap.add_argument("--summarize", action="store_true",
+                    help="only rewrite results/NAME.md from an existing results/NAME.json")
     args = ap.parse_args(argv)
+    if args.summarize:
+        import json
+
+        from benchmarks._common import RESULTS
+
+        payload = json.loads((RESULTS / f"{args.name}.json").read_text())
+        (RESULTS / f"{args.name}.md").write_text(markdown_summary(payload))
+        print(f"wrote {RESULTS / f'{args.name}.md'}")
+        return payload
     if not SHARED_DATA.is_dir():
         sys.exit(f"shared data not found at {SHARED_DATA}")
     console = Console(width=130)
@@ -185,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
                "baseline_params": BASELINE_PARAMS, "checks": verdict, "skipped": skipped,
                "seconds": timings, "results": results}
     path = write_result(args.name, payload)
-    console.print(f"wrote {path}")
+    path.with_suffix(".md").write_text(markdown_summary(payload))
+    console.print(f"wrote {path} and {path.with_suffix('.md').name}")
     return payload
 
 

@@ -206,23 +206,48 @@ def _fit_feasibility(measured: pd.DataFrame, encoded: np.ndarray | None, seed: i
 
 # --- acquisition scores --------------------------------------------------------------------------------------------
 
-def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndarray | None = None) -> np.ndarray:
-    """Mean calibrated log-interval width over the targets (rows without a prediction count as the widest), times
-    the chance the run succeeds, divided by its cost when a cost is given."""
+def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndarray | None = None,
+                       density: np.ndarray | None = None) -> np.ndarray:
+    """Calibrated log-interval width, each target's relative to its median (rows without a prediction count as the
+    widest) and averaged over the targets, times the chance the run succeeds and the candidate's `density` (how
+    many untried configurations resemble it: learning it teaches about them too), divided by its cost if given."""
     widths = []
     for t in targets:
         if t not in pred.log_point:
             continue
         w = 2.0 * Z80 * pred.log_sigma(t)
         top = np.nanmax(w) if np.isfinite(w).any() else 2.0 * math.log(2.0)
-        widths.append(np.where(np.isfinite(w), w, top))
+        w = np.where(np.isfinite(w), w, top)
+        mid = float(np.median(w))
+        widths.append(w / mid if mid > 0 else w)
     if not widths:
         n = len(pred.p_ok) if pred.p_ok is not None else 0
         return np.ones(n)
     score = np.mean(widths, axis=0) * (pred.p_ok if pred.p_ok is not None else 1.0)
+    if density is not None:
+        score = score * density
     if cost is not None:
         score = score / np.maximum(np.asarray(cost, dtype=float), 1e-12)
     return score
+
+
+def density(X: np.ndarray, among: np.ndarray, k: int = 10, chunk: int = 512) -> np.ndarray:
+    """Gaussian-kernel density of every row of `X` among the rows `among` marks (the untried candidates), scaled to
+    a maximum of 1; the bandwidth is the median distance to the k-th nearest of them."""
+    pts = X[among]
+    n = len(X)
+    if len(pts) < 2 or X.shape[1] == 0:
+        return np.ones(n)
+    rng = np.random.default_rng(0)
+    probe = pts[rng.choice(len(pts), min(len(pts), 300), replace=False)]
+    d_probe = np.sqrt(((probe[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
+    kth = np.sort(d_probe, axis=1)[:, min(k, len(pts) - 1)]
+    h = float(np.median(kth)) or float(np.mean(kth)) or 1.0
+    out = np.empty(n)
+    for i in range(0, n, chunk):
+        d2 = ((X[i:i + chunk, None, :] - pts[None, :, :]) ** 2).sum(-1)
+        out[i:i + chunk] = np.exp(-d2 / (2.0 * h * h)).mean(axis=1)
+    return out / out.max()
 
 
 def expected_improvement(mu: np.ndarray, sigma: np.ndarray, incumbent: np.ndarray) -> np.ndarray:

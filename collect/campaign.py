@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from collect.acquisition import Objective, Surrogate, resolve_objective, search_scores, select_batch, uncertainty_scores
+from collect.acquisition import (Objective, Surrogate, density, resolve_objective, search_scores, select_batch,
+                                 uncertainty_scores)
 from collect.dispatch import BackendSpec, Job, Outcome
 from collect.ledger import Ledger
 from collect.sampler import CANDIDATE_COLUMNS, config_hashes, encode, initial_design
@@ -442,7 +443,7 @@ class Campaign:
         else:
             pred = surrogate.predict(self.cand_phys, self.X)
             if s.strategy == "uncertainty":
-                scores = uncertainty_scores(pred, self.targets, cost)
+                scores = uncertainty_scores(pred, self.targets, cost, density(self.X, available))
                 picks = select_batch(scores, self.X, k, available, cost, budget_left)
             else:
                 scores = search_scores(pred, self.objective, self.num_gpus, self.scen, self._incumbents())

@@ -112,9 +112,13 @@ class Ledger:
         with self.engine.connect() as conn:
             res = conn.execute(sa.select(*[r.c[f] for f in RUN_FIELDS]).where(r.c.campaign_id == campaign_id)
                                .order_by(r.c.seq)).fetchall()
-        df = pd.DataFrame(res, columns=list(RUN_FIELDS))
+        df = pd.DataFrame([tuple(r) for r in res], columns=list(RUN_FIELDS), dtype=object)
         df["config"] = [json.loads(v) for v in df["config"]]
-        df["row_hashes"] = [json.loads(v) if v else [] for v in df["row_hashes"]]
+        df["row_hashes"] = [json.loads(v) if isinstance(v, str) and v else [] for v in df["row_hashes"]]
+        for col in ("seq", "iteration"):
+            df[col] = df[col].astype("int64")
+        for col in ("n_rows", "cost_gpu_h", "score"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
         return df
 
     def plan(self, campaign_id: str, runs: list[dict]) -> None:

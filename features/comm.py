@@ -38,6 +38,14 @@ def link_bandwidth_gbps(gpu: GPUSpec, group_size, gpus_per_node=None):
     return np.where(np.asarray(group_size) > per_node, gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps)
 
 
+def ep_group_gpus_per_node(gpu: GPUSpec, layout):
+    """GPUs of one EP group that fit in a node. vLLM orders ranks (DP, PP, TP), so an EP group that spans DP ranks
+    takes TP-sized blocks `tp × pp` GPUs apart: it spans `ep × pp` GPUs and leaves the node once that exceeds
+    `gpus_per_node` (an EP group inside TP is contiguous)."""
+    spans_dp = np.asarray(layout.ep) > np.asarray(layout.tp)
+    return np.where(spans_dp, gpu.gpus_per_node / np.maximum(np.asarray(layout.pp), 1), gpu.gpus_per_node)
+
+
 def allreduce_ms(message_bytes, n, gpu: GPUSpec, cal: Calibration, gpus_per_node=None):
     """Ring all-reduce of `message_bytes` over `n` GPUs: alpha + 2(n−1)/n × bytes / bus bandwidth; 0 when n = 1."""
     n = np.asarray(n)

@@ -64,7 +64,7 @@ class DisaggEstimate:
     prefill_ms: np.ndarray  # one prompt alone on a prefill replica
     kv_transfer_ms: np.ndarray  # one prompt's KV from prefill to decode replica
     prefill_rate_per_s: np.ndarray  # requests/s the prefill pool sustains
-    decode_rate_per_s: np.ndarray  # requests/s the decode pool sustains at its steady batch
+    decode_rate_per_s: np.ndarray  # requests/s the decode pool sustains when fed at will
     transfer_rate_per_s: np.ndarray  # requests/s the links between the pools sustain
     hbm_bw_util: np.ndarray  # decode pool
     terms: dict  # decode pool ms per step at the steady batch; kv_transfer and prefill per request
@@ -135,7 +135,8 @@ def estimate_disaggregated(model: ModelSpec, gpu: GPUSpec, prefill: Layout, num_
     feed = np.minimum(prefill_rate, transfer_rate)
     open_loop = (rate > 0) & (nreq <= 0) & (conc <= 0)
     inflow = np.where(open_loop, np.minimum(feed, rate / 1e3), feed)
-    starved = open_loop | (feed < replicas * batch / np.maximum(osl * step(batch), 1e-9))
+    decode_capacity = replicas * batch / np.maximum(osl * step(batch), 1e-9)  # requests per ms, fed at will
+    starved = open_loop | (feed < decode_capacity)
     if np.any(starved):
         b = np.array(batch, dtype=float)
         for _ in range(12):
@@ -187,8 +188,8 @@ def estimate_disaggregated(model: ModelSpec, gpu: GPUSpec, prefill: Layout, num_
     stack = np.vstack([np.broadcast_to(np.asarray(v, dtype=float), tpot.shape) for v in terms.values()])
     top = names[np.argmax(stack, axis=0)]
     capacity_bound = (b_kv < np.minimum(mns, np.ceil(demand))) & (b_kv >= 1)
-    prefill_bound = prefill_rate < np.minimum(decode_rate, transfer_rate) * 0.999
-    transfer_bound = (transfer_rate < np.minimum(decode_rate, prefill_rate) * 0.999) & ~prefill_bound
+    prefill_bound = prefill_rate < np.minimum(decode_capacity, transfer_rate) * 0.999
+    transfer_bound = (transfer_rate < np.minimum(decode_capacity, prefill_rate) * 0.999) & ~prefill_bound
     regime = np.select([transfer_bound, prefill_bound, capacity_bound, top == "compute", top == "communication"],
                        ["communication", "compute", "capacity", "compute", "communication"], "bandwidth")
     bottleneck = np.select(
@@ -205,5 +206,5 @@ def estimate_disaggregated(model: ModelSpec, gpu: GPUSpec, prefill: Layout, num_
                                         np.where(cap_d < min_tokens, "no room for the KV cache of one request", ""))))
     terms = {**terms, "kv_transfer": x_ms * np.ones_like(tpot), "prefill": prefill_alone * np.ones_like(tpot)}
     return DisaggEstimate(cap_d, cap_p, np.maximum(w_d, w_p), batch, b_kv, demand, tpot, ttft, ttft_p99, tpot_p99, out_tps,
-                          total_tps, req_tps, makespan, prefill_alone, x_ms, prefill_rate * 1e3, decode_rate * 1e3,
+                          total_tps, req_tps, makespan, prefill_alone, x_ms, prefill_rate * 1e3, decode_capacity * 1e3,
                           transfer_rate * 1e3, hbm_util, terms, regime, bottleneck, feasible, reason)

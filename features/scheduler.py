@@ -52,14 +52,14 @@ class SimResult:
     tpot_p50_s: float
     tpot_p99_s: float
     peak_running: int
-    mean_running: float
-    full_cache_s: float
-    full_cache_fraction: float
-    mean_kv_usage: float
-    prefill_tokens: int
-    recompute_tokens: int
-    decode_kv_tokens_read: int
-    admit_order: np.ndarray
+    mean_running: float  # time-weighted running batch per replica
+    full_cache_s: float  # time in steps where the KV cache bound: a preemption, or a waiting request short of blocks
+    full_cache_fraction: float  # of the replicas' busy time
+    mean_kv_usage: float  # time-weighted fraction of KV blocks in use
+    prefill_tokens: int  # all prefill work, recomputation after preemptions included
+    recompute_tokens: int  # prompt + generated tokens that preempted requests must prefill again
+    decode_kv_tokens_read: int  # sum over steps of decode KV tokens: x KV bytes/token -> KV traffic, bandwidth use
+    admit_order: np.ndarray  # request ids in order of first admission
     per_replica: list[dict] = field(default_factory=list)
     # per replica, one row per engine step: (t_end_s, running, waiting, kv_used_tokens, output_tokens_in_step)
     timeline: list[np.ndarray] | None = None

@@ -172,7 +172,8 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     tp_comm = 2 * comm.allreduce_ms(ar_bytes, a_tp, gpu, cal)
     a2a_bytes = m * k_top * h * ACT_BYTES
     ep_comm = np.where((model.num_experts > 0) & (layout.ep > 1),
-                       2 * comm.alltoall_ms(a2a_bytes, layout.moe_group, gpu, cal), 0.0) * moe_frac
+                       2 * comm.alltoall_ms(a2a_bytes, layout.moe_group, gpu, cal, comm.ep_group_gpus_per_node(gpu, layout)),
+                       0.0) * moe_frac
     comm_layer = np.where(m > 0, tp_comm + ep_comm, 0.0) if include_comm else np.zeros_like(m)
 
     n_layers = layers_per_stage(model, layout)

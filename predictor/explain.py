@@ -44,6 +44,8 @@ def _runner_up(ranked: pd.DataFrame, best_layout: str) -> pd.Series | None:
 
 
 def _fmt(v, digits: int) -> str:
+    if v is None:
+        return "-"
     if isinstance(v, str):
         return v
     try:

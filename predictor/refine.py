@@ -72,6 +72,8 @@ def refine_mixed(predictor: Predictor, ctx: SearchContext, r, seed: int) -> dict
     for t in ("ttft_p99_ms", "tpot_p99_ms"):
         out[t] = {k: max(p.targets[t][k] for p in preds) for k in ("value", "lo", "hi")}
     out["preemptions"] = {"value": float(sum(p.preemptions or 0.0 for p in preds)), "lo": np.nan, "hi": np.nan}
+    for t in ("ttft_ms", "tpot_ms"):  # a mix meets a latency SLO only when every member does
+        out[f"worst_{t}"] = {"value": max(p.targets[t]["value"] for p in preds), "lo": np.nan, "hi": np.nan}
     return out
 
 

@@ -169,6 +169,8 @@ def score_mixed(predictor: Predictor, ctx: SearchContext, cand: pd.DataFrame) ->
     out["reason"] = np.where(ra != "", np.char.add("first member: ", ra.astype(str)),
                              np.where(rb != "", np.char.add("second member: ", rb.astype(str)), "")).astype(object)
     out["load_share_first"] = share_a
+    out["worst_ttft_ms"] = np.fmax(ca["pred_ttft_ms"], cb["pred_ttft_ms"])
+    out["worst_tpot_ms"] = np.fmax(ca["pred_tpot_ms"], cb["pred_tpot_ms"])
     return pd.DataFrame(out, index=cand.index)
 
 

@@ -108,10 +108,20 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return [_jsonable({k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}) for r in df.to_dict("records")]
 
 
+def slo_values(df: pd.DataFrame, k: str) -> pd.Series:
+    """The value an SLO on `k` is checked against: the prediction, or for a mix its worst member's (a mix meets
+    a latency SLO only when every replica type does, whatever the average)."""
+    v = df[SLO_COLUMNS[k]].astype(float)
+    worst = f"worst_{k}"
+    if worst in df.columns:
+        v = np.fmax(v, df[worst].astype(float))
+    return v
+
+
 def _apply_slo(df: pd.DataFrame, slo: dict | None) -> pd.Series:
     ok = pd.Series(True, index=df.index)
     for k, limit in (slo or {}).items():
-        ok &= df[SLO_COLUMNS[k]].fillna(np.inf) <= limit
+        ok &= slo_values(df, k).fillna(np.inf) <= limit
     return ok
 
 
@@ -156,7 +166,7 @@ class _Scores:
         if self.secondary:
             self.second[idx] = s[SECONDARY[self.secondary]].to_numpy(dtype=float)
         for j, (k, limit) in enumerate(self.slo.items()):
-            self.violation[idx, j] = s[SLO_COLUMNS[k]].to_numpy(dtype=float) / limit - 1.0
+            self.violation[idx, j] = slo_values(s, k).to_numpy(dtype=float) / limit - 1.0
         self.done[idx] = True
 
     def table(self, idx) -> pd.DataFrame:
@@ -176,6 +186,20 @@ class _Scores:
         v = self.violation[i]
         return [feas] + [float(x) if np.isfinite(x) else 1e6 for x in v]
 
+    def pick(self, rows: np.ndarray) -> int:
+        """The row that stands for a layout: the best meeting the SLO, else the least violating, else the first."""
+        feas = self.feasible[rows]
+        viol = np.clip(self.violation[rows], 0.0, None).sum(axis=1) if self.violation.shape[1] else np.zeros(len(rows))
+        viol = np.where(np.isfinite(viol), viol, 1e6)
+        meets = feas & (viol <= 0)
+        if meets.any():
+            cand = rows[meets]
+            return int(cand[np.argmin(np.where(np.isfinite(self.value[cand]), self.value[cand], np.inf))])
+        if feas.any():
+            cand = rows[feas]
+            return int(cand[np.argmin(viol[feas])])
+        return int(rows[0])
+
     def values(self, i: int) -> list[float]:
         if self.secondary:
             t = self.tput_gpu[i]
@@ -186,58 +210,65 @@ class _Scores:
         return [float(v) if np.isfinite(v) and self.feasible[i] else 1e30]
 
 
-class _Navigator:
-    """Maps an Optuna trial's parameters to the nearest candidate of the space.
+KNOB_COORDS = ("c_mns", "c_mnbt", "c_kvd", "c_gmu")
 
-    Every candidate has the same coordinates (log2 TP/PP/EP and attention-DP of the main layout: the whole
-    deployment, a mix's first replica type, or the decode pool; TP/PP of the second member or the prefill pool and
-    its share of the GPUs; knob indices), as level indices within its mode. A trial suggests the mode and every
-    coordinate (one fixed parameter set, so multivariate TPE samples them jointly in one step); coordinates a mode
-    does not use are ignored.
+
+class _Navigator:
+    """Maps an Optuna trial's parameters to the nearest unit (candidate, or layout) of one mode's space.
+
+    Every unit has the same coordinates: log2 TP, attention TP, PP, EP and attention-DP of the main layout (the
+    whole deployment, a mix's first replica type, or the decode pool), TP/PP of the second member or the prefill
+    pool and its share of the GPUs, and the knob indices; as level indices, suggested as ordinal integers so TPE's
+    kernels generalise between neighbouring degrees (one fixed parameter set: multivariate TPE samples them
+    jointly). With `knobs=False` the units are layouts (their first row stands for them) and the knob coordinates
+    are left out: the caller sweeps a layout's knobs in one vectorised lookup.
     """
 
-    ORDINAL = False
+    CATEGORICAL = ("c_kvd", "c_adp")
 
-    def __init__(self, space: pd.DataFrame):
-        self.modes = [m for m in MODES if (space["mode"] == m).any()]
-        self.rows: dict[str, np.ndarray] = {}
-        self.coords: dict[str, np.ndarray] = {}
-        self.used: dict[str, np.ndarray] = {}
+    def __init__(self, space: pd.DataFrame, knobs: bool):
+        units = space if knobs else space.drop_duplicates("layout_id")
+        names = [c for c in COORDS[1:] if knobs or c not in KNOB_COORDS]
+        mat = np.stack([np.unique(units[c].to_numpy(dtype=float), return_inverse=True)[1] for c in names],
+                       axis=1).astype(np.int64)
+        used = mat.max(axis=0) > 0
+        self.names = [c for c, u in zip(names, used) if u]
+        self.levels = mat[:, used].max(axis=0) + 1
+        self.coords = mat[:, used]
+        self.rows = units.index.to_numpy()
+        self.size = len(units)
         self.exact: dict[tuple, int] = {}
-        self.levels: dict[str, int] = {}
-        for c in COORDS[1:]:
-            self.levels[c] = int(max(len(np.unique(space.loc[space["mode"] == m, c])) for m in self.modes))
-        for m in self.modes:
-            sub = space[space["mode"] == m]
-            mat = []
-            for c in COORDS[1:]:
-                _, codes = np.unique(sub[c].to_numpy(dtype=float), return_inverse=True)
-                mat.append(codes)
-            mat = np.stack(mat, axis=1).astype(np.int64)
-            used = np.array([len(np.unique(mat[:, j])) > 1 for j in range(mat.shape[1])])
-            self.rows[m], self.coords[m], self.used[m] = sub.index.to_numpy(), mat, used
-            for r, key in zip(self.rows[m], map(tuple, mat[:, used])):
-                self.exact.setdefault((m, key), int(r))
+        for r, key in zip(self.rows, map(tuple, self.coords)):
+            self.exact.setdefault(key, int(r))
 
-    def suggest(self, trial: optuna.trial.BaseTrial) -> int:
-        mode = trial.suggest_categorical("mode", self.modes) if len(self.modes) > 1 else self.modes[0]
-        key = []
-        for c in COORDS[1:]:
-            n = self.levels[c]
-            if n <= 1:
-                key.append(0)
-            elif self.ORDINAL and c not in ("c_kvd", "c_adp"):
-                key.append(int(trial.suggest_int(c[2:], 0, n - 1)))
-            else:
-                key.append(int(trial.suggest_categorical(c[2:], list(range(n)))))
-        key = np.asarray(key)
-        used = self.used[mode]
-        hit = self.exact.get((mode, tuple(key[used])))
-        if hit is not None:
+    def suggest(self, trial: optuna.trial.BaseTrial, seen: set[int]) -> int:
+        """The unit at the trial's coordinates; when it was scored already (or does not exist), the nearest unit
+        (L1 distance in levels) not scored yet, so every trial scores something new."""
+        key = np.array([int(trial.suggest_categorical(c[2:], list(range(n)))) if c in self.CATEGORICAL
+                        else int(trial.suggest_int(c[2:], 0, int(n) - 1)) for c, n in zip(self.names, self.levels)],
+                       dtype=np.int64)
+        hit = self.exact.get(tuple(key))
+        if hit is not None and hit not in seen:
             return hit
-        # no candidate at exactly these coordinates (e.g. a level this mode lacks): the nearest one, in levels
-        dist = np.abs(self.coords[mode][:, used] - key[used][None, :]).sum(axis=1)
-        return int(self.rows[mode][int(np.argmin(dist))])
+        dist = np.abs(self.coords - key[None, :]).sum(axis=1).astype(float)
+        if seen:
+            dist[np.isin(self.rows, np.fromiter(seen, dtype=np.int64, count=len(seen)))] = np.inf
+        j = int(np.argmin(dist))
+        return int(self.rows[j])
+
+
+def allocate_trials(units: dict[str, int], trials: int) -> dict[str, int]:
+    """Split a trial budget equally over deployment modes, never more than a mode has units (layouts); what a
+    small mode cannot use goes to the others, so the whole budget is used while units remain."""
+    alloc = {m: 0 for m in units}
+    left = min(trials, sum(units.values()))
+    while left > 0:
+        room = sorted((m for m in units if alloc[m] < units[m]), key=lambda m: units[m] - alloc[m])  # least first
+        for j, m in enumerate(room):
+            k = min(max(1, left // (len(room) - j)), units[m] - alloc[m], left)
+            alloc[m] += k
+            left -= k
+    return alloc
 
 
 def _sampler(kind: str, multi: bool, seed: int, batch: int, trials: int):
@@ -252,15 +283,19 @@ def _sampler(kind: str, multi: bool, seed: int, batch: int, trials: int):
                                       constant_liar=batch > 1)
 
 
-def _study(storage: str | None, study_name: str | None, sampler, directions: list[str], fingerprint: str):
+def open_storage(url: str):
+    """An Optuna RDB storage (any SQLAlchemy URL), or one clear line saying why it cannot be opened."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if storage is None:
-        return optuna.create_study(directions=directions, sampler=sampler, study_name=study_name)
     try:
-        rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as e:  # a bad URL, a missing driver, an unreachable server
-        raise InputError(f"cannot open Optuna storage {storage!r}: {str(e).splitlines()[0]}") from None
-    name = study_name or f"layoutcast-{fingerprint}"
+        raise InputError(f"cannot open Optuna storage {url!r}: {str(e).splitlines()[0]}") from None
+
+
+def _study(rdb, name: str, sampler, directions: list[str], fingerprint: str):
+    """An in-memory study, or one shared through RDB storage (created by the first worker, loaded by the rest)."""
+    if rdb is None:
+        return optuna.create_study(directions=directions, sampler=sampler, study_name=name)
     study = optuna.create_study(storage=rdb, study_name=name, directions=directions, sampler=sampler,
                                 load_if_exists=True)
     if [d.name.lower() for d in study.directions] != directions:
@@ -269,46 +304,83 @@ def _study(storage: str | None, study_name: str | None, sampler, directions: lis
     if have is None:
         study.set_user_attr("space_fingerprint", fingerprint)
     elif have != fingerprint:
-        raise InputError(f"study {name!r} in {storage} was created for a different search (model, GPUs, workload, "
-                         f"objective, SLO or knobs); use another --study-name")
+        raise InputError(f"study {name!r} was created for a different search (model, GPUs, workload, objective, "
+                         f"SLO or knobs); use another --study-name")
     return study
 
 
-def _run_optuna(scores: _Scores, nav: _Navigator, trials: int, seed: int, sampler_kind: str, storage: str | None,
-                study_name: str | None, fingerprint: str, prescored: bool, show_progress: bool) -> tuple[np.ndarray, str, str]:
+def _run_optuna(scores: _Scores, space: pd.DataFrame, trials: int, seed: int, sampler_kind: str, storage,
+                study_name: str | None, fingerprint: str, prescored: bool,
+                show_progress: bool) -> tuple[np.ndarray, str, str]:
+    """One Optuna study per deployment mode (aggregated, mixed, disaggregated), the trial budget split between
+    them; returns the rows visited (by every worker sharing the studies), the method label and the study name."""
     multi = scores.secondary is not None
+    # one objective: a trial is a layout and its knobs are swept in one vectorised lookup (the best that meets
+    # the SLO stands for it); a Pareto search moves over layouts and knobs together (knobs trade latency)
+    nested = not multi
+    groups = space.groupby("layout_id", sort=False).indices if nested else None
+    # structurally invalid layouts (heads, layers, experts, TP across nodes) cannot win: the samplers skip them and
+    # the ranking lists each once with its reason
+    valid = space["reason"].to_numpy() == ""
+    invalid = space.index[~valid & ~space["layout_id"].duplicated().to_numpy()].to_numpy()
+    modes = [m for m in MODES if ((space["mode"] == m).to_numpy() & valid).any()]
+    subspaces = {m: space[(space["mode"] == m).to_numpy() & valid] for m in modes}
+    navs = {m: _Navigator(subspaces[m], knobs=not nested) for m in modes}
+    alloc = allocate_trials({m: navs[m].size for m in modes}, trials)
     directions = ["maximize", "minimize"] if multi else ["minimize"]
     batch = 1 if prescored or storage else BATCH
-
-    sampler = _sampler(sampler_kind, multi, seed, batch, trials)
-    study = _study(storage, study_name, sampler, directions, fingerprint)
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    name = study_name or f"layoutcast-{fingerprint}"
     progress = _progress(show_progress, trials)
-    done = 0
-    while done < trials:
-        k = min(batch, trials - done)
-        asked = [study.ask() for _ in range(k)]
-        picks = [nav.suggest(t) for t in asked]
-        scores.ensure(picks)
-        for t, i in zip(asked, picks):
-            t.set_user_attr("candidate", int(i))
-            for key, c in zip(scores.constraint_names, scores.constraints(i)):
-                t.set_constraint(key, c)
-            t.set_user_attr("worker", worker)
-            vals = scores.values(i)
-            study.tell(t, vals if multi else vals[0])
-        done += k
-        if progress:
-            progress.update(done)
+    visited_rows: list[np.ndarray] = []
+    counts, done_total, sampler = {}, 0, None
+    for k, m in enumerate(modes):
+        sampler = _sampler(sampler_kind, multi, seed + k, batch, alloc[m])
+        study = _study(storage, f"{name}/{m}", sampler, directions, fingerprint)
+        nav = navs[m]
+        seen_units: set[int] = set()
+        done = 0
+        while done < alloc[m] and len(seen_units) < nav.size:
+            n_ask = min(batch, alloc[m] - done)
+            asked = [study.ask() for _ in range(n_ask)]
+            units = []
+            for t in asked:
+                u = nav.suggest(t, seen_units)
+                seen_units.add(u)
+                units.append(u)
+            members = [groups[int(space.at[u, "layout_id"])] if nested else np.array([u]) for u in units]
+            scores.ensure(np.concatenate(members))
+            for t, rows in zip(asked, members):
+                i = scores.pick(rows)
+                t.set_user_attr("candidate", int(i))
+                t.set_user_attr("worker", worker)
+                for key, c in zip(scores.constraint_names, scores.constraints(i)):
+                    t.set_constraint(key, c)
+                vals = scores.values(i)
+                study.tell(t, vals if multi else vals[0])
+            done += n_ask
+            if progress:
+                progress.update(done_total + done)
+        done_total += alloc[m]
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        counts[m] = len(complete)
+        picked = np.array([t.user_attrs["candidate"] for t in complete if "candidate" in t.user_attrs], dtype=int)
+        picked = np.unique(picked[(picked >= 0) & (picked < len(space))])
+        if nested and len(picked):
+            visited_rows += [groups[int(lid)] for lid in np.unique(space["layout_id"].to_numpy()[picked])]
+        elif len(picked):
+            visited_rows.append(picked)
     if progress:
         progress.close()
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    visited = np.array([t.user_attrs["candidate"] for t in complete if "candidate" in t.user_attrs], dtype=int)
-    visited = visited[(visited >= 0) & (visited < len(scores.space))]
+    visited = np.unique(np.concatenate(visited_rows + [invalid]))
     scores.ensure(visited)  # other workers' candidates
-    name = type(sampler).__name__.replace("Sampler", "").lower()
-    label = f"optuna-{name} ({trials} trials" + (f"; study {study.study_name}: {len(complete)} trials" if storage else "") + ")"
-    return visited, label, study.study_name
+    kind = type(sampler).__name__.replace("Sampler", "").lower()
+    unit = "layouts, knobs swept per layout" if nested else "candidates"
+    split = ", ".join(f"{m} {alloc[m]}/{navs[m].size}" for m in modes)
+    label = f"optuna-{kind} ({trials} trials over {unit}: {split}"
+    if storage:
+        label += f"; studies {name}/<mode>: {sum(counts.values())} trials"
+    return visited, label + ")", name
 
 
 class _progress:
@@ -354,6 +426,7 @@ def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reas
     if (num_requests or 0) < 0 or (concurrency or 0) < 0 or (request_rate or 0) < 0:
         raise InputError("--requests, --concurrency and --rate must not be negative")
     slo = _check_slo(slo)
+    rdb = open_storage(storage) if storage else None
     predictor = predictor or Predictor.load()
     m = resolve_model(model)
     g = resolve_gpu(gpu)
@@ -372,7 +445,8 @@ def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reas
                "weight_dtype": wdt, "modes": list(modes)}
     t_space = time.perf_counter() - t0
 
-    use_exhaustive = storage is None and (exhaustive or len(space) <= trials)
+    n_units = int(space["layout_id"].nunique()) if secondary is None else len(space)
+    use_exhaustive = storage is None and (exhaustive or n_units <= trials)
     study = None
     if use_exhaustive:
         scores.ensure(np.arange(len(space)))
@@ -383,8 +457,8 @@ def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reas
         if prescored:
             scores.ensure(np.arange(len(space)))
         fp = space_fingerprint(space, {**context, "objective": objective, "secondary": secondary, "slo": slo})
-        visited, method, study = _run_optuna(scores, _Navigator(space), trials, seed, sampler, storage, study_name, fp,
-                                             prescored, show_progress)
+        visited, method, study = _run_optuna(scores, space, trials, seed, sampler, rdb, study_name, fp,
+                                                prescored, show_progress)
     t_search = time.perf_counter() - t0 - t_space
 
     seen = scores.table(np.unique(visited))
@@ -428,6 +502,9 @@ def _refine(predictor: Predictor, ctx: SearchContext, seen: pd.DataFrame, col: s
             seen.loc[i, "feasible"] = False
             continue
         for t, v in targets.items():
+            if t.startswith("worst_") or t == "preemptions":
+                seen.loc[i, t] = v["value"]
+                continue
             for suffix, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi")):
                 c = f"pred_{t}{suffix}"
                 if c in seen.columns or suffix == "":
@@ -455,9 +532,9 @@ def _best_and_message(ranked: pd.DataFrame, slo: dict, col: str) -> tuple[dict |
     if len(feas):
         dist = pd.Series(0.0, index=feas.index)
         for k, limit in slo.items():
-            dist += np.maximum(feas[SLO_COLUMNS[k]].astype(float).fillna(np.inf) / limit - 1.0, 0.0)
+            dist += np.maximum(slo_values(feas, k).fillna(np.inf) / limit - 1.0, 0.0)
         closest = feas.loc[dist.idxmin()]
-        parts = [f"{k} {closest[SLO_COLUMNS[k]]:.1f} (limit {v:g})" for k, v in slo.items()]
+        parts = [f"{k} {slo_values(feas.loc[[dist.idxmin()]], k).iloc[0]:.1f} (limit {v:g})" for k, v in slo.items()]
         return None, (f"no configuration meets the SLO; closest: {closest['layout']} "
                       f"(max_num_seqs {int(closest['max_num_seqs'])}, kv {closest['kv_cache_dtype']}) with "
                       + ", ".join(parts))

@@ -9,8 +9,9 @@ Three modes, each crossed with the engine knobs:
   prompt KV sent between them; an eighth to a half of the GPUs prefill.
 Member A columns (`tp, pp, dp, ep, attention_dp`) hold the whole layout (aggregated), the first replica type with
 `dp` replicas (mixed), or the decode pool (disaggregated); member B columns (`b_tp, b_pp, b_dp, b_ep`) hold the
-second replica type or the prefill pool (`b_dp` replicas; 0 for aggregated). `c_*` columns are the coordinates
-the Optuna samplers move in (log2 degrees, ordinal knob indices).
+second replica type or the prefill pool (`b_dp` replicas; 0 for aggregated); `share` is the GPU fraction of the
+prefill pool or of the first mix member (0 for aggregated). `c_*` columns are the coordinates the Optuna samplers
+move in (log2 degrees, ordinal knob indices); `layout_id` groups the knob variants of one layout.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ MIX_SHARES = (0.25, 0.5, 0.75)  # fraction of the GPUs on the first replica type
 PREFILL_SHARES = (0.125, 0.25, 0.375, 0.5)  # fraction of the GPUs in the prefill pool
 LAYOUT_COLUMNS = ["tp", "pp", "dp", "ep", "attention_dp"]
 B_COLUMNS = ["b_tp", "b_pp", "b_dp", "b_ep"]
-COORDS = ["c_mode", "c_tp", "c_pp", "c_ep", "c_adp", "c_b_tp", "c_b_pp", "c_share", "c_mns", "c_mnbt", "c_kvd", "c_gmu"]
+FAMILIES = {"aggregated": "pools", "disaggregated": "pools", "mixed": "mixed"}
+COORDS = ["c_mode", "c_tp", "c_atp", "c_pp", "c_ep", "c_adp", "c_b_tp", "c_b_pp", "c_share", "c_mns", "c_mnbt", "c_kvd", "c_gmu"]
 
 
 def normalise_knobs(knobs: dict | None) -> dict:
@@ -93,7 +95,7 @@ def _aggregated_rows(model, gpu, num_gpus) -> list[dict]:
     rows = []
     for lay in enumerate_layouts(model, gpu, num_gpus):
         rows.append({"mode": "aggregated", "layout": lay.label(), "tp": lay.tp, "pp": lay.pp, "dp": lay.dp, "ep": lay.ep,
-                     "attention_dp": bool(lay.attention_dp), "b_tp": 0, "b_pp": 0, "b_dp": 0, "b_ep": 0, "share": 1.0,
+                     "attention_dp": bool(lay.attention_dp), "b_tp": 0, "b_pp": 0, "b_dp": 0, "b_ep": 0, "share": 0.0,
                      "reason": _structural(model, gpu, lay)})
     return rows
 
@@ -172,13 +174,18 @@ def candidate_space(model_name: str, gpu_name: str, num_gpus: int, knobs: dict |
     space = layouts.merge(knob_table, how="cross")
     space["num_gpus"] = num_gpus
     space["c_mode"] = space["mode"].map({m: i for i, m in enumerate(MODES)}).astype(int)
+    # aggregated is a disaggregated deployment with no prefill pool: one family, prefill share 0, so a sampler
+    # that learns a good decode layout finds it both with and without a prefill pool
+    space["family"] = space["mode"].map(FAMILIES)
     space["c_tp"] = _log2(space["tp"]).astype(int)
     space["c_pp"] = _log2(space["pp"])  # ordinal: PP need not be a power of two
     space["c_ep"] = _log2(space["ep"]).astype(int)
     space["c_adp"] = space["attention_dp"].astype(int)
+    space["c_atp"] = np.where(space["attention_dp"], 0, space["c_tp"])  # attention TP: 1 under attention-DP
     space["c_b_tp"] = _log2(space["b_tp"]).astype(int)
     space["c_b_pp"] = _log2(space["b_pp"]).astype(int)
     space["c_share"] = (space["share"] * 8).round().astype(int)
+    space["layout_id"] = pd.factorize(space["mode"] + "|" + space["layout"])[0]
     return space.reset_index(drop=True)
 
 

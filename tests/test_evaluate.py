@@ -99,3 +99,37 @@ def test_cli_module_runs_as_a_process(model_path, data_csv):
                            str(data_csv), "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["targets"]["lm_head_ms"]["n"] > 0
+
+
+def test_train_reads_a_store(data_csv, tmp_path, capsys):
+    from collect.store import Store
+
+    url = f"sqlite:///{tmp_path / 'm.sqlite'}"
+    with Store(url) as store:
+        store.append(pd.read_csv(data_csv).iloc[:120])
+    out = tmp_path / "from_store.joblib"
+    capsys.readouterr()
+    assert main(["train", "--store", url, "--data", str(data_csv), "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["n_rows"] == 200  # the store's 120 rows are the file's too: counted once
+
+
+def test_benchmark_checks_and_sampling():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks/ is not installed
+    from benchmarks.accuracy import balanced_sample, checks, markdown_summary
+
+    df = pd.DataFrame({"source": ["a"] * 10 + ["b"] * 1000, "x": range(1010)})
+    picked = balanced_sample(df, 100, seed=0)
+    assert len(picked) == 100 and (picked["source"] == "a").sum() == 10
+    rows = [
+        {"kind": "serving", "split": "model", "family": "residual-xgb", "target": "output_throughput", "n": 9,
+         "median_ape": 0.15, "p90_ape": 0.5, "coverage": 0.8},
+        {"kind": "serving", "split": "model", "family": "physics", "target": "output_throughput", "n": 9,
+         "median_ape": 0.10, "p90_ape": 0.4, "coverage": 0.95},
+    ]
+    verdict = checks(rows)
+    assert verdict["serving_leave_model_out_output_throughput"]["pass"]
+    assert not verdict["residual_beats_physics_and_descriptor"]["pass"]  # physics is better here: reported
+    assert verdict["coverage_70_90"]["pass"]
+    md = markdown_summary({"results": rows, "checks": verdict})
+    assert "| serving | model | output_throughput | 9 | 15.0% / 50.0% | 80.0% | 10.0% |" in md

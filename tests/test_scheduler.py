@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,6 +393,7 @@ def test_interpolated_step_times_close_for_a_curved_model():
 def test_real_vllm_schedule_is_reproduced_exactly(tmp_path):
     """A real vLLM engine in the capacity trap: the simulation makes the same number of steps and preemptions."""
     pytest.importorskip("vllm")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks/ is not installed
     from benchmarks.scheduler_fidelity import BLOCK_SIZE, MAX_NUM_BATCHED_TOKENS, real_metrics, run_engine, \
         trap_workload
 

@@ -294,3 +294,21 @@ def test_reads_stay_exact_when_a_constant_column_starts_to_vary(store_url):
         ops = both[(both["source"] == "synthetic") & (both["kind"] == "op")].reset_index(drop=True)
         pd.testing.assert_frame_equal(s.read(source="synthetic", kind="op"), conform(ops))
         assert set(s.read(source="other")["engine"]) == {"vllm"}
+
+
+def test_a_stream_of_frames_is_one_transaction(store_url):
+    def frames(fail: bool):
+        yield make_rows(100, seed=60)
+        yield make_rows(100, seed=61)
+        if fail:
+            raise InputError("a malformed file part-way through an import")
+        yield make_rows(100, seed=60).iloc[:50]  # repeats of the first frame
+
+    with Store(store_url) as s:
+        with pytest.raises(InputError, match="part-way"):
+            s.append(frames(fail=True))
+        assert s.count() == 0
+        assert s.append(frames(fail=False)) == AppendResult(inserted=200, duplicates=50)
+        assert s.append(iter([])) == AppendResult(0, 0)
+        with pytest.raises(InputError, match="iterable"):
+            s.append(42)

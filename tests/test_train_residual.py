@@ -52,6 +52,14 @@ def test_predictions_finite_positive_and_inside_intervals(steps, fitted):
         assert (lo[has] <= p[has]).all() and (p[has] <= hi[has]).all() and (lo[has] > 0).all()
 
 
+def test_small_batch_fast_path_matches_xgboost(steps, fitted):
+    few = steps.iloc[:7]
+    fast = fitted.predict_arrays(few)  # compiled forest (a few rows)
+    slow = fitted.predict_arrays(pd.concat([few] * 20))  # XGBoost inplace_predict (many rows)
+    for k, v in fast.items():
+        np.testing.assert_allclose(v, slow[k][:7], rtol=1e-5, equal_nan=True)
+
+
 def test_learning_improves_on_physics_in_sample(steps, fitted):
     out = fitted.predict(steps)
     meas = out["layer_ms"].to_numpy(float)
@@ -102,3 +110,14 @@ def test_every_family_runs_in_the_harness(steps, family):
 def test_physics_only_is_the_physics(steps):
     out = PhysicsOnly().fit(steps).predict(steps)
     np.testing.assert_allclose(out["pred_layer_ms"], out["phys_layer_ms"])
+
+
+def test_descriptor_model_calibrates_on_unclipped_log_values(steps):
+    from train.baselines import DescriptorXGB
+
+    big = steps.assign(layer_ms=steps["layer_ms"] * 1e6, phys_layer_ms=steps["phys_layer_ms"] * 1e6)
+    model = DescriptorXGB(seed=0, n_estimators=40, calibration=("random",), inner_folds=2).fit(big)
+    lo, hi = model.calibration_["layer_ms"].offsets["random"]
+    assert -1.0 < lo <= 0.0 <= hi < 1.0  # log(1e6 x ms) is ~14: clipping at +-7 would blow these up
+    out = model.predict(big)
+    assert np.median(np.abs(out["pred_layer_ms"] / big["layer_ms"] - 1)) < 0.2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -119,6 +120,9 @@ class _Tiny:
     def get_params(self):
         return {"seed": 0}
 
+    def predict_arrays(self, frame):
+        return {}
+
 
 def test_artifact_roundtrip_and_metadata(tmp_path):
     path = tmp_path / "m.joblib"
@@ -164,3 +168,20 @@ def test_incompatible_artifact_fails_clearly(tmp_path, key, value, words):
     with pytest.raises(InputError) as e:
         art.load_artifact(path)
     assert words in str(e.value) and "retrain" in str(e.value)
+
+
+DEFAULT_ARTIFACT = Path(__file__).resolve().parents[1] / "predictor" / "default_model.joblib"
+
+
+@pytest.mark.skipif(not DEFAULT_ARTIFACT.is_file(), reason="predictor/default_model.joblib not built yet")
+def test_bundled_default_model_is_current():
+    """The bundled artifact loads and matches today's physics (else: rerun scripts/build_default_model.py)."""
+    model = art.load_artifact(DEFAULT_ARTIFACT)
+    meta = model.metadata_
+    assert DEFAULT_ARTIFACT.stat().st_size < 5_000_000
+    assert meta["family"] == "residual-xgb" and "output_throughput" in meta["targets"]
+    frame = pd.DataFrame({"kind": "serving", "model": "qwen2.5-32b", "gpu": "h200", "tp": [1, 2, 4, 8],
+                          "isl": 100.0, "osl": 4500.0, "num_requests": 2000})
+    out = model.predict(frame)
+    for t in ("output_throughput", "tpot_ms", "ttft_ms"):
+        assert np.isfinite(out[f"pred_{t}"]).all() and (out[f"pred_{t}"] > 0).all()

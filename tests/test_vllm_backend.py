@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 
 from collect.backends.vllm import (VLLMInstall, check_runnable, classify_failure, cpu_binding, engine_args,
-                                   failure_status, merge_replicas, request_set, summarise)
+                                   failure_status, merge_replicas, request_set, summarise,
+                                   warmup_requests)
 from collect.backends.vllm_online import engine_args_to_cli, label_value, prom_samples
 from collect.modelfolder import hf_config_dict, write_model_folder
 from features.catalog import load_hf_config, resolve_model, resolve_workload
@@ -84,16 +85,23 @@ def test_requests_are_token_ids_in_the_vocabulary_and_reproducible():
 
 
 def test_engine_args_run_dummy_weights_without_tokenizer_or_prefix_caching():
-    eng = EngineConfig(block_size=32, num_gpu_blocks_override=40, kv_cache_memory_gb=2.0)
+    eng = EngineConfig(block_size=32, num_gpu_blocks_override=40, kv_cache_memory_gb=2.0, kv_cache_dtype="bf16")
     a = engine_args("/m", Layout(tp=2), eng, max_model_len=512, seed=9, install=CPU, mode="offline")
     assert a["load_format"] == "dummy" and a["skip_tokenizer_init"] and a["enable_prefix_caching"] is False
     assert (a["tensor_parallel_size"], a["num_gpu_blocks_override"], a["block_size"]) == (2, 40, 32)
     assert a["kv_cache_memory_bytes"] == 2_000_000_000 and a["disable_log_stats"] is False
+    assert a["kv_cache_dtype"] == "bfloat16" and a["dtype"] == "bfloat16"
     online = engine_args("/m", Layout(tp=1, dp=2), EngineConfig(), max_model_len=64, seed=1, install=CPU, mode="online")
     assert online["data_parallel_size"] == 2 and "disable_log_stats" not in online
     cli = engine_args_to_cli(online)
     assert "--no-enable-prefix-caching" in cli and "--skip-tokenizer-init" in cli and "/m" not in cli
     assert cli[cli.index("--data-parallel-size") + 1] == "2" and "--enforce-eager" not in cli
+
+
+def test_warmup_batch_fits_the_engine():
+    w = warmup_requests([8, 32], max_model_len=12, engine=EngineConfig(max_num_seqs=16), vocab_size=1024, seed=1)
+    assert len(w["prompts"]) == 16  # the largest batch the runs will see, capped by max_num_seqs
+    assert all(len(p) + o <= 12 for p, o in zip(w["prompts"], w["output_lens"]))
 
 
 def test_cpu_binding_splits_the_allowed_cpus_between_ranks():
@@ -258,9 +266,12 @@ def test_offline_tp2(tmp_path_factory):
     from collect.backends.vllm import VLLMBackend
 
     url, _, sink = _store(tmp_path_factory, "offline_tp2")
+    # eager (no torch.compile warm-up): the first batch is small, which crashed vLLM-CPU's AMX attention with SIGILL
+    # until the backend asked for AMX permission in its engine processes (collect/backends/vllm_site)
     frame = VLLMBackend(mode="offline", on_row=sink, timeout_s=900).measure(
-        "tiny-llama", Layout(tp=2), EngineConfig(block_size=32, max_num_seqs=16), SMALL, seed=12)
-    _check_ok_row(frame.iloc[0], SMALL, tp=2)
+        "tiny-llama", Layout(tp=2), EngineConfig(block_size=32, max_num_seqs=16, enforce_eager=True), SMALL, seed=12)
+    detail = _check_ok_row(frame.iloc[0], SMALL, tp=2)
+    assert detail["engine_config"]["enforce_eager"] is True and detail["engine_config"]["max_num_seqs"] == 16
     assert len(_stored(url)) == 1
 
 
@@ -287,7 +298,7 @@ def test_online_tp1_closed_batch_and_fixed_concurrency(tmp_path_factory):
 def test_online_tp2_through_the_cli_at_a_request_rate(tmp_path):
     store, csv = tmp_path / "s.sqlite", tmp_path / "rows.csv"
     r = _cli("collect", "--backend", "vllm", "--mode", "online", "--model", "tiny-llama", "--tp", "2", "--isl", "16",
-             "--osl", "32", "--requests", "8", "--rate", "20", "--max-num-seqs", "16", "--seed", "14",
+             "--osl", "32", "--requests", "8", "--rate", "20", "--max-num-seqs", "16", "--seed", "14", "--enforce-eager",
              "--store", str(store), "--out", str(csv), "--json", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(r.stdout)

@@ -124,9 +124,12 @@ class FeatureSpace:
         j = len(self.numeric)
         for c, vocab in self.categories.items():
             if c in frame.columns:
-                codes, uniques = pd.factorize(frame[c].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
-                lookup = np.array([vocab.get(u, np.nan) if isinstance(u, str) else np.nan for u in uniques] + [np.nan],
-                                  dtype=np.float32)
-                X[:, j] = lookup[codes]  # code -1 (missing) picks the trailing NaN
+                if n <= 64:  # a few rows: plain lookups beat factorising
+                    X[:, j] = [vocab.get(v, np.nan) if isinstance(v, str) else np.nan for v in frame[c].tolist()]
+                else:
+                    codes, uniques = pd.factorize(frame[c].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
+                    lookup = np.array([vocab.get(u, np.nan) if isinstance(u, str) else np.nan for u in uniques]
+                                      + [np.nan], dtype=np.float32)
+                    X[:, j] = lookup[codes]  # code -1 (missing) picks the trailing NaN
             j += 1
         return X

@@ -73,8 +73,11 @@ class IntervalCalibration:
             seen = self.seen.get(dim)
             if seen is None:
                 continue
-            codes, uniques = pd.factorize(keys[dim], use_na_sentinel=False)
-            unseen = np.array([u not in seen for u in uniques], dtype=bool)[codes]
+            if n <= 64:
+                unseen = np.array([k not in seen for k in keys[dim]], dtype=bool)
+            else:
+                codes, uniques = pd.factorize(keys[dim], use_na_sentinel=False)
+                unseen = np.array([u not in seen for u in uniques], dtype=bool)[codes]
             if unseen.any():
                 d_lo, d_hi = self.offsets.get(dim, widest)
                 lo[unseen] = np.minimum(lo[unseen], d_lo)

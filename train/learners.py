@@ -6,6 +6,7 @@ Each has `fit(X, y) -> self` and `predict(X) -> ndarray`, is deterministic for i
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,7 +130,10 @@ class _Standardizer:
 
     def __init__(self, X: np.ndarray):
         X = np.asarray(X, dtype=float)
-        med = np.nanmedian(np.where(np.isfinite(X), X, np.nan), axis=0) if len(X) else np.zeros(X.shape[1])
+        finite = np.where(np.isfinite(X), X, np.nan)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column: imputed with 0 below
+            med = np.nanmedian(finite, axis=0) if len(X) else np.zeros(X.shape[1])
         self.median = np.where(np.isfinite(med), med, 0.0)
         Z = self._impute(X)
         self.mean = Z.mean(axis=0)

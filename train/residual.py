@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from train.frames import CATEGORICAL_COLUMNS, FeatureSpace, float_column, physics, physics_answer, target_rows
+from train.fastpath import CompiledForest
 from train.intervals import IntervalCalibration, conformal_offsets, row_novelty, seen_keys
 from train.learners import XGBLearner
 from train.splits import split_folds
@@ -24,6 +25,7 @@ CALIBRATION_GROUPINGS = ("random", "model", "gpu", "layout")
 # one measurement in other units (total = output x (isl + osl) / osl, requests = output / osl): the physics answers
 # obey the same identities, so the learned correction of output_throughput applies to them unchanged
 SHARED_RESIDUAL = {"total_throughput": "output_throughput", "request_throughput": "output_throughput"}
+FAST_PATH_ROWS = 64  # up to this many rows per kind, learned corrections come from the compiled forest
 MAX_LOG_CORRECTION = 7.0  # a learned correction never moves physics by more than e^7 (~1,100x) either way
 
 
@@ -34,7 +36,6 @@ class FrameModel:
     residual: ClassVar[bool] = True  # learn log(measured / physics); False: learn log(measured) directly
     feature_prefix: ClassVar[str] = "f_"
     categorical: ClassVar[tuple[str, ...]] = CATEGORICAL_COLUMNS
-    learner_params: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[dict] = {}
 
     def __init__(self, seed: int = 0, coverage: float = 0.8, calibration: tuple[str, ...] = CALIBRATION_GROUPINGS,
@@ -83,6 +84,7 @@ class FrameModel:
         """Learn every target that has at least `min_rows` usable measurements; calibrate its interval."""
         frame = self.prepare(frame)
         self.spaces_, self.learners_, self.calibration_, self.fit_report_ = {}, {}, {}, {}
+        self.__dict__.pop("_fast", None)
         for kind, targets in PHYSICS_TARGETS.items():
             masks = {t: self._rows(frame, t) for t in targets}
             any_rows = np.logical_or.reduce(list(masks.values()))
@@ -144,7 +146,9 @@ class FrameModel:
                     pred = np.zeros(len(te))
                 else:
                     pred = learner.fit(X[tr], y[tr]).predict(X[te])
-                resid = np.concatenate([resid, y[te] - np.clip(pred, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)])
+                if self.residual:
+                    pred = np.clip(pred, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)  # as predict_arrays does
+                resid = np.concatenate([resid, y[te] - pred])
             offsets[grouping] = conformal_offsets(resid, self.coverage)
             ape = np.abs(np.exp(-resid) - 1.0)
             report[f"oof_{grouping}_median_ape"] = float(np.median(ape))
@@ -167,27 +171,17 @@ class FrameModel:
             whole = bool(mask.all())
             sub = frame if whole else frame[mask]
             space = self.spaces_.get(kind)
-            X = None
             keys = row_novelty(sub) if self.calibration_ else None
-            corrections: dict[str, np.ndarray] = {}
+            corrections = self._corrections(kind, targets, space, sub)
             bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for t in targets:
-                phys_log = nan_safe_log(physics_answer(sub, t))
                 key = self._shared_source(t) or t
-                learner = self.learners_.get(key)
-                if learner is None:
-                    point = phys_log  # no measurements of this target: the physics answer
-                elif not self.residual:
-                    if X is None:
-                        X = space.matrix(sub)
-                    point = learner.predict(X)
+                if key not in corrections:
+                    point = nan_safe_log(physics_answer(sub, t))  # no measurements of this target: physics
+                elif self.residual:
+                    point = nan_safe_log(physics_answer(sub, t)) + corrections[key]
                 else:
-                    if key not in corrections:
-                        if X is None:
-                            X = space.matrix(sub)
-                        X[:, -1] = phys_log if key == t else nan_safe_log(physics_answer(sub, key))
-                        corrections[key] = np.clip(learner.predict(X), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)
-                    point = phys_log + corrections[key]
+                    point = corrections[key]
                 if key not in bounds:
                     cal = self.calibration_.get(key) or IntervalCalibration(self.coverage)
                     bounds[key] = cal.bounds(sub, keys)
@@ -202,11 +196,51 @@ class FrameModel:
                         out[col] = full
         return out
 
+    def _corrections(self, kind: str, targets, space: FeatureSpace | None, sub: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per learned target of `kind`: the clipped log correction (residual families) or log prediction."""
+        learned = [t for t in targets if t in self.learners_]
+        if not learned:
+            return {}
+        X = space.matrix(sub)
+        if not self.residual:
+            return {t: self.learners_[t].predict(X) for t in learned}
+        logs = {t: nan_safe_log(physics_answer(sub, t)) for t in learned}
+        fast = self._fast_forest(kind, learned) if len(sub) <= FAST_PATH_ROWS else None
+        if fast is not None:  # one vectorised walk over every target's trees
+            Xe = np.empty((len(sub), X.shape[1] - 1 + len(learned)), dtype=np.float32)
+            Xe[:, : X.shape[1] - 1] = X[:, :-1]
+            for j, t in enumerate(learned):
+                Xe[:, X.shape[1] - 1 + j] = logs[t]
+            margins = fast.predict(Xe)
+            raw = {t: margins[:, j] for j, t in enumerate(learned)}
+        else:
+            raw = {}
+            for t in learned:
+                X[:, -1] = logs[t]
+                raw[t] = self.learners_[t].predict(X)
+        return {t: np.clip(r, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION) for t, r in raw.items()}
+
+    def _fast_forest(self, kind: str, learned: list[str]):
+        """The compiled forest of `kind`'s XGBoost learners (built once, not pickled); None for other learners."""
+        cache = self.__dict__.setdefault("_fast", {})
+        if kind not in cache:
+            boosters = [getattr(self.learners_[t], "_booster", None) for t in learned]
+            ok = all(b is not None and type(self.learners_[t]).__name__ == "XGBLearner" for t, b in zip(learned, boosters))
+            n_base = len(self.spaces_[kind].names) - 1
+            cache[kind] = CompiledForest.from_boosters(boosters, n_base, per_booster_column=True) if ok else None
+        return cache[kind]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_fast", None)  # derived from the boosters; rebuilt on first use
+        return state
+
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The physics frame of `frame` with `pred_<target>`, `pred_<target>_lo`, `pred_<target>_hi` added."""
         framed = self.prepare(frame)
         preds = self.predict_arrays(framed)
-        base = framed.drop(columns=[c for c in preds if c in framed.columns])
+        stale = [c for c in preds if c in framed.columns]
+        base = framed.drop(columns=stale) if stale else framed
         return pd.concat([base, pd.DataFrame(preds, index=framed.index)], axis=1)
 
 

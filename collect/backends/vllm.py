@@ -50,6 +50,7 @@ SOURCE_PREFIX = "layoutcast-vllm"
 MODES = ("offline", "online")
 CPU_DEFAULT_KV_GIB = 1  # VLLM_CPU_KVCACHE_SPACE when neither it nor kv_cache_memory_gb is given
 _TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
+_KV_CACHE_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}  # our dtype names -> vLLM's kv_cache_dtype names
 _OOM_MARKERS = ("out of memory", "outofmemoryerror", "memoryerror", "cannot allocate memory",
                 "no available memory for the cache blocks", "larger than the available kv cache memory",
                 "is less than requested memory for kv", "insufficient memory")
@@ -168,7 +169,7 @@ def engine_args(model_dir: str, layout: Layout, engine: EngineConfig, max_model_
         "max_num_seqs": engine.max_num_seqs,
         "max_num_batched_tokens": engine.max_num_batched_tokens,
         "block_size": engine.block_size,
-        "kv_cache_dtype": engine.kv_cache_dtype,
+        "kv_cache_dtype": _KV_CACHE_DTYPE.get(engine.kv_cache_dtype, engine.kv_cache_dtype),
         "enable_chunked_prefill": engine.enable_chunked_prefill,
         "enforce_eager": engine.enforce_eager,
         "enable_prefix_caching": engine.enable_prefix_caching,
@@ -189,6 +190,18 @@ def engine_args(model_dir: str, layout: Layout, engine: EngineConfig, max_model_
     if mode == "offline":
         args["disable_log_stats"] = False  # per-request metrics and llm.get_metrics()
     return args
+
+
+def warmup_requests(runs_requests: Sequence[int], max_model_len: int, engine: EngineConfig, vocab_size: int,
+                    seed: int) -> dict:
+    """An untimed warm-up batch: as many short requests as the largest batch the runs will see (<= max_num_seqs)."""
+    n = max(1, min(engine.max_num_seqs, max(runs_requests)))
+    isl = max(1, min(16, max_model_len // 2))
+    osl = max(1, min(8, max_model_len - isl))
+    rng = np.random.default_rng(seed + 15485863)
+    low = 3 if vocab_size > 8 else 0
+    return {"prompts": [rng.integers(low, vocab_size, isl).tolist() for _ in range(n)], "output_lens": [osl] * n,
+            "concurrency": 0, "request_rate": 0.0, "seed": seed}
 
 
 def cpu_binding(num_ranks: int, cpus: Sequence[int]) -> list[str]:
@@ -309,7 +322,7 @@ def _now_iso() -> str:
 
 @dataclass
 class _Run:
-    """One workload of an engine start: what was asked and what came back."""
+    """One workload of an engine start: the workload, its seed, and the token-id requests sampled from it."""
 
     workload: Workload
     seed: int
@@ -368,7 +381,7 @@ class VLLMBackend:
             if self.mode == "offline":
                 results = self._run_offline(args, model, layout, engine, runs, tmp)
             else:
-                results = [self._run_online(args, layout, engine, runs, tmp)]
+                results = [self._run_online(args, layout, engine, runs, tmp, model.vocab_size)]
             wall_s = time.monotonic() - t_start
             frame = self._rows(model, layout, engine, runs, results, args, wall_s)
         finally:
@@ -402,12 +415,15 @@ class VLLMBackend:
         barrier.mkdir()
         bindings = self._bindings(layout, replicas)
         dp_port = free_port() if spmd else 0
+        warmup = warmup_requests([-(-len(r.prompts) // replicas) for r in runs], int(args["max_model_len"]), engine,
+                                 model.vocab_size, runs[0].seed)
         procs, paths = [], []
         for r in range(replicas):
             wls = [{"prompts": run.prompts[r::replicas], "output_lens": run.output_lens[r::replicas],
                     "concurrency": -(-run.workload.concurrency // replicas) if run.workload.concurrency else 0,
                     "request_rate": run.workload.request_rate / replicas, "seed": run.seed * 31 + r} for run in runs]
-            plan = {"engine_args": args, "workloads": wls, "rank": r, "num_ranks": replicas, "barrier_dir": str(barrier)}
+            plan = {"engine_args": args, "workloads": wls, "rank": r, "num_ranks": replicas,
+                    "barrier_dir": str(barrier), "warmup": warmup}
             plan_path, result_path, log_path = tmp / f"plan{r}.json", tmp / f"result{r}.json", tmp / f"engine{r}.log"
             plan_path.write_text(json.dumps(plan))
             binding = bindings[r] if not spmd else [b for bs in bindings if bs for b in bs] or None
@@ -448,12 +464,15 @@ class VLLMBackend:
             results.append(res)
         return results
 
-    def _run_online(self, args: dict, layout: Layout, engine: EngineConfig, runs: list[_Run], tmp: Path) -> dict:
+    def _run_online(self, args: dict, layout: Layout, engine: EngineConfig, runs: list[_Run], tmp: Path,
+                    vocab_size: int) -> dict:
         from collect.backends.vllm_online import run_online
 
         plan = {"engine_args": args, "workloads": [
             {"prompts": r.prompts, "output_lens": r.output_lens, "concurrency": r.workload.concurrency,
-             "request_rate": r.workload.request_rate, "seed": r.seed} for r in runs]}
+             "request_rate": r.workload.request_rate, "seed": r.seed} for r in runs],
+            "warmup": warmup_requests([len(r.prompts) for r in runs], int(args["max_model_len"]), engine,
+                                      vocab_size, runs[0].seed)}
         env = self._env(layout, engine, self._bindings(layout, 1)[0], tmp)
         log_path = tmp / "serve.log"
         res = run_online(plan, env, log_path, self.timeout_s, self.startup_timeout_s, self.python)
@@ -499,7 +518,8 @@ class VLLMBackend:
                 "num_requests": len(run.prompts), "concurrency": run.workload.concurrency,
                 "request_rate": run.workload.request_rate,
                 "max_num_seqs": _int_or(effective.get("max_num_seqs"), engine.max_num_seqs),
-                "max_num_batched_tokens": _int_or(effective.get("max_num_batched_tokens"), engine.max_num_batched_tokens),
+                "max_num_batched_tokens": _int_or(effective.get("max_num_batched_tokens"),
+                                                  engine.max_num_batched_tokens),
                 "gpu_memory_utilization": engine.gpu_memory_utilization,
                 "block_size": _int_or(effective.get("block_size"), engine.block_size),
                 "kv_capacity_tokens": head.get("kv_capacity_tokens"),
@@ -507,16 +527,20 @@ class VLLMBackend:
             }
             detail = {
                 "mode": self.mode, "workload": run.workload.name, "seed": run.seed,
-                "vllm_distribution": self.install.distribution, "device_type": head.get("device_type") or ("cpu" if self.install.cpu else "cuda"),
-                "host": platform.node(), "engine_start_s": head.get("engine_start_s"),
+                "vllm_distribution": self.install.distribution,
+                "device_type": head.get("device_type") or ("cpu" if self.install.cpu else "cuda"),
+                "host": platform.node(), "engine_start_s": head.get("engine_start_s"), "warmup_s": head.get("warmup_s"),
                 "run_wall_s": round(wall_s, 3), "runs_sharing_engine": len(runs),
                 "engine_config": effective or {k: v for k, v in args.items() if k != "model"},
-                "replicas": len(results), "replica_kv_capacity_tokens": [r.get("kv_capacity_tokens") for r in results],
+                "replicas": max(len(results), layout.dp),
+                "replica_kv_capacity_tokens": head.get("replica_kv_capacity_tokens")
+                or [r.get("kv_capacity_tokens") for r in results],
                 "sampling": "greedy, ignore_eos, max_tokens = asked output length",
                 "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine: timing noise
             }
             if layout.dp > 1:
-                detail["dp_mode"] = ("vllm serve --data-parallel-size (internal load balancing)" if self.mode == "online"
+                detail["dp_mode"] = ("vllm serve --data-parallel-size (internal load balancing)"
+                                     if self.mode == "online"
                                      else "VLLM_DP_* SPMD replicas" if model.is_moe
                                      else "independent engine per replica, requests round-robin")
             if len(parts) == len(results) and parts:
@@ -528,7 +552,8 @@ class VLLMBackend:
                 row["preemptions"] = float(sum(p.get("preemptions") or 0.0 for p in parts))
                 detail.update(ttft_p50_ms=stats["ttft_p50_ms"], tpot_p50_ms=stats["tpot_p50_ms"],
                               input_tokens=stats["input_tokens"], output_tokens=stats["output_tokens"],
-                              workload_wall_s=round(max(p["wall_end"] for p in parts) - min(p["wall_start"] for p in parts), 3))
+                              workload_wall_s=round(max(p["wall_end"] for p in parts)
+                                                    - min(p["wall_start"] for p in parts), 3))
                 if failed:
                     row["status"] = "error"
                     errs = [r.get("error") for r in failed if r.get("error")]

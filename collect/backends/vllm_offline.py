@@ -3,7 +3,7 @@
 Run as `python -m collect.backends.vllm_offline PLAN.json RESULT.json`. The plan holds the `LLM` keyword arguments
 and one or more workloads (token-id prompts, output lengths, concurrency or request rate); one engine serves them
 in turn. After engine start and after every workload the result file is rewritten, so a crash keeps what finished.
-Per request it records vLLM's own timings (`RequestOutput.metrics`: first-token latency, first/last token times).
+An untimed warm-up batch (the plan's `warmup`) runs first. Per request it records vLLM's own timings (`RequestOutput.metrics`: first-token latency, first/last token times).
 Only this child imports vLLM; the parent turns the JSON into schema rows (`collect.backends.vllm`).
 """
 
@@ -125,7 +125,8 @@ def run_workload(llm, workload: dict) -> dict:
             end_s = time.perf_counter() - t0
             m = out.metrics
             gen = len(out.outputs[0].token_ids) if out.outputs else 0
-            first_ts, last_ts = float(getattr(m, "first_token_ts", 0.0) or 0.0), float(getattr(m, "last_token_ts", 0.0) or 0.0)
+            first_ts = float(getattr(m, "first_token_ts", 0.0) or 0.0)
+            last_ts = float(getattr(m, "last_token_ts", 0.0) or 0.0)
             tpot_s = (last_ts - first_ts) / (gen - 1) if gen > 1 and last_ts >= first_ts > 0 else None
             records[index_of[out.request_id]] = {
                 "isl": len(prompts[index_of[out.request_id]]),
@@ -166,6 +167,10 @@ def main(plan_path: str, result_path: str) -> int:
             result["device_type"] = str(current_platform.device_type)
         except Exception:  # noqa: BLE001 - provenance only
             pass
+        if plan.get("warmup"):  # untimed: first-use costs (kernel selection, allocations) stay out of the rows
+            t_warm = time.time()
+            run_workload(llm, plan["warmup"])
+            result["warmup_s"] = time.time() - t_warm
         _write_json(out_path, result)
         for i, wl in enumerate(plan["workloads"]):
             _barrier(plan.get("barrier_dir"), f"wl{i}", plan.get("rank", 0), plan.get("num_ranks", 1))

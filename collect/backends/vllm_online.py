@@ -77,6 +77,14 @@ def label_value(text: str):
     return text
 
 
+_KV_SIZE_LINE = re.compile(r"KV cache size: ([\d,]+) tokens")
+
+
+def kv_sizes_from_log(text: str) -> list[int]:
+    """Each engine's "KV cache size: N tokens" line in a vLLM log (one per engine replica), in order."""
+    return [int(m.group(1).replace(",", "")) for m in _KV_SIZE_LINE.finditer(text)]
+
+
 def _get(url: str, timeout_s: float = 10.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
@@ -215,8 +223,21 @@ def run_online(plan: dict, env: dict[str, str], log_path: Path, timeout_s: float
         if "cache_dtype" in info:
             effective["kv_cache_dtype"] = info["cache_dtype"]
         result["effective"] = effective
-        if info.get("num_gpu_blocks", "None") != "None" and info.get("block_size"):
-            result["kv_capacity_tokens"] = int(info["num_gpu_blocks"]) * int(info["block_size"])
+        per_engine = kv_sizes_from_log(log_path.read_text(errors="replace"))
+        dp = int(engine_args.get("data_parallel_size") or 1)
+        if per_engine:
+            result["kv_capacity_tokens"] = min(per_engine)
+            result["replica_kv_capacity_tokens"] = per_engine
+        elif info.get("num_gpu_blocks", "None") != "None" and info.get("block_size"):
+            # the frontend sums num_gpu_blocks over the DP engines (vllm.v1.engine.core_client)
+            result["kv_capacity_tokens"] = int(info["num_gpu_blocks"]) * int(info["block_size"]) // dp
+        if dp > 1 and "num_gpu_blocks" in effective:
+            effective["num_gpu_blocks"] = int(effective["num_gpu_blocks"]) // dp
+        if plan.get("warmup"):  # untimed, as in offline mode
+            t_warm = time.monotonic()
+            asyncio.run(asyncio.wait_for(run_workload_async(base_url, "layoutcast-model", plan["warmup"]),
+                                         max(1.0, deadline - time.monotonic())))
+            result["warmup_s"] = time.monotonic() - t_warm
         for wl in plan["workloads"]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

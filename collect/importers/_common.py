@@ -266,8 +266,9 @@ def with_progress(items: list, enabled: bool, what: str):
             bar.advance(task)
 
 
-def finish(frame: pd.DataFrame, report: ImportReport) -> pd.DataFrame:
-    """Conform to the schema, collapse identical rows (counted as duplicates), fill the kept count, check balance."""
+def finish(frame: pd.DataFrame, report: ImportReport, final: bool = True) -> pd.DataFrame:
+    """Conform to the schema and collapse identical rows (counted as duplicates); add the rows kept to the report
+    and, for the last (or only) part of an import, check that every record read is accounted for."""
     from collect.store import content_hashes
 
     out = conform(frame.reset_index(drop=True))
@@ -275,6 +276,7 @@ def finish(frame: pd.DataFrame, report: ImportReport) -> pd.DataFrame:
         dup = pd.Series(content_hashes(out)).duplicated().to_numpy()
         report.duplicates += int(dup.sum())
         out = out.loc[~dup].reset_index(drop=True)
-    report.rows_kept = len(out)
-    report.check_balance()
+    report.rows_kept += len(out)
+    if final:
+        report.check_balance()
     return out

@@ -14,12 +14,14 @@ End-to-end (`silicon_sample_e2e.csv`, aggregated and disaggregated serving, TRT-
 op_perf (`op_perf/<system>/<family>/<framework>/<version>/*.parquet`, about 3 M rows): `--ops` chooses what to import:
 `sample` (default) keeps every communication row (NCCL and custom all-reduce) and 1 in 20 of every other table,
 chosen by a stable hash of the row, so repeated imports pick the same rows; `comm` keeps only communication rows;
-`all` keeps everything; `none` imports only the end-to-end rows.
+`all` keeps everything (use `stream_aiconfigurator`/`layoutcast import`: one table in memory at a time); `none`
+imports only the end-to-end rows.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -312,10 +314,23 @@ def _stable_sample(raw: pd.DataFrame, every: int) -> np.ndarray:
     return (h % np.uint64(every)) == 0
 
 
-def _import_ops(folder: Path, mode: str, every: int, report: ImportReport, names: NameResolver,
-                progress: bool) -> pd.DataFrame:
-    frames = []
-    for f, system, family, framework, version in with_progress(_op_files(folder), progress, "reading op_perf tables"):
+def _check_op_names(files: list[tuple[Path, str, str, str, str]], names: NameResolver) -> None:
+    """Resolve every GPU (system folder) and model named by the op tables before any row is produced."""
+    for f, system, *_ in files:
+        names.gpu(system)
+        if f.stem in ("mla_context_module_perf", "mla_generation_module_perf"):
+            try:
+                models = pd.read_parquet(f, columns=["model"])["model"]
+            except Exception as e:  # pyarrow raises many types for corrupt files
+                raise InputError(f"{str(f)!r} is not a readable parquet file: {str(e).splitlines()[0]}") from None
+            for m in pd.unique(models.dropna()):
+                names.model(m)
+
+
+def _op_frames(files: list[tuple[Path, str, str, str, str]], mode: str, every: int, report: ImportReport,
+               names: NameResolver, progress: bool) -> Iterator[pd.DataFrame]:
+    """Schema rows of each op_perf table in turn (what `mode` keeps of it)."""
+    for f, system, family, framework, version in with_progress(files, progress, "reading op_perf tables"):
         table = f.stem
         raw = read_parquet_checked(f, ["latency"])
         report.rows_read += len(raw)
@@ -342,22 +357,29 @@ def _import_ops(folder: Path, mode: str, every: int, report: ImportReport, names
         detail_map = cols.pop("_detail")
         detail_map.update({"kernel_source": "kernel_source", "op_name": "op_name", "version": "version_reported"})
         prov = _provenance_of(f.parent)
-        frames.append(pd.DataFrame({
+        yield pd.DataFrame({
             "kind": "op", "source": SOURCE, "engine": framework.lower(), "engine_version": version, "status": "ok",
             "gpu": names.gpu(system), **cols, "op_ms": lat,
             "detail": detail_from_columns(raw, detail_map, {"table": table, "provenance": prov}),
             "run_id": f"{SOURCE}:op_perf/{system}/{family}/{framework}/{version}",
-        }))
-    report.notes.append({"sample": f"op tables: every communication row kept, 1 in {every} of the other rows "
-                                   "(stable hash; --ops all imports everything)",
-                         "comm": "op tables: communication rows only (--ops comm)",
-                         "all": "op tables: every row (--ops all)"}[mode])
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        })
 
 
-def import_aiconfigurator(path: str | Path, ops: str = "sample", sample_every: int = DEFAULT_SAMPLE_EVERY,
-                          progress: bool = False) -> tuple[pd.DataFrame, ImportReport]:
-    """End-to-end rows and (per `ops`) op_perf rows of the aiconfigurator folder `path` in the schema."""
+_OPS_NOTES = {"sample": "op tables: every communication row kept, 1 in {every} of the other rows (stable hash; "
+                        "--ops all imports everything)",
+              "comm": "op tables: communication rows only (--ops comm)",
+              "all": "op tables: every row (--ops all)",
+              "none": "op tables not read (--ops none)"}
+
+
+def stream_aiconfigurator(path: str | Path, ops: str = "sample", sample_every: int = DEFAULT_SAMPLE_EVERY,
+                          progress: bool = False) -> tuple[Iterator[pd.DataFrame], ImportReport]:
+    """The import as a stream of schema frames (end-to-end rows, then one frame per op table) and its report.
+
+    Everything that can fail on names or on the end-to-end files fails before the first frame; the report is
+    complete once the stream is exhausted. Memory holds one op table at a time (for `--ops all`). Rows repeated
+    across op tables are not collapsed here (the store keeps one copy).
+    """
     if ops not in OPS_MODES:
         raise InputError(f"--ops must be one of {', '.join(OPS_MODES)}, not {ops!r}")
     if sample_every < 1:
@@ -365,14 +387,33 @@ def import_aiconfigurator(path: str | Path, ops: str = "sample", sample_every: i
     folder = require_path(path, SOURCE, is_dir=True)
     report = ImportReport(SOURCE, str(folder))
     names = NameResolver()
-    frames = [_import_e2e(folder, report, names)]
-    if ops != "none":
-        frames.append(_import_ops(folder, ops, sample_every, report, names, progress))
-    else:
-        report.notes.append("op tables not read (--ops none)")
+    e2e = _import_e2e(folder, report, names)
+    files = _op_files(folder) if ops != "none" else []
+    _check_op_names(files, names)
+    names.raise_if_unknown(SOURCE)
+    report.notes.append(_OPS_NOTES[ops].format(every=sample_every))
     if (folder / "fpm_golden_runs_vllm").is_dir():
         report.notes.append("fpm_golden_runs_vllm/ is a separate source: `layoutcast import fpm PATH`")
-    names.raise_if_unknown(SOURCE)
-    frame = pd.concat([f for f in frames if len(f)], ignore_index=True)
-    return finish(frame, report), report
 
+    def frames() -> Iterator[pd.DataFrame]:
+        yield finish(e2e, report, final=False)
+        for frame in _op_frames(files, ops, sample_every, report, names, progress):
+            yield finish(frame, report, final=False)
+        report.check_balance()
+
+    return frames(), report
+
+
+def import_aiconfigurator(path: str | Path, ops: str = "sample", sample_every: int = DEFAULT_SAMPLE_EVERY,
+                          progress: bool = False) -> tuple[pd.DataFrame, ImportReport]:
+    """End-to-end rows and (per `ops`) op_perf rows of the aiconfigurator folder `path` in the schema, as one frame
+    (identical rows across op tables collapsed too)."""
+    from collect.store import content_hashes
+
+    stream, report = stream_aiconfigurator(path, ops=ops, sample_every=sample_every, progress=progress)
+    frame = pd.concat([f for f in stream if len(f)], ignore_index=True)
+    dup = pd.Series(content_hashes(frame)).duplicated().to_numpy()
+    report.duplicates += int(dup.sum())
+    report.rows_kept -= int(dup.sum())
+    report.check_balance()
+    return frame.loc[~dup].reset_index(drop=True), report

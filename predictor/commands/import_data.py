@@ -26,18 +26,24 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from collect.importers import run_import
+    from collect.importers import stream_import
 
     if args.ops is not None and args.source != "aiconfigurator":
         raise InputError("--ops applies to the aiconfigurator source only")
-    frame, report = run_import(args.source, args.path, ops=args.ops, progress=sys.stderr.isatty())
+    progress = sys.stderr.isatty()
     stored = None
     store_url = None
-    if not args.dry_run:
+    # names and the small files are checked before the first frame; the frames of one import then go into the
+    # store as one transaction (a failure part-way leaves the store as it was), one frame in memory at a time
+    frames, report = stream_import(args.source, args.path, ops=args.ops, progress=progress)
+    if args.dry_run:
+        for _ in frames:
+            pass
+    else:
         from collect.store import Store
 
         with Store(args.store) as store:
-            result = store.append(frame, progress=sys.stderr.isatty())
+            result = store.append(frames, progress=progress)
             stored = {"inserted": result.inserted, "already_stored": result.duplicates}
             store_url = repr(store)
     doc = {**report.as_dict(), "store": store_url, "stored": stored}

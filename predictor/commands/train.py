@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.errors import InputError
-from features.schema import conform
+from features.schema import COLUMNS, conform
 
 
 def read_data_file(path: str) -> pd.DataFrame:
@@ -52,7 +52,9 @@ def load_measurements(store: str | None, data: list[str] | None) -> pd.DataFrame
     frames = [f for f in frames if len(f)]
     if not frames:
         raise InputError("the given store and files hold no measurements")
-    return conform(pd.concat(frames, ignore_index=True))
+    frame = conform(pd.concat(frames, ignore_index=True))
+    keys = [c for c in COLUMNS if c in frame.columns]
+    return frame[~frame[keys].astype("string").fillna("").duplicated()].reset_index(drop=True)  # same row twice: once
 
 
 def register(subparsers) -> None:

@@ -1,0 +1,224 @@
+"""Replayed active-learning campaigns on real pools: model error and search success against the share of a pool measured.
+
+Pools (shared data): the TRT-LLM 0.9 DLI sweep (`dli` importer: TP x batch per model, GPU, dtype, ISL/OSL), the vLLM
+rows of aiconfigurator's silicon sample (layout x concurrency per model, system, ISL/OSL), and the H200 GPU-probe
+decoder-step rows (TP shard per model and shape). For each pool, strategy (random, uncertainty, search) and seed, one
+campaign runs with the replay backend up to 10% of the pool's configurations in batches of ~1%; after every batch the
+model is scored on the pool rows not yet measured (median absolute % error) and each scenario's best measured
+configuration is compared with the pool's true best. The campaign never reads a row's targets before measuring it.
+
+Targets (issue 6): `uncertainty` reaches `random`'s final error with at most half its budget; with 5% of a pool
+measured the median error on the rest is <= 10%; `search` finds a configuration within 3% of the pool's true best in
+>= 90% of scenarios while measuring <= 10% of the pool. Prints tables, writes benchmarks/results/campaign.json and
+benchmarks/results/campaign.png.
+
+    .venv/bin/python -m benchmarks.campaign [--seeds 3] [--pools dli,aiconfigurator,gpu-probe] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks._common import RESULTS, SHARED_DATA, write_result
+from collect.acquisition import resolve_objective
+from collect.backends.replay import ReplayBackend
+from collect.campaign import Campaign, CampaignSettings, PoolEvaluator, default_targets, parse_budget
+from collect.dispatch import BackendSpec, SerialDispatcher, install_backend, load_pool
+from collect.sampler import pool_candidates
+from collect.store import Store
+
+STRATEGIES = ("random", "uncertainty", "search")
+FRACTIONS = (0.01, 0.02, 0.05, 0.10)
+POOLS = {
+    # name: (importer source, shared-data folder, row filter, kind, scenario columns, objective)
+    "dli": ("dli", "public/nvidia_dli_nim_genaiperf", None, "serving", ("model", "gpu", "weight_dtype", "isl", "osl"),
+            "throughput"),
+    "aiconfigurator": ("aiconfigurator", "public/aiconfigurator", ("engine", "vllm"), "serving",
+                       ("model", "gpu", "weight_dtype", "isl", "osl"), "throughput"),
+    "gpu-probe": ("gpu-probe", "gpu_probe", ("kind", "step"), "step",
+                  ("model", "gpu", "weight_dtype", "phase", "batch", "context", "tokens"), "layer"),
+}
+
+
+def load(name: str) -> tuple[ReplayBackend, pd.DataFrame]:
+    """The pool's replay backend and its candidate configurations (no targets)."""
+    source, folder, keep, kind, _, _ = POOLS[name]
+    frame = load_pool(f"{source}:{SHARED_DATA / folder}")
+    if keep is not None:
+        frame = frame[frame[keep[0]] == keep[1]]
+    rb = ReplayBackend(frame.reset_index(drop=True))
+    cand = pool_candidates(rb.frame)
+    return rb, cand[cand["kind"] == kind].reset_index(drop=True)
+
+
+def run_one(name: str, rb: ReplayBackend, cand: pd.DataFrame, evaluator: PoolEvaluator, strategy: str, seed: int,
+            max_fraction: float) -> dict:
+    """One replayed campaign; its learning curve as plain records."""
+    _, _, _, _, scenario, objective = POOLS[name]
+    n = len(cand)
+    batch = max(4, math.ceil(n / 100))
+    budget = max(batch, int(round(max_fraction * n)))
+    spec = BackendSpec.make("replay", pool=name)
+    install_backend(spec, rb)
+    store = Store("sqlite://")
+    settings = CampaignSettings(backend="replay", strategy=strategy, budget=parse_budget(budget), batch=batch,
+                                seed=seed, objective=objective, scenario=scenario)
+    t0 = time.monotonic()
+    res = Campaign(settings, cand, SerialDispatcher(spec, store), store, evaluator=evaluator, progress=False).run()
+    store.close()
+    curve = [{"runs": p.runs, "fraction": p.runs / n, "ok_runs": p.ok_runs, "heldout": p.heldout,
+              "within_3pct": p.best.get("within_3pct"), "measured_scenarios": p.best.get("measured_scenarios"),
+              "mean_regret": p.best.get("mean_regret")} for p in res.curve]
+    return {"pool": name, "strategy": strategy, "seed": seed, "configs": n, "batch": batch, "budget": budget,
+            "seconds": round(time.monotonic() - t0, 1), "curve": curve}
+
+
+def at_runs(curve: list[dict], runs: int, key) -> float:
+    """The value of `key(point)` at the last curve point with at most `runs` runs measured."""
+    pts = [p for p in curve if p["runs"] <= runs]
+    if not pts:
+        return math.nan
+    v = key(pts[-1])
+    return math.nan if v is None else float(v)
+
+
+def summarise(name: str, runs: list[dict], target: str) -> dict:
+    """Median-over-seeds error and search success per strategy at each budget fraction, and the three checks."""
+    n = runs[0]["configs"]
+    out: dict = {"configs": n, "target": target, "by_strategy": {}}
+    finals = {}
+    for strategy in STRATEGIES:
+        mine = [r for r in runs if r["strategy"] == strategy]
+        if not mine:
+            continue
+        rows = {}
+        grid = sorted({p["runs"] for r in mine for p in r["curve"]})
+        med_curve = {}
+        for k in grid:
+            errs = [at_runs(r["curve"], k, lambda p: p["heldout"].get(target)) for r in mine]
+            hits = [at_runs(r["curve"], k, lambda p: p["within_3pct"]) for r in mine]
+            med_curve[k] = (float(np.nanmedian(errs)), float(np.nanmedian(hits)))
+        for f in FRACTIONS:
+            k = int(round(f * n))
+            errs = [at_runs(r["curve"], k, lambda p: p["heldout"].get(target)) for r in mine]
+            hits = [at_runs(r["curve"], k, lambda p: p["within_3pct"]) for r in mine]
+            rows[f"{f:.0%}"] = {"runs": k, "median_ape": float(np.nanmedian(errs)), "within_3pct": float(np.nanmedian(hits))}
+        out["by_strategy"][strategy] = {"at_fraction": rows, "curve": {str(k): v for k, v in med_curve.items()}}
+        finals[strategy] = med_curve
+    checks = {}
+    if "random" in finals and "uncertainty" in finals:
+        r_runs = max(finals["random"])
+        r_err = finals["random"][r_runs][0]
+        reach = [k for k, (e, _) in sorted(finals["uncertainty"].items()) if e <= r_err]
+        need = reach[0] if reach else None
+        checks["uncertainty_half_budget"] = {"random_final_runs": r_runs, "random_final_error": r_err,
+                                             "uncertainty_runs_to_reach_it": need,
+                                             "met": need is not None and need <= r_runs / 2}
+    five = {s: v["at_fraction"]["5%"]["median_ape"] for s, v in out["by_strategy"].items()}
+    checks["error_at_5pct_le_10pct"] = {"median_ape": five, "met": {s: bool(e <= 0.10) for s, e in five.items()}}
+    if "search" in out["by_strategy"]:
+        hit = out["by_strategy"]["search"]["at_fraction"]["10%"]["within_3pct"]
+        checks["search_within_3pct_ge_90pct_at_10pct"] = {"share_of_scenarios": hit, "met": bool(hit >= 0.9)}
+    out["checks"] = checks
+    return out
+
+
+def figure(summaries: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summaries)
+    fig, axes = plt.subplots(len(names), 2, figsize=(12, 3.6 * len(names)), squeeze=False)
+    for i, name in enumerate(names):
+        s = summaries[name]
+        for strategy, v in s["by_strategy"].items():
+            ks = sorted(int(k) for k in v["curve"])
+            x = [100.0 * k / s["configs"] for k in ks]
+            axes[i, 0].plot(x, [100 * v["curve"][str(k)][0] for k in ks], marker="o", label=strategy)
+            axes[i, 1].plot(x, [100 * v["curve"][str(k)][1] for k in ks], marker="o", label=strategy)
+        axes[i, 0].axhline(10, color="grey", linestyle=":", linewidth=1)
+        axes[i, 0].set_title(f"{name}: median error of {s['target']} on unmeasured rows")
+        axes[i, 0].set_ylabel("median APE %")
+        axes[i, 1].axhline(90, color="grey", linestyle=":", linewidth=1)
+        axes[i, 1].set_title(f"{name}: scenarios with a configuration within 3% of the best")
+        axes[i, 1].set_ylabel("% of scenarios")
+        axes[i, 1].set_ylim(0, 100)
+        for ax in axes[i]:
+            ax.set_xlabel("% of the pool measured")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--pools", default=",".join(POOLS))
+    ap.add_argument("--max-fraction", type=float, default=0.10)
+    ap.add_argument("--quick", action="store_true", help="one seed, pools as given")
+    args = ap.parse_args(argv)
+    seeds = range(1 if args.quick else args.seeds)
+    console = Console(width=150)
+    summaries, all_runs = {}, []
+    for name in [p.strip() for p in args.pools.split(",") if p.strip()]:
+        if not (SHARED_DATA / POOLS[name][1]).exists():
+            console.print(f"[yellow]skip {name}: {SHARED_DATA / POOLS[name][1]} is absent[/yellow]")
+            continue
+        rb, cand = load(name)
+        kind, scenario, objective_name = POOLS[name][3], POOLS[name][4], POOLS[name][5]
+        objective = resolve_objective(objective_name, kind)
+        targets = default_targets(kind, objective)
+        evaluator = PoolEvaluator(rb.frame, objective, scenario, targets, kind)
+        console.print(f"[bold]{name}[/bold]: {len(cand):,} configurations, {len(evaluator.true_best):,} scenarios "
+                      f"(objective {objective.name}, error on {objective.target})")
+        runs = []
+        for seed in seeds:
+            for strategy in STRATEGIES:
+                r = run_one(name, rb, cand, evaluator, strategy, seed, args.max_fraction)
+                last = r["curve"][-1]
+                console.print(f"  {strategy:12s} seed {seed}: {last['runs']} runs, held-out "
+                              f"{last['heldout'].get(objective.target, float('nan')):.1%}, within 3% in "
+                              f"{(last['within_3pct'] or 0):.0%} of scenarios ({r['seconds']:.0f} s)")
+                runs.append(r)
+        all_runs += runs
+        summaries[name] = summarise(name, runs, objective.target)
+        _print(console, name, summaries[name])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    png = RESULTS / "campaign.png"
+    if summaries:
+        figure(summaries, png)
+    path = write_result("campaign", {"seeds": len(list(seeds)), "fractions": list(FRACTIONS), "pools": summaries,
+                                     "runs": all_runs, "figure": str(png.name)})
+    console.print(f"wrote {path} and {png}")
+    return summaries
+
+
+def _print(console: Console, name: str, s: dict) -> None:
+    t = Table(title=f"{name}: median over seeds, {s['configs']:,} configurations")
+    t.add_column("strategy")
+    for f in FRACTIONS:
+        t.add_column(f"{f:.0%} err", justify="right")
+    for f in FRACTIONS:
+        t.add_column(f"{f:.0%} within 3%", justify="right")
+    for strategy, v in s["by_strategy"].items():
+        a = v["at_fraction"]
+        t.add_row(strategy, *[f"{a[f'{f:.0%}']['median_ape']:.1%}" for f in FRACTIONS],
+                  *[f"{a[f'{f:.0%}']['within_3pct']:.0%}" for f in FRACTIONS])
+    console.print(t)
+    for k, v in s["checks"].items():
+        console.print(f"  {k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
