@@ -1,8 +1,7 @@
 """Collect a small real vLLM-CPU serving data set with the vLLM backend: `data/vllm_cpu/measurements.csv`.
 
-Real engine runs (vLLM CPU build, dummy weights) of tiny model shapes — the catalog's `tiny-llama` and `tiny-moe`,
-and `small-llama` (the same Llama architecture, 4 layers of hidden 512; its config.json is kept next to the data)
-— at TP 1 and 2, several `max_num_seqs`, closed batches of 1 to 64 requests, output lengths 64 to 512, a lognormal
+Real engine runs (vLLM CPU build, dummy weights) of tiny model shapes from the catalog — `tiny-llama` (2 layers,
+hidden 128), `tiny-llama-h512` (the same architecture, 4 layers of hidden 512) and `tiny-moe` — at TP 1 and 2, several `max_num_seqs`, closed batches of 1 to 64 requests, output lengths 64 to 512, a lognormal
 (reasoning-like, scaled down) workload, and KV-exhaustion cases (a 40-block cache: the scheduler must preempt).
 Each engine start serves several workloads (`VLLMBackend.measure_many`); rows are appended to the CSV (and a store,
 if given) as each engine finishes, so an interrupted collection keeps what it finished. Provenance (machine, vLLM
@@ -18,7 +17,6 @@ Run: `python -m benchmarks.collect_cpu [--out data/vllm_cpu/measurements.csv] [-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import json
 import os
@@ -28,19 +26,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from collect.modelfolder import write_model_folder
 from features.catalog import resolve_model
-from features.specs import EngineConfig, Layout, LengthDist, ModelSpec, Workload
+from features.specs import EngineConfig, Layout, LengthDist, Workload
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data" / "vllm_cpu"
-
-
-def small_llama() -> ModelSpec:
-    """`tiny-llama`'s architecture scaled to 4 layers of hidden 512 (the shape benchmarks.scheduler_fidelity uses)."""
-    return dataclasses.replace(resolve_model("tiny-llama"), name="small-llama", num_layers=4, hidden_size=512,
-                               num_heads=8, num_kv_heads=4, head_dim=64, intermediate_size=1408, vocab_size=4096,
-                               notes="tiny-llama scaled up: 4 layers, hidden 512 (vLLM-CPU data set)")
 
 
 def fixed(isl: int, osl: int, n: int, concurrency: int = 0) -> Workload:
@@ -77,7 +67,7 @@ def grid() -> list[EngineRun]:
                   batch_sweep + [fixed(64, 512, 64)]),
         EngineRun("tiny-tp1-kv40", "tiny-llama", Layout(tp=1), EngineConfig(max_num_seqs=64, **SMALL_KV),
                   [fixed(32, o, n) for o in (128, 512) for n in (8, 32)] + [lognormal(24)]),
-        EngineRun("small-tp1-seqs32", "small-llama", Layout(tp=1), EngineConfig(block_size=32, max_num_seqs=32),
+        EngineRun("small-tp1-seqs32", "tiny-llama-h512", Layout(tp=1), EngineConfig(block_size=32, max_num_seqs=32),
                   [fixed(64, o, n) for o in (64, 256) for n in (8, 32)] + [lognormal(16)]),
         EngineRun("tiny-tp2-seqs64", "tiny-llama", Layout(tp=2), EngineConfig(block_size=32, max_num_seqs=64),
                   [fixed(64, o, n) for o in (64, 256) for n in (8, 32)]),
@@ -87,7 +77,7 @@ def grid() -> list[EngineRun]:
                   [fixed(32, o, 32) for o in (128, 512)]),
         EngineRun("tiny-tp2-kv40", "tiny-llama", Layout(tp=2), EngineConfig(max_num_seqs=64, **SMALL_KV),
                   [fixed(32, 512, 32)]),
-        EngineRun("small-tp2-seqs32", "small-llama", Layout(tp=2), EngineConfig(block_size=32, max_num_seqs=32),
+        EngineRun("small-tp2-seqs32", "tiny-llama-h512", Layout(tp=2), EngineConfig(block_size=32, max_num_seqs=32),
                   [fixed(64, 256, n) for n in (8, 32)]),
         EngineRun("tiny-tp1-online", "tiny-llama", Layout(tp=1), EngineConfig(block_size=32, max_num_seqs=64),
                   [fixed(64, 256, 32), fixed(64, 256, 32, concurrency=4)], mode="online"),
@@ -131,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_model_folder(small_llama(), out.parent / "configs" / "small-llama")
     sink = make_sink(out, args.store)
     prov = provenance()
     prov["runs"] = []
@@ -143,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             console.log(f"budget of {args.budget_min} min spent: skipping {[r.name for r in runs[i:]]}")
             prov["skipped"] = [r.name for r in runs[i:]]
             break
-        model = small_llama() if run.model == "small-llama" else resolve_model(run.model)
+        model = resolve_model(run.model)
         console.log(f"[{i + 1}/{len(runs)}] {run.name}: {len(run.workloads)} workloads ({elapsed_min:.1f} min in)")
         backend = VLLMBackend(mode=run.mode, on_row=sink, timeout_s=900, progress=console.log)
         t_run = time.monotonic()

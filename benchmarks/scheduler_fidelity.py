@@ -10,7 +10,8 @@ engine thread's CPU time), running/waiting counts, KV blocks in use, batch compo
 Nothing in the engine is replaced: `schedule()`, `update_from_output()` and `_preempt_request()` are wrapped.
 Prefix caching is off and scheduling synchronous (`async_scheduling=False`), the semantics the simulator models.
 
-Step-time calibration (same machine, same engine, seconds apart): each repeat starts with a calibration set of
+Each repeat runs the settings in a fresh random order. Step-time calibration (same machine, same engine, seconds
+apart): each repeat starts with a calibration set of
 fixed batches (1/4/8/12 sequences decoding, and an 8x120-token prefill batch) that never fills the cache; its
 per-step times are fitted by non-negative least squares to
 t = a + b*decode_seqs + c*decode_kv_tokens + d*prefill_tokens, dropping steps stalled by other jobs (residual over
@@ -214,7 +215,9 @@ def child_main(plan_path: str, result_path: str) -> int:
                 r = run_closed_batch(llm, rec, [ci] * b, [co] * b, max(MAX_NUM_SEQS_SWEEP), seed=1000 + k)
                 cal.append({"batch": b, "isl": ci, "osl": co, "steps": r["steps"], "preemptions": r["preemptions"]})
             out["calibration"].append(cal)
-            for j, m in enumerate(plan["max_num_seqs"]):
+            # a fresh order each repeat, so no setting always runs first or last (slow drifts average out)
+            for j in np.random.default_rng(rep).permutation(len(plan["max_num_seqs"])).tolist():
+                m = plan["max_num_seqs"][j]
                 run = run_closed_batch(llm, rec, isl, osl, m, seed=j)
                 out["runs"][j].append(run)
                 path.write_text(json.dumps(out))

@@ -51,12 +51,12 @@ class StoreSink:
 
 
 def make_sink(csv_path: str | os.PathLike | None = None, store: Any = None) -> RowSink | None:
-    """One sink writing to a CSV file and/or a store (a Store or an URL); None when neither is given."""
+    """One sink writing to a CSV file and/or a store (a Store, an URL, or a sink callable); None when neither."""
     sinks: list[RowSink] = []
     if csv_path:
         sinks.append(CsvSink(csv_path))
     if store is not None:
-        sinks.append(StoreSink(store))
+        sinks.append(store if callable(store) and not hasattr(store, "append") else StoreSink(store))
     if not sinks:
         return None
 

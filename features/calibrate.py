@@ -29,16 +29,20 @@ def _fit(residual_fn, x0, lower, upper):
 
 
 def fit_gemm(gemm_rows: pd.DataFrame, cal: Calibration) -> Calibration:
-    """GEMM latency floor, achieved bandwidth and rate fractions, blend exponent, from x[m,k] @ W[k,n] timings."""
+    """GEMM latency floor and achieved bandwidth/rate fractions from x[m,k] @ W[k,n] timings.
+
+    The memory/compute blend is the Euclidean norm (p = 2): fitting p freely gave 2.4 and changed the held-out
+    layer error by 0.1 point (median) while a fixed p = 2 evaluates as a fast `hypot`.
+    """
     gpu = resolve_gpu(REFERENCE_GPU)
     m, n, k, y = (gemm_rows[c].to_numpy(float) for c in ("m", "n", "k", "ms_median"))
 
     def resid(x):
-        c = dataclasses.replace(cal, gemm_bw_frac=x[0], gemm_rate_frac=x[1], gemm_floor_ms=x[2], gemm_p=x[3])
+        c = dataclasses.replace(cal, gemm_bw_frac=x[0], gemm_rate_frac=x[1], gemm_floor_ms=x[2], gemm_p=2.0)
         return np.log(gemm_ms(m, n, k, gpu, c) / y)
 
-    x = _fit(resid, [0.85, 0.7, 0.005, 1.5], [0.2, 0.2, 0.0, 0.8], [1.2, 1.0, 0.05, 6.0])
-    return dataclasses.replace(cal, gemm_bw_frac=x[0], gemm_rate_frac=x[1], gemm_floor_ms=x[2], gemm_p=x[3])
+    x = _fit(resid, [0.85, 0.7, 0.005], [0.2, 0.2, 0.0], [1.2, 1.0, 0.05])
+    return dataclasses.replace(cal, gemm_bw_frac=x[0], gemm_rate_frac=x[1], gemm_floor_ms=x[2], gemm_p=2.0)
 
 
 PROBE_ATTN_MODEL = ModelSpec("probe-attn", num_layers=1, hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128,

@@ -111,7 +111,11 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
             b = np.clip(rate / replicas * osl * step(b) / 1e3, 1.0, cap_batch)
         batch = np.where(open_loop, b, batch)
 
-    tpot = step(batch)
+    # the steady step, kept with its terms (ms) to explain it; same inputs as step(batch)
+    pp = layout.pp
+    t = stage_step_terms(model, gpu, layout, cal, batch / pp, batch * (isl + osl / 2.0) / pp,
+                         batch * isl / np.maximum(osl, 1.0) / pp, 0.0, engine.weight_dtype, engine.kv_dtype)
+    tpot = pp * t.stage_ms
     prefill = replica_step_ms(model, gpu, layout, cal, 0.0, 0.0, isl, 0.0, engine.weight_dtype, engine.kv_dtype)
     # steady state: a new request's prompt is chunked into the token budget left after the running decodes
     mnbt = np.asarray(engine.max_num_batched_tokens, dtype=float)
@@ -154,10 +158,6 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     tail_s = np.maximum(longest - osl, 0.0) * tpot_alone / 1e3 * 0.5
     makespan = np.where(closed, np.maximum(work_s + tail_s + ttft_base / 1e3, longest * tpot_alone / 1e3), np.nan)
 
-    # explanatory terms at the steady batch (per replica step, ms)
-    pp = layout.pp
-    t = stage_step_terms(model, gpu, layout, cal, batch / pp, batch * (isl + osl / 2.0) / pp, batch * isl / np.maximum(osl, 1) / pp,
-                         0.0, engine.weight_dtype, engine.kv_dtype)
     terms = {
         "weights": pp * t.weight_read_ms,
         "kv_cache": pp * t.kv_read_ms,

@@ -43,7 +43,8 @@ def gemm_ms(m, n, k, gpu: GPUSpec, cal: Calibration, weight_dtype="bf16", peak=N
     wb = _bytes(weight_dtype) if weight_bytes is None else weight_bytes
     t_mem, t_comp = gemm_terms(m, n, k, wb, gpu, cal, weight_dtype, peak)
     p = cal.gemm_p
-    t = cal.gemm_floor_ms + (t_mem**p + t_comp**p) ** (1.0 / p)
+    blend = np.hypot(t_mem, t_comp) if p == 2.0 else (t_mem**p + t_comp**p) ** (1.0 / p)
+    t = cal.gemm_floor_ms + blend
     return np.where(np.asarray(m) > 0, t, 0.0)
 
 
@@ -134,7 +135,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     qk_hd = model.qk_nope_head_dim + model.qk_rope_head_dim
     # attention projections
     gqa_proj = g((heads_g + 2 * kvh_g) * hd, h) + g(h, heads_g * hd)
-    mla_proj = (np.where(model.q_lora_rank > 0, g(model.q_lora_rank, h) + g(heads_g * qk_hd, np.maximum(model.q_lora_rank, 1)),
+    mla_proj = 0.0 if not np.any(is_mla) else (np.where(model.q_lora_rank > 0, g(model.q_lora_rank, h) + g(heads_g * qk_hd, np.maximum(model.q_lora_rank, 1)),
                          g(heads_g * qk_hd, h))
                 + g(model.kv_lora_rank + model.qk_rope_head_dim, h)
                 + g(heads_g * (model.qk_nope_head_dim + model.v_head_dim), np.maximum(model.kv_lora_rank, 1))
@@ -143,7 +144,8 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     # dense FFN (dense layers) and shared experts (MoE layers)
     dense_ffn = g((model.ffn_matrices - 1) * model.intermediate_size / a_tp, h) + g(h, model.intermediate_size / a_tp)
     shared_w = model.num_shared_experts * model.moe_intermediate_size / a_tp
-    shared = np.where(shared_w > 0, g(2 * np.maximum(shared_w, 1), h) + g(h, np.maximum(shared_w, 1)), 0.0)
+    shared = 0.0 if not np.any(shared_w > 0) else np.where(
+        shared_w > 0, g(2 * np.maximum(shared_w, 1), h) + g(h, np.maximum(shared_w, 1)), 0.0)
     L = model.num_layers
     dense_frac = model.num_dense_ffn_layers / L
     moe_frac = model.num_moe_layers / L

@@ -28,6 +28,10 @@ def plot_search(result, path: str) -> str:
     if len(df) > 20000:  # a readable cloud: the best per layout plus a sample
         df = df.groupby("layout", sort=False).head(3)
     fig, ax = plt.subplots(figsize=(8.5, 5.8))
+    if result.slo and "meets_slo" in df.columns:
+        miss = df[~df["meets_slo"].astype(bool)]
+        ax.scatter(miss[xcol], miss[col], s=14, alpha=0.35, color="lightgrey", label="misses the SLO")
+        df = df[df["meets_slo"].astype(bool)]
     for (regime, mode), g in df.groupby(["regime", "mode"]):
         ax.scatter(g[xcol], g[col], s=22, alpha=0.55, color=REGIME_COLORS.get(regime, "grey"),
                    marker=MODE_MARKERS.get(mode, "o"), label=f"{regime}-bound, {mode}")

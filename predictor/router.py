@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 
 import numpy as np
 import pandas as pd
@@ -33,19 +34,35 @@ class Router:
     def __init__(self, predictor: Predictor | None = None, cache_size: int = 1024):
         self.predictor = predictor or Predictor.load()
         self._cache: OrderedDict = OrderedDict()
+        self._pending: dict = {}
         self._lock = threading.Lock()
         self._cache_size = int(cache_size)
 
     def _cached(self, key, compute):
+        """The cached answer; threads asking the same new question at once wait for one computation."""
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        value = compute()
+            pending = self._pending.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._pending[key] = Future()
+        if not owner:
+            return pending.result()
+        try:
+            value = compute()
+        except BaseException as e:
+            with self._lock:
+                del self._pending[key]
+            pending.set_exception(e)
+            raise
         with self._lock:
             self._cache[key] = value
+            del self._pending[key]
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+        pending.set_result(value)
         return value
 
     def best_layout(self, model: str, gpu: str, num_gpus: int, workload: str = "chat", concurrency: int = 0,

@@ -25,7 +25,7 @@ from features.catalog import resolve_gpu, resolve_model, resolve_workload
 from features.errors import InputError
 from features.specs import Workload
 from predictor.api import Predictor
-from predictor.scoring import TARGETS, SearchContext, score_candidates
+from predictor.scoring import SearchContext, score_candidates
 from predictor.space import (COORDS, DEFAULT_KNOBS, KNOB_NAMES, MODES, WIDE_KNOBS, candidate_space,  # noqa: F401
                              space_fingerprint)
 
@@ -309,11 +309,80 @@ def _study(rdb, name: str, sampler, directions: list[str], fingerprint: str):
     return study
 
 
+class _ModeStudy:
+    """One deployment mode's Optuna study: asks trials, moves each to a unit not scored yet, tells its value."""
+
+    def __init__(self, mode: str, nav: _Navigator, study, scores: _Scores, space: pd.DataFrame, groups, rep: dict,
+                 batch: int, worker: str):
+        self.mode, self.nav, self.study, self.scores, self.space = mode, nav, study, scores, space
+        self.groups, self.rep, self.batch, self.worker = groups, rep, batch, worker
+        self.multi = scores.secondary is not None
+        self.asked = 0
+        # units other workers (or earlier runs) of this study scored already: new trials go elsewhere
+        self.seen = {u for u in map(self._unit, self._picked()) if u is not None} & set(nav.rows.tolist())
+
+    def _unit(self, row: int) -> int | None:
+        if self.groups is None:
+            return int(row)
+        return self.rep.get(int(self.space.at[row, "layout_id"]))
+
+    def _picked(self) -> np.ndarray:
+        done = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        rows = np.array([t.user_attrs["candidate"] for t in done if "candidate" in t.user_attrs], dtype=int)
+        return np.unique(rows[(rows >= 0) & (rows < len(self.space))])
+
+    @property
+    def left(self) -> int:
+        return self.nav.size - len(self.seen)
+
+    def run(self, n: int, progress=None) -> None:
+        done = 0
+        while done < n and self.left > 0:
+            k = min(self.batch, n - done)
+            asked = [self.study.ask() for _ in range(k)]
+            units = []
+            for t in asked:
+                units.append(self.nav.suggest(t, self.seen))
+                self.seen.add(units[-1])
+            members = [self.groups[int(self.space.at[u, "layout_id"])] if self.groups is not None else np.array([u])
+                       for u in units]
+            self.scores.ensure(np.concatenate(members))
+            for t, rows in zip(asked, members):
+                i = self.scores.pick(rows)
+                t.set_user_attr("candidate", int(i))
+                t.set_user_attr("worker", self.worker)
+                for key, c in zip(self.scores.constraint_names, self.scores.constraints(i)):
+                    t.set_constraint(key, c)
+                vals = self.scores.values(i)
+                self.study.tell(t, vals if self.multi else vals[0])
+            done += k
+            self.asked += k
+            if progress:
+                progress.advance(k)
+
+    def best(self) -> float:
+        """The best (minimised) value among the candidates this study scored that are feasible and meet the SLO."""
+        rows = self._picked()
+        sc = self.scores
+        ok = sc.feasible[rows] & ((sc.violation[rows] <= 0).all(axis=1) if sc.violation.shape[1] else True)
+        vals = sc.value[rows][ok]
+        return float(vals.min()) if len(vals) else np.inf
+
+    def visited(self) -> np.ndarray:
+        rows = self._picked()
+        if self.groups is None or not len(rows):
+            return rows
+        return np.concatenate([self.groups[int(lid)] for lid in np.unique(self.space["layout_id"].to_numpy()[rows])])
+
+
 def _run_optuna(scores: _Scores, space: pd.DataFrame, trials: int, seed: int, sampler_kind: str, storage,
                 study_name: str | None, fingerprint: str, prescored: bool,
                 show_progress: bool) -> tuple[np.ndarray, str, str]:
-    """One Optuna study per deployment mode (aggregated, mixed, disaggregated), the trial budget split between
-    them; returns the rows visited (by every worker sharing the studies), the method label and the study name."""
+    """One Optuna study per deployment mode (aggregated, mixed, disaggregated). One objective: half the budget is
+    split equally between the modes, the other half between the modes whose best so far is within 10% of the best
+    of all (the rest of the space cannot win by much). Returns the rows visited (by every worker sharing the
+    studies), the method label and the study name."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     multi = scores.secondary is not None
     # one objective: a trial is a layout and its knobs are swept in one vectorised lookup (the best that meets
     # the SLO stands for it); a Pareto search moves over layouts and knobs together (knobs trade latency)
@@ -324,62 +393,44 @@ def _run_optuna(scores: _Scores, space: pd.DataFrame, trials: int, seed: int, sa
     valid = space["reason"].to_numpy() == ""
     invalid = space.index[~valid & ~space["layout_id"].duplicated().to_numpy()].to_numpy()
     modes = [m for m in MODES if ((space["mode"] == m).to_numpy() & valid).any()]
-    subspaces = {m: space[(space["mode"] == m).to_numpy() & valid] for m in modes}
-    navs = {m: _Navigator(subspaces[m], knobs=not nested) for m in modes}
-    alloc = allocate_trials({m: navs[m].size for m in modes}, trials)
+    rep = {int(lid): int(rows[0]) for lid, rows in groups.items()} if nested else {}  # layout -> its first row
     directions = ["maximize", "minimize"] if multi else ["minimize"]
     batch = 1 if prescored or storage else BATCH
     worker = f"{socket.gethostname()}:{os.getpid()}"
     name = study_name or f"layoutcast-{fingerprint}"
     progress = _progress(show_progress, trials)
-    visited_rows: list[np.ndarray] = []
-    counts, done_total, sampler = {}, 0, None
+    studies: dict[str, _ModeStudy] = {}
+    kind = ""
     for k, m in enumerate(modes):
-        sampler = _sampler(sampler_kind, multi, seed + k, batch, alloc[m])
-        study = _study(storage, f"{name}/{m}", sampler, directions, fingerprint)
-        nav = navs[m]
-        seen_units: set[int] = set()
-        done = 0
-        while done < alloc[m] and len(seen_units) < nav.size:
-            n_ask = min(batch, alloc[m] - done)
-            asked = [study.ask() for _ in range(n_ask)]
-            units = []
-            for t in asked:
-                u = nav.suggest(t, seen_units)
-                seen_units.add(u)
-                units.append(u)
-            members = [groups[int(space.at[u, "layout_id"])] if nested else np.array([u]) for u in units]
-            scores.ensure(np.concatenate(members))
-            for t, rows in zip(asked, members):
-                i = scores.pick(rows)
-                t.set_user_attr("candidate", int(i))
-                t.set_user_attr("worker", worker)
-                for key, c in zip(scores.constraint_names, scores.constraints(i)):
-                    t.set_constraint(key, c)
-                vals = scores.values(i)
-                study.tell(t, vals if multi else vals[0])
-            done += n_ask
-            if progress:
-                progress.update(done_total + done)
-        done_total += alloc[m]
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        counts[m] = len(complete)
-        picked = np.array([t.user_attrs["candidate"] for t in complete if "candidate" in t.user_attrs], dtype=int)
-        picked = np.unique(picked[(picked >= 0) & (picked < len(space))])
-        if nested and len(picked):
-            visited_rows += [groups[int(lid)] for lid in np.unique(space["layout_id"].to_numpy()[picked])]
-        elif len(picked):
-            visited_rows.append(picked)
+        nav = _Navigator(space[(space["mode"] == m).to_numpy() & valid], knobs=not nested)
+        sampler = _sampler(sampler_kind, multi, seed + k, batch, max(trials // len(modes), 1))
+        kind = type(sampler).__name__.replace("Sampler", "").lower()
+        studies[m] = _ModeStudy(m, nav, _study(storage, f"{name}/{m}", sampler, directions, fingerprint), scores,
+                                space, groups, rep, batch, worker)
+    first = allocate_trials({m: s.left for m, s in studies.items()}, trials if multi else (trials + 1) // 2)
+    for m, n in first.items():
+        studies[m].run(n, progress)
+    left = trials - sum(first.values())
+    if left > 0:
+        bests = {m: s.best() for m, s in studies.items()}
+        top = min(bests.values())
+        near = [m for m in modes if np.isfinite(bests[m]) and bests[m] <= top + 0.1 * abs(top)] or modes
+        for group in (near, [m for m in modes if m not in near]):  # what the leaders cannot use goes to the rest
+            extra = allocate_trials({m: studies[m].left for m in group}, left)
+            for m, n in extra.items():
+                studies[m].run(n, progress)
+                left -= n
     if progress:
         progress.close()
-    visited = np.unique(np.concatenate(visited_rows + [invalid]))
+    visited = np.unique(np.concatenate([s.visited() for s in studies.values()] + [invalid]))
     scores.ensure(visited)  # other workers' candidates
-    kind = type(sampler).__name__.replace("Sampler", "").lower()
     unit = "layouts, knobs swept per layout" if nested else "candidates"
-    split = ", ".join(f"{m} {alloc[m]}/{navs[m].size}" for m in modes)
+    split = ", ".join(f"{m} {s.asked}/{s.nav.size}" for m, s in studies.items())
     label = f"optuna-{kind} ({trials} trials over {unit}: {split}"
     if storage:
-        label += f"; studies {name}/<mode>: {sum(counts.values())} trials"
+        total = sum(len(s.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+                    for s in studies.values())
+        label += f"; studies {name}/<mode>: {total} trials"
     return visited, label + ")", name
 
 
@@ -398,8 +449,8 @@ class _progress:
         self.p.start()
         self.task = self.p.add_task("search trials", total=total)
 
-    def update(self, done: int) -> None:
-        self.p.update(self.task, completed=done)
+    def advance(self, k: int) -> None:
+        self.p.update(self.task, advance=k)
 
     def close(self) -> None:
         self.p.stop()
@@ -559,4 +610,5 @@ def pareto_front(df: pd.DataFrame, col: str, direction: str, second: str = "pred
             keep.append(i)
             best_lat = min(best_lat, lat[i])
             last = (obj[i], lat[i])
-    return df.iloc[keep].sort_values(second)
+    front = df.iloc[keep].sort_values(second, kind="stable")
+    return front.drop_duplicates(subset=[col, second])  # knob variants that predict the same point: the first

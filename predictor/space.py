@@ -40,7 +40,7 @@ PREFILL_SHARES = (0.125, 0.25, 0.375, 0.5)  # fraction of the GPUs in the prefil
 LAYOUT_COLUMNS = ["tp", "pp", "dp", "ep", "attention_dp"]
 B_COLUMNS = ["b_tp", "b_pp", "b_dp", "b_ep"]
 FAMILIES = {"aggregated": "pools", "disaggregated": "pools", "mixed": "mixed"}
-COORDS = ["c_mode", "c_tp", "c_atp", "c_pp", "c_ep", "c_adp", "c_b_tp", "c_b_pp", "c_share", "c_mns", "c_mnbt", "c_kvd", "c_gmu"]
+COORDS = ["c_mode", "c_tp", "c_atp", "c_pp", "c_ep", "c_b_tp", "c_b_pp", "c_share", "c_mns", "c_mnbt", "c_kvd", "c_gmu"]
 
 
 def normalise_knobs(knobs: dict | None) -> dict:

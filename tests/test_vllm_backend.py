@@ -12,7 +12,6 @@ import dataclasses
 import importlib.metadata
 import json
 import math
-import os
 import subprocess
 import sys
 import time
