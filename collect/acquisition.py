@@ -231,6 +231,29 @@ def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndar
     return score
 
 
+def nearest_distance(X: np.ndarray, to: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """Distance from every row of `X` to the nearest row `to` marks (infinite when it marks none)."""
+    pts = X[to]
+    if len(pts) == 0:
+        return np.full(len(X), np.inf)
+    out = np.empty(len(X))
+    for i in range(0, len(X), chunk):
+        out[i:i + chunk] = np.sqrt(((X[i:i + chunk, None, :] - pts[None, :, :]) ** 2).sum(-1).min(axis=1))
+    return out
+
+
+def bandwidth(X: np.ndarray, among: np.ndarray, k: int = 10) -> float:
+    """Median distance from a row to its k-th nearest neighbour among the rows `among` marks (a length scale)."""
+    pts = X[among]
+    if len(pts) < 2:
+        return 1.0
+    rng = np.random.default_rng(0)
+    probe = pts[rng.choice(len(pts), min(len(pts), 300), replace=False)]
+    d = np.sqrt(((probe[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
+    kth = np.sort(d, axis=1)[:, min(k, len(pts) - 1)]
+    return float(np.median(kth)) or float(np.mean(kth)) or 1.0
+
+
 def density(X: np.ndarray, among: np.ndarray, k: int = 10, chunk: int = 512) -> np.ndarray:
     """Gaussian-kernel density of every row of `X` among the rows `among` marks (the untried candidates), scaled to
     a maximum of 1; the bandwidth is the median distance to the k-th nearest of them."""
@@ -238,11 +261,7 @@ def density(X: np.ndarray, among: np.ndarray, k: int = 10, chunk: int = 512) -> 
     n = len(X)
     if len(pts) < 2 or X.shape[1] == 0:
         return np.ones(n)
-    rng = np.random.default_rng(0)
-    probe = pts[rng.choice(len(pts), min(len(pts), 300), replace=False)]
-    d_probe = np.sqrt(((probe[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
-    kth = np.sort(d_probe, axis=1)[:, min(k, len(pts) - 1)]
-    h = float(np.median(kth)) or float(np.mean(kth)) or 1.0
+    h = bandwidth(X, among, k)
     out = np.empty(n)
     for i in range(0, n, chunk):
         d2 = ((X[i:i + chunk, None, :] - pts[None, :, :]) ** 2).sum(-1)

@@ -520,10 +520,21 @@ def encode(frame: pd.DataFrame) -> np.ndarray:
     return (X[:, keep] - lo[keep]) / (hi[keep] - lo[keep])
 
 
+def marginal_ranks(X: np.ndarray) -> np.ndarray:
+    """Each column replaced by its mid-rank empirical CDF over the rows (values in (0, 1); ties share a value)."""
+    from scipy.stats import rankdata
+
+    if X.size == 0:
+        return X.copy()
+    return np.column_stack([(rankdata(X[:, j], method="average") - 0.5) / len(X) for j in range(X.shape[1])])
+
+
 def initial_design(X: np.ndarray, n: int, seed: int = 0, method: str = "sobol",
                    exclude: np.ndarray | None = None) -> np.ndarray:
-    """Indices of `n` rows of `X` (encoded configurations) spread over the space: each point of a scrambled Sobol
-    (or Latin-hypercube) sample takes the nearest row not yet taken. `exclude` marks rows that may not be taken."""
+    """Indices of `n` rows of `X` (encoded configurations) spread over the valid set: each point of a scrambled Sobol
+    (or Latin-hypercube) sample, read through the valid set's marginal distributions, takes the nearest row not yet
+    taken (so the design is spread like the valid set, not piled on the cube's corners). `exclude` marks rows that
+    may not be taken."""
     from scipy.stats import qmc
 
     m_rows = len(X)
@@ -540,9 +551,10 @@ def initial_design(X: np.ndarray, n: int, seed: int = 0, method: str = "sobol",
         points = qmc.LatinHypercube(d, seed=seed).random(n)
     else:
         raise InputError(f"unknown design method {method!r} (sobol or lhs)")
+    U = marginal_ranks(X)  # the sample's uniform marginals follow the valid set's own distribution
     chosen: list[int] = []
     for p in points:
-        dist = np.where(free, ((X - p) ** 2).sum(axis=1), np.inf)
+        dist = np.where(free, ((U - p) ** 2).sum(axis=1), np.inf)
         i = int(np.argmin(dist))
         chosen.append(i)
         free[i] = False

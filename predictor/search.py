@@ -216,19 +216,19 @@ KNOB_COORDS = ("c_mns", "c_mnbt", "c_kvd", "c_gmu")
 class _Navigator:
     """Maps an Optuna trial's parameters to the nearest unit (candidate, or layout) of one mode's space.
 
-    Every unit has the same coordinates: log2 TP, attention TP, PP, EP and attention-DP of the main layout (the
-    whole deployment, a mix's first replica type, or the decode pool), TP/PP of the second member or the prefill
-    pool and its share of the GPUs, and the knob indices; as level indices, suggested as ordinal integers so TPE's
-    kernels generalise between neighbouring degrees (one fixed parameter set: multivariate TPE samples them
-    jointly). With `knobs=False` the units are layouts (their first row stands for them) and the knob coordinates
+    Every unit has the same coordinates: log2 TP, attention TP (1 under attention-DP), PP and EP of the main
+    layout (the whole deployment, a mix's first replica type, or the decode pool), TP/PP of the second member or
+    the prefill pool and its share of the GPUs, and the knob indices; as level indices, suggested as ordinal
+    integers so TPE's kernels generalise between neighbouring degrees (one fixed parameter set: multivariate TPE
+    samples them jointly). With `knobs=False` the units are layouts (their first row stands for them) and the knob coordinates
     are left out: the caller sweeps a layout's knobs in one vectorised lookup.
     """
 
-    CATEGORICAL = ("c_kvd", "c_adp")
+    CATEGORICAL = ("c_kvd",)
 
     def __init__(self, space: pd.DataFrame, knobs: bool):
         units = space if knobs else space.drop_duplicates("layout_id")
-        names = [c for c in COORDS[1:] if knobs or c not in KNOB_COORDS]
+        names = [c for c in COORDS if knobs or c not in KNOB_COORDS]
         mat = np.stack([np.unique(units[c].to_numpy(dtype=float), return_inverse=True)[1] for c in names],
                        axis=1).astype(np.int64)
         used = mat.max(axis=0) > 0

@@ -37,10 +37,9 @@ WIDE_KNOBS = {"max_num_seqs": [64, 128, 256, 512, 1024], "max_num_batched_tokens
               "kv_cache_dtype": ["auto", "fp8"], "gpu_memory_utilization": [0.8, 0.9, 0.95]}
 MIX_SHARES = (0.25, 0.5, 0.75)  # fraction of the GPUs on the first replica type of a mix
 PREFILL_SHARES = (0.125, 0.25, 0.375, 0.5)  # fraction of the GPUs in the prefill pool
-LAYOUT_COLUMNS = ["tp", "pp", "dp", "ep", "attention_dp"]
-B_COLUMNS = ["b_tp", "b_pp", "b_dp", "b_ep"]
-FAMILIES = {"aggregated": "pools", "disaggregated": "pools", "mixed": "mixed"}
-COORDS = ["c_mode", "c_tp", "c_atp", "c_pp", "c_ep", "c_b_tp", "c_b_pp", "c_share", "c_mns", "c_mnbt", "c_kvd", "c_gmu"]
+# sampler coordinates: TP, attention TP (1 under attention-DP), PP and EP of the main layout; TP and PP of the second
+# member or the prefill pool and its GPU share; knob indices
+COORDS = ["c_tp", "c_atp", "c_pp", "c_ep", "c_b_tp", "c_b_pp", "c_share", "c_mns", "c_mnbt", "c_kvd", "c_gmu"]
 
 
 def normalise_knobs(knobs: dict | None) -> dict:
@@ -173,14 +172,9 @@ def candidate_space(model_name: str, gpu_name: str, num_gpus: int, knobs: dict |
         knob_table[f"c_{_short(k)}"] = knob_table[k].map({v: i for i, v in enumerate(knobs[k])}).astype(int)
     space = layouts.merge(knob_table, how="cross")
     space["num_gpus"] = num_gpus
-    space["c_mode"] = space["mode"].map({m: i for i, m in enumerate(MODES)}).astype(int)
-    # aggregated is a disaggregated deployment with no prefill pool: one family, prefill share 0, so a sampler
-    # that learns a good decode layout finds it both with and without a prefill pool
-    space["family"] = space["mode"].map(FAMILIES)
     space["c_tp"] = _log2(space["tp"]).astype(int)
     space["c_pp"] = _log2(space["pp"])  # ordinal: PP need not be a power of two
     space["c_ep"] = _log2(space["ep"]).astype(int)
-    space["c_adp"] = space["attention_dp"].astype(int)
     space["c_atp"] = np.where(space["attention_dp"], 0, space["c_tp"])  # attention TP: 1 under attention-DP
     space["c_b_tp"] = _log2(space["b_tp"]).astype(int)
     space["c_b_pp"] = _log2(space["b_pp"]).astype(int)

@@ -42,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--store", default=None, help="store URL or SQLite path to append the rows to")
     p.add_argument("--out", default=None, help="CSV file to append the rows to")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON document")
+    from collect.backends.torch_step import add_torch_arguments
+
+    add_torch_arguments(p)  # --measure, --device, --batches, --contexts, ... (torch backend only)
     p.set_defaults(func=run)
 
 
@@ -72,11 +75,26 @@ def run_vllm(args, sink, say):
     return backend.measure(model, layout, engine, _workload(args), seed=args.seed)
 
 
-BACKENDS = {"vllm": run_vllm}
+def run_torch(args, sink, say):
+    """Step, op, MoE and collective timings with real torch forward passes (collect.backends.torch_step)."""
+    from collect.backends.torch_step import collect_torch
+
+    opts = dict(vars(args))
+    opts["csv"] = args.out
+    say(f"torch backend: {opts.get('measure') or 'step'} for {args.model}")
+    return collect_torch(opts, args.store)
+
+
+BACKENDS = {"vllm": run_vllm, "torch": run_torch}
 
 SHOWN = [("status", "status"), ("output_throughput", "output tok/s"), ("total_throughput", "total tok/s"),
          ("ttft_ms", "TTFT ms"), ("ttft_p99_ms", "TTFT p99"), ("tpot_ms", "TPOT ms"), ("tpot_p99_ms", "TPOT p99"),
          ("makespan_s", "makespan s"), ("kv_capacity_tokens", "KV tokens"), ("preemptions", "preemptions")]
+
+
+STEP_SHOWN = [("status", "status"), ("kind", "kind"), ("phase", "phase"), ("op", "op"), ("batch", "batch"),
+              ("context", "context"), ("tokens", "tokens"), ("layer_ms", "layer ms"), ("lm_head_ms", "LM head ms"),
+              ("op_ms", "op ms")]
 
 
 def run(args) -> int:
@@ -101,12 +119,13 @@ def run(args) -> int:
     else:
         from rich.table import Table
 
+        shown = SHOWN if (frame["kind"] == "serving").all() else STEP_SHOWN
         t = Table(title=f"{args.backend} measurements")
-        for col in ("model", "tp", "pp", "dp", "ep") + tuple(label for _, label in SHOWN):
+        for col in ("model", "tp", "pp", "dp", "ep") + tuple(label for _, label in shown):
             t.add_column(col, justify="right")
         for _, r in frame.iterrows():
             t.add_row(str(r["model"]), *(str(r[c]) for c in ("tp", "pp", "dp", "ep")),
-                      *(str(r[c]) if c == "status" else fmt(r[c], 2) for c, _ in SHOWN))
+                      *(str(r[c]) if c in ("status", "kind", "phase", "op") else fmt(r[c], 4) for c, _ in shown))
         Console(width=None if sys.stdout.isatty() else 200).print(t)
         for _, r in frame.iterrows():
             if r["status"] != "ok":
