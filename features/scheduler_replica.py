@@ -280,6 +280,9 @@ class Replica:
         shortfall = q0 * bs + bisect_right(pattern, rem)  # first step needing more blocks than are free
         steps = min(to_finish, shortfall - 1)
         if steps < 1:
+            if until_s is None:  # the next step is a plain decode step that preempts
+                self._decode_shortfall_step()
+                return True
             return False
         kv_first = self.dec_offset + n * tau + n
         if until_s is not None:  # arrivals pending: keep only the steps that start before the next arrival
@@ -299,7 +302,33 @@ class Replica:
         if until_s is not None:
             self.resolve()
         self._retire()
+        if until_s is None and steps == shortfall - 1:
+            self._decode_shortfall_step()
         return True
+
+    def _decode_shortfall_step(self) -> None:
+        """`_exact_step` for a step where every running request decodes and the blocks run out (so no admission):
+        the decoders whose phase needs a block claim one each in admission order; the tail is preempted to pay."""
+        T, tau, ranks = self.table, self.tau, self.ranks
+        claims = sorted((T.rank[r], r) for r in self.buckets[(-tau) % self.bs])
+        avail = self.free
+        for rank, rid in claims:
+            if rank not in self.rid_of_rank:  # popped as the tail earlier in this pass
+                continue
+            if avail < 1:
+                victim = -1
+                while avail < 1 and victim != rid:
+                    victim = self.rid_of_rank[ranks[-1]]
+                    avail += self._preempt(victim, tau)
+                if victim == rid:  # it popped itself: the running pass stops
+                    break
+            avail -= 1
+        self.free = avail
+        n = self.n_dec
+        self.log.add(1, n, self.dec_offset + n * (tau + 1), 0, len(ranks), len(self.waiting),
+                     self.knobs.num_blocks - avail, True, n)
+        self.tau = tau + 1
+        self._retire()
 
     def _exact_step(self) -> None:
         """One scheduler step exactly as vLLM's `schedule()`: running pass, preemptions, admissions, then the step."""

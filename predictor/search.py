@@ -508,8 +508,8 @@ def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reas
         if prescored:
             scores.ensure(np.arange(len(space)))
         fp = space_fingerprint(space, {**context, "objective": objective, "secondary": secondary, "slo": slo})
-        visited, method, study = _run_optuna(scores, space, trials, seed, sampler, rdb, study_name, fp,
-                                                prescored, show_progress)
+        visited, method, study = _run_optuna(scores, space, trials, seed, sampler, rdb, study_name, fp, prescored,
+                                             show_progress)
     t_search = time.perf_counter() - t0 - t_space
 
     seen = scores.table(np.unique(visited))

@@ -48,27 +48,50 @@ def row_novelty(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+SHRINK_GRID = np.linspace(0.0, 1.0, 11)
+
+
+def best_shrink(y: np.ndarray, pred: np.ndarray) -> float:
+    """The factor a in [0, 1] whose a x pred best predicts held-out y (median + 90th percentile of |error|).
+
+    1 trusts the learned correction fully; 0 falls back to physics, for novelty the correction does not carry to.
+    """
+    err = np.abs(y[None, :] - SHRINK_GRID[:, None] * pred[None, :])
+    loss = np.median(err, axis=1) + np.quantile(err, 0.9, axis=1)
+    return float(SHRINK_GRID[int(np.argmin(loss))])
+
+
 @dataclass
 class IntervalCalibration:
-    """Conformal offsets per grouping (`random`, `model`, `gpu`, `layout`) and the keys seen in training."""
+    """Per grouping (`random`, `model`, `gpu`, `layout`): how far to trust the learned correction (`shrink`) and
+    the conformal offsets of what is left; plus the keys seen in training, which say each row's novelty.
+
+    A row whose novelty no grouping could calibrate (training data with one GPU only, say) gets the smallest
+    trust of any grouping and at least the prior width: the data cannot say how far such a row can be off.
+    """
 
     coverage: float = 0.8
     offsets: dict[str, tuple[float, float]] = field(default_factory=dict)
     seen: dict[str, frozenset] = field(default_factory=dict)
-    prior_log_halfwidth: float = math.log(2.0)  # used only when a target has no calibration data at all
+    shrink: dict[str, float] = field(default_factory=dict)
+    uncalibrated: tuple[str, ...] = ()  # novelty dimensions with a single group in training
+    prior_log_halfwidth: float = math.log(2.0)  # no calibration data at all, or novelty none could calibrate
 
-    def bounds(self, frame: pd.DataFrame, keys: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row (lower, upper) log offsets to add to the point prediction (`keys`: `row_novelty(frame)`)."""
+    def terms(self, frame: pd.DataFrame, keys: dict[str, np.ndarray] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-row (trust in the learned correction, lower, upper log offsets); `keys`: `row_novelty(frame)`."""
         n = len(frame)
         if not self.offsets:
             w = self.prior_log_halfwidth
-            return np.full(n, -w), np.full(n, w)
+            return np.ones(n), np.full(n, -w), np.full(n, w)
         base = self.offsets.get("random") or self._widest(self.offsets)
         lo, hi = np.full(n, base[0]), np.full(n, base[1])
+        trust = np.full(n, self.shrink.get("random", 1.0))
         if not self.seen:
-            return lo, hi
+            return trust, lo, hi
         keys = keys if keys is not None else row_novelty(frame)
         widest = self._widest(self.offsets)
+        least_trust = min(self.shrink.values(), default=1.0)
         for dim in NOVELTY_DIMS:
             seen = self.seen.get(dim)
             if seen is None:
@@ -78,11 +101,23 @@ class IntervalCalibration:
             else:
                 codes, uniques = pd.factorize(keys[dim], use_na_sentinel=False)
                 unseen = np.array([u not in seen for u in uniques], dtype=bool)[codes]
-            if unseen.any():
-                d_lo, d_hi = self.offsets.get(dim, widest)
-                lo[unseen] = np.minimum(lo[unseen], d_lo)
-                hi[unseen] = np.maximum(hi[unseen], d_hi)
-        return lo, hi
+            if not unseen.any():
+                continue
+            if dim in self.offsets:
+                (d_lo, d_hi), d_trust = self.offsets[dim], self.shrink.get(dim, 1.0)
+            elif dim in self.uncalibrated:
+                w = self.prior_log_halfwidth
+                (d_lo, d_hi), d_trust = (min(widest[0], -w), max(widest[1], w)), least_trust
+            else:
+                (d_lo, d_hi), d_trust = widest, least_trust
+            lo[unseen] = np.minimum(lo[unseen], d_lo)
+            hi[unseen] = np.maximum(hi[unseen], d_hi)
+            trust[unseen] = np.minimum(trust[unseen], d_trust)
+        return trust, lo, hi
+
+    def bounds(self, frame: pd.DataFrame, keys: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row (lower, upper) log offsets to add to the point prediction."""
+        return self.terms(frame, keys)[1:]
 
     def __getstate__(self):
         """Seen keys as sorted tuples: set order varies between processes, and artifacts must be reproducible."""
@@ -92,6 +127,8 @@ class IntervalCalibration:
 
     def __setstate__(self, state):
         state["seen"] = {dim: frozenset(keys) for dim, keys in state.get("seen", {}).items()}
+        state.setdefault("shrink", {})
+        state.setdefault("uncalibrated", ())
         self.__dict__.update(state)
 
     @staticmethod

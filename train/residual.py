@@ -16,7 +16,7 @@ import pandas as pd
 
 from train.frames import CATEGORICAL_COLUMNS, FeatureSpace, float_column, physics, physics_answer, target_rows
 from train.fastpath import CompiledForest
-from train.intervals import IntervalCalibration, conformal_offsets, row_novelty, seen_keys
+from train.intervals import NOVELTY_DIMS, IntervalCalibration, best_shrink, conformal_offsets, row_novelty, seen_keys
 from train.learners import XGBLearner
 from train.splits import split_folds
 from train.targets import PHYSICS_TARGETS, pred_cols
@@ -39,12 +39,13 @@ class FrameModel:
     defaults: ClassVar[dict] = {}
 
     def __init__(self, seed: int = 0, coverage: float = 0.8, calibration: tuple[str, ...] = CALIBRATION_GROUPINGS,
-                 inner_folds: int = 3, max_rows: int = 20000, min_rows: int = 8, **hyper):
+                 inner_folds: int = 3, max_rows: int = 20000, min_rows: int = 8, shrink: bool = True, **hyper):
         unknown = set(hyper) - set(self.defaults)
         if unknown:
             raise TypeError(f"{type(self).__name__}: unknown hyperparameters {sorted(unknown)}")
         self.seed, self.coverage, self.calibration = int(seed), float(coverage), tuple(calibration)
         self.inner_folds, self.max_rows, self.min_rows = int(inner_folds), int(max_rows), int(min_rows)
+        self.shrink = bool(shrink)  # calibrate per novelty how far to trust the correction (residual families)
         self.hyper = {**self.defaults, **hyper}
         self.spaces_: dict[str, FeatureSpace] = {}
         self.learners_: dict[str, object] = {}
@@ -54,7 +55,8 @@ class FrameModel:
     # --- sklearn-style parameters -----------------------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict:
         return {"seed": self.seed, "coverage": self.coverage, "calibration": self.calibration,
-                "inner_folds": self.inner_folds, "max_rows": self.max_rows, "min_rows": self.min_rows, **self.hyper}
+                "inner_folds": self.inner_folds, "max_rows": self.max_rows, "min_rows": self.min_rows,
+                "shrink": self.shrink, **self.hyper}
 
     def set_params(self, **params) -> "FrameModel":
         fresh = type(self)(**{**self.get_params(), **params})
@@ -133,29 +135,35 @@ class FrameModel:
         return X, log_meas - log_phys
 
     def _calibrate(self, space, sub, target, X, y) -> tuple[IntervalCalibration, dict]:
-        """Out-of-fold residuals under each grouping give that grouping's conformal offsets."""
-        offsets, report = {}, {"n": int(len(y))}
+        """Out-of-fold predictions under each grouping give that grouping's trust in the learned correction
+        (residual families) and the conformal offsets of the remaining error."""
+        offsets, shrink, uncalibrated, report = {}, {}, [], {"n": int(len(y))}
         for grouping in self.calibration:
             folds = split_folds(sub, grouping, self.inner_folds, self.seed)
             if not folds:
+                if grouping in NOVELTY_DIMS:
+                    uncalibrated.append(grouping)
                 continue
-            resid = np.empty(0)
+            truth, preds = [], []
             for k, (tr, te) in enumerate(folds):
                 learner = self.make_learner(X.shape[1], self.seed + 1 + k)
-                if learner is None:
-                    pred = np.zeros(len(te))
-                else:
-                    pred = learner.fit(X[tr], y[tr]).predict(X[te])
+                pred = np.zeros(len(te)) if learner is None else learner.fit(X[tr], y[tr]).predict(X[te])
                 if self.residual:
                     pred = np.clip(pred, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)  # as predict_arrays does
-                resid = np.concatenate([resid, y[te] - pred])
+                truth.append(y[te])
+                preds.append(pred)
+            truth, preds = np.concatenate(truth), np.concatenate(preds)
+            shrink[grouping] = best_shrink(truth, preds) if self.residual and self.shrink else 1.0
+            resid = truth - shrink[grouping] * preds
             offsets[grouping] = conformal_offsets(resid, self.coverage)
             ape = np.abs(np.exp(-resid) - 1.0)
             report[f"oof_{grouping}_median_ape"] = float(np.median(ape))
             report[f"oof_{grouping}_p90_ape"] = float(np.quantile(ape, 0.9))
+            if self.residual:
+                report[f"oof_{grouping}_trust"] = shrink[grouping]
         if not offsets and self.make_learner(X.shape[1], self.seed) is None:
             offsets["random"] = conformal_offsets(y, self.coverage)  # physics alone: its residuals as they are
-        return IntervalCalibration(self.coverage, offsets, seen_keys(sub)), report
+        return IntervalCalibration(self.coverage, offsets, seen_keys(sub), shrink, tuple(uncalibrated)), report
 
     # --- prediction -------------------------------------------------------------------------------------
     def predict_arrays(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -173,19 +181,19 @@ class FrameModel:
             space = self.spaces_.get(kind)
             keys = row_novelty(sub) if self.calibration_ else None
             corrections = self._corrections(kind, targets, space, sub)
-            bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            bounds: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
             for t in targets:
                 key = self._shared_source(t) or t
+                if key not in bounds:
+                    cal = self.calibration_.get(key) or IntervalCalibration(self.coverage)
+                    bounds[key] = cal.terms(sub, keys)
+                trust, lo_off, hi_off = bounds[key]
                 if key not in corrections:
                     point = nan_safe_log(physics_answer(sub, t))  # no measurements of this target: physics
                 elif self.residual:
-                    point = nan_safe_log(physics_answer(sub, t)) + corrections[key]
+                    point = nan_safe_log(physics_answer(sub, t)) + trust * corrections[key]
                 else:
                     point = corrections[key]
-                if key not in bounds:
-                    cal = self.calibration_.get(key) or IntervalCalibration(self.coverage)
-                    bounds[key] = cal.bounds(sub, keys)
-                lo_off, hi_off = bounds[key]
                 vals = (np.exp(point), np.exp(point + lo_off), np.exp(point + hi_off))
                 for col, v in zip(pred_cols(t), vals):
                     if whole:
