@@ -35,6 +35,7 @@ FAMILY_ORDER = ("residual-xgb", "physics", "descriptor-xgb", "residual-rf", "res
 # baselines are kept cheap (two cores): fewer trees/steps, and intervals calibrated on random folds and on the
 # split's own grouping only; the residual model is run exactly as `layoutcast train` ships it
 BASELINE_PARAMS = {"residual-rf": {"n_estimators": 60}, "residual-mlp": {"max_steps": 800}}
+MIN_CELL_ROWS = 30  # a target with fewer held-out rows than this is listed, not judged
 TARGETS = {  # issue 5's "done when"
     "step_gpu_layer_ms_median_ape": 0.08,
     "serving_model_output_throughput_median_ape": 0.20,
@@ -103,9 +104,12 @@ def checks(results: list[dict]) -> dict:
     out["serving_leave_model_out_output_throughput"] = {
         "median_ape": r and r["median_ape"], "target": TARGETS["serving_model_output_throughput_median_ape"],
         "pass": bool(r and r["median_ape"] <= TARGETS["serving_model_output_throughput_median_ape"])}
-    not_better, coverage_off = [], []
+    not_better, coverage_off, too_few = [], [], set()
     for r in results:
         if r["family"] != "residual-xgb":
+            continue
+        if r["n"] < MIN_CELL_ROWS:
+            too_few.add(f"{r['kind']}/{r['target']} ({r['n']} rows)")
             continue
         for base in ("physics", "descriptor-xgb"):
             b = cell(r["kind"], r["split"], base, r["target"])
@@ -117,6 +121,7 @@ def checks(results: list[dict]) -> dict:
             coverage_off.append({"kind": r["kind"], "split": r["split"], "target": r["target"], "coverage": cov})
     out["residual_beats_physics_and_descriptor"] = {"pass": not not_better, "exceptions": not_better}
     out["coverage_70_90"] = {"pass": not coverage_off, "exceptions": coverage_off}
+    out["not_judged_too_few_rows"] = sorted(too_few)
     return out
 
 
@@ -160,7 +165,13 @@ def markdown_summary(payload: dict) -> str:
             f"{pct(fam['median_ape'].get('descriptor-xgb'))} | {best_txt} | {rho} | {pct(r.get('regret_mean'))} |")
     checks_md = [f"- {'PASS' if c['pass'] else 'FAIL'} `{name}`" + (f": median {pct(c['median_ape'])} (target "
                  f"{pct(c['target'])})" if "median_ape" in c else f": {len(c['exceptions'])} exceptions")
-                 for name, c in payload["checks"].items()]
+                 for name, c in payload["checks"].items() if isinstance(c, dict)]
+    for name, c in payload["checks"].items():
+        if isinstance(c, dict):
+            for e in c.get("exceptions", []):
+                checks_md.append("  - " + ", ".join(f"{k} {pct(v) if isinstance(v, float) else v}" for k, v in e.items()))
+        elif c:
+            checks_md.append(f"- not judged (fewer than {MIN_CELL_ROWS} held-out rows): {', '.join(c)}")
     skipped = [f"- skipped: {s}" for s in payload.get("skipped", [])]
     return "\n".join(["Median / 90th-percentile absolute percentage error on held-out rows (APE), 80%-interval "
                       "coverage, Spearman across the layouts of a scenario and regret of the picked layout.", "",
@@ -220,6 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(console, [{k: v for k, v in r.items() if k != "by_group"} for r in results])
     verdict = checks(results)
     for name, c in verdict.items():
+        if not isinstance(c, dict):
+            console.print(f"not judged (fewer than {MIN_CELL_ROWS} held-out rows): {', '.join(c) or 'none'}")
+            continue
         extra = f" ({len(c['exceptions'])} exceptions)" if "exceptions" in c else f" (median {c['median_ape']})"
         console.print(f"{'PASS' if c['pass'] else 'FAIL'} {name}{extra}")
     payload = {"settings": vars(args), "rows_per_kind": framed["kind"].value_counts().to_dict(),

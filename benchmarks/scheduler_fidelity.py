@@ -11,11 +11,10 @@ Nothing in the engine is replaced: `schedule()`, `update_from_output()` and `_pr
 Prefix caching is off and scheduling synchronous (`async_scheduling=False`), the semantics the simulator models.
 
 Each repeat runs the settings in a fresh random order. Step-time calibration (same machine, same engine, seconds
-apart): each repeat starts with a calibration set of
-fixed batches (1/4/8/12 sequences decoding, and an 8x120-token prefill batch) that never fills the cache; its
-per-step times are fitted by non-negative least squares to
-t = a + b*decode_seqs + c*decode_kv_tokens + d*prefill_tokens, dropping steps stalled by other jobs (residual over
-4 robust sigmas). The simulator then replays each validation run (same request lengths and knobs) with that model.
+apart): each repeat starts with a calibration set of fixed batches (1/4/8/12 sequences decoding, and an
+8x120-token prefill batch) that never fills the cache; its per-step times are fitted by non-negative least squares
+to t = a + b*decode_seqs + c*decode_kv_tokens + d*prefill_tokens, dropping steps stalled by other jobs (residual
+over 4 robust sigmas). The simulator then replays each validation run (same request lengths and knobs) with it.
 
 Three clocks, because the machine is shared (2 cores; other engineers' jobs push the load average to 10-30):
 - wall: the fastest repeat's makespan, against the simulation calibrated on the least contended calibration repeat;

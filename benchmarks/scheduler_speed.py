@@ -61,6 +61,20 @@ def physics_cases(repeats: int) -> list[dict]:
         wall, r = timed(lambda: simulate_deployment(model, gpu, layout, EngineConfig(), wl, 2000), repeats)
         rows.append({"case": f"physics, 32B {layout.label()}", "wall_ms": wall * 1e3, "steps": r.steps,
                      "preemptions": r.preemptions, "makespan_s": r.makespan_s, "peak_running": r.peak_running})
+    # the same TP1xDP8 case with step times evaluated at each bulk run's ends only (interpolate_step_times)
+    from features.calibration import default_calibration
+    from features.closed_batch import step_time_fn
+    from features.memory import kv_capacity_tokens
+    from features.scheduler import simulate
+
+    layout, engine = Layout(tp=1, dp=8), EngineConfig()
+    isl, osl = wl.sample(2000, 0)
+    step = step_time_fn(model, gpu, layout, engine, default_calibration())
+    cap = int(kv_capacity_tokens(model, gpu, layout, engine))
+    wall, r = timed(lambda: simulate(isl, osl, step_time_s=step, kv_capacity_tokens=cap, dp=8,
+                                     interpolate_step_times=True), repeats)
+    rows.append({"case": "physics, 32B TP1xDP8, interpolated step times", "wall_ms": wall * 1e3, "steps": r.steps,
+                 "preemptions": r.preemptions, "makespan_s": r.makespan_s, "peak_running": r.peak_running})
     return rows
 
 

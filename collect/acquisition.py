@@ -4,10 +4,11 @@ The surrogate is the project's learned model (`train.residual.ResidualModel`: ph
 correction) fitted on what the campaign has measured, plus a small bootstrap ensemble of the same residual learner
 whose disagreement makes the calibrated interval vary from row to row, and a feasibility classifier fitted on the
 statuses measured so far (an OOM teaches where not to go). Acquisitions: `uncertainty` scores the width of each
-candidate's calibrated log-interval (averaged over the campaign's targets) times its chance of running, per unit of
-budget when the budget is GPU-hours; `search` scores the expected improvement of the objective over the best measured
-configuration of the candidate's scenario (log scale, so scenarios of any size compare), and first makes sure every
-scenario has one good measurement. `select_batch` takes the best-scored candidates but keeps a batch diverse: a
+candidate's calibrated log-interval (each target's relative to its median, averaged over the campaign's targets) times
+its chance of running and its density among the untried candidates (a representative point teaches about many),
+per unit of budget when the budget is GPU-hours; `search` scores the chance that measuring a candidate solves its
+scenario (it runs, and lands within 3% of the scenario's best where the best measured so far does not), sampled from
+the predictive distribution on the log scale so scenarios of any size compare. `select_batch` takes the best-scored candidates but keeps a batch diverse: a
 candidate close (in the encoded configuration space) to one already in the batch is discounted, and with scenario
 groups each scenario gives at most one configuration per batch while others remain.
 """
@@ -29,7 +30,7 @@ from train.targets import ALL_TARGETS, KIND_OF_TARGET, pred_cols
 
 Z80 = float(norm.ppf(0.9))  # half-width of a central 80% normal interval, in standard deviations
 PRIOR_LOG_SIGMA = math.log(2.0) / Z80  # no measurement yet: "within a factor of two" at 80%
-FIRST_SCENARIO_BONUS = 1e6  # search: a scenario with no good measurement comes before any improvement elsewhere
+SCENARIO_ERROR_CORRELATION = 0.7  # search: how alike the model's errors are across the layouts of one scenario
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,21 @@ def _learner_params(model: ResidualModel, n_features: int) -> dict:
 
 
 def _feasibility_features(frame: pd.DataFrame, encoded: np.ndarray) -> np.ndarray:
+    """Encoded configuration plus the physics' memory terms, and the ratio that decides most OOMs: the KV cache the
+    requested sequences need over the KV capacity the physics computes."""
     extra = [np.log1p(np.maximum(float_column(frame, c, 0.0), 0.0))
              for c in ("f_kv_capacity_tokens", "f_batch_limit_kv", "f_weight_bytes_per_gpu") if c in frame.columns]
     extra += [float_column(frame, "f_feasible", 1.0)] if "f_feasible" in frame.columns else []
+    if "f_kv_capacity_tokens" in frame.columns:
+        seqs = np.fmax(np.fmax(float_column(frame, "num_requests"), float_column(frame, "concurrency")),
+                       float_column(frame, "max_num_seqs"))
+        cap_seqs = float_column(frame, "max_num_seqs")
+        seqs = np.where(np.isfinite(cap_seqs), np.fmin(seqs, np.maximum(cap_seqs, 1.0)), seqs)  # runs at most these
+        per_seq = np.nan_to_num(float_column(frame, "isl"), nan=0.0) + np.nan_to_num(float_column(frame, "osl"), nan=0.0)
+        cap = float_column(frame, "f_kv_capacity_tokens") * np.maximum(float_column(frame, "dp", 1.0), 1.0)
+        ratio = np.log(np.maximum(np.nan_to_num(seqs, nan=1.0), 1.0) * np.maximum(per_seq, 1.0) / np.maximum(
+            np.nan_to_num(cap, nan=1.0), 1.0))
+        extra.append(ratio)
     return np.column_stack([encoded] + extra) if extra else encoded
 
 
@@ -277,9 +290,12 @@ def expected_improvement(mu: np.ndarray, sigma: np.ndarray, incumbent: np.ndarra
 
 
 def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, scenario: np.ndarray,
-                  incumbent: dict[str, float]) -> np.ndarray:
-    """Expected improvement of each candidate over the best measured utility of its scenario, times its chance of
-    running. Scenarios without a good measurement yet come first, led by their predicted-best configuration."""
+                  incumbent: dict[str, float], seed: int = 0, within: float = 0.03,
+                  samples: int = 256) -> np.ndarray:
+    """Per candidate, the chance that measuring it solves its scenario: that it runs, comes within `within` of the
+    scenario's best, and the best measured so far did not (sampled from the predictive distribution, failures
+    included). Scenarios never measured have nothing solved yet, so their likely-best configurations come first;
+    a scenario whose incumbent is probably already near-best gives way. Ties go by expected improvement."""
     t = objective.target
     n = len(scenario)
     if t not in pred.log_point:
@@ -289,16 +305,42 @@ def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, 
     sigma = np.where(np.isfinite(sigma), sigma, PRIOR_LOG_SIGMA)
     p_ok = pred.p_ok if pred.p_ok is not None else np.ones(n)
     inc = np.array([incumbent.get(s, np.nan) for s in scenario], dtype=float)
-    first = np.isnan(inc)
-    score = np.where(np.isfinite(mu), expected_improvement(np.nan_to_num(mu), sigma, np.nan_to_num(inc)), 0.0) * p_ok
-    if first.any():
-        # within a scenario never measured well: its best expected log utility, discounted by the chance of failing
-        value = np.where(np.isfinite(mu), mu + np.log(np.maximum(p_ok, 1e-6)), -np.inf)
-        best_in = pd.Series(value[first]).groupby(scenario[first]).transform("max").to_numpy()
-        lead = np.zeros(n, dtype=bool)
-        lead[np.flatnonzero(first)] = value[first] >= best_in
-        score = np.where(first, np.where(lead, FIRST_SCENARIO_BONUS * (1.0 + p_ok * sigma), score), score)
-    return score
+    ei = np.where(np.isfinite(mu) & np.isfinite(inc), expected_improvement(np.nan_to_num(mu), sigma, np.nan_to_num(inc)),
+                  0.0) * p_ok
+    idx = np.flatnonzero(np.isfinite(mu))
+    gain = np.zeros(n)
+    if len(idx):
+        gain[idx] = chance_to_solve(mu[idx], sigma[idx], p_ok[idx], scenario[idx], inc[idx],
+                                    math.log(1.0 - within), seed, samples)
+    # a scenario with no good measurement would fail for sure: cover every scenario first (one try each, its most
+    # promising configuration), then spend on second tries where the incumbent is least likely near-best
+    fresh = ~np.isfinite(inc)
+    return gain + fresh + 1e-3 * ei / (1.0 + ei)
+
+
+def chance_to_solve(mu: np.ndarray, sigma: np.ndarray, p_ok: np.ndarray, group: np.ndarray, incumbent: np.ndarray,
+                    tol_log: float, seed: int = 0, samples: int = 256, rho: float = SCENARIO_ERROR_CORRELATION) -> np.ndarray:
+    """Probability that a candidate runs, its utility is within `tol_log` (< 0) of the best of its group, and the
+    group's incumbent (NaN: none) is not. Utilities ~ Normal(mu, sigma) with correlation `rho` between the errors of
+    one group's candidates (a model that is off for a scenario is off for all its layouts alike), and runs fail with
+    probability 1 - p_ok (Monte Carlo)."""
+    rng = np.random.default_rng(seed)
+    codes, _ = pd.factorize(pd.Series(group, dtype=object), sort=True)
+    order = np.argsort(codes, kind="stable")
+    c_sorted = codes[order]
+    starts = np.flatnonzero(np.r_[True, c_sorted[1:] != c_sorted[:-1]])
+    member = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(mu)]))
+    shared = rng.standard_normal((samples, len(starts)))[:, member]  # the model's error common to a scenario
+    own = rng.standard_normal((samples, len(mu)))
+    U = mu[order][None, :] + sigma[order][None, :] * (rho * shared + math.sqrt(1.0 - rho * rho) * own)
+    U = np.where(rng.random((samples, len(mu))) < p_ok[order][None, :], U, -np.inf)
+    inc = np.nan_to_num(incumbent[order][starts], nan=-np.inf)  # per group
+    best = np.maximum(np.maximum.reduceat(U, starts, axis=1), inc[None, :])
+    unsolved = inc[None, :] < best + tol_log
+    near = np.isfinite(U) & (U >= best[:, member] + tol_log) & unsolved[:, member]
+    out = np.empty(len(mu))
+    out[order] = near.mean(axis=0)
+    return out
 
 
 # --- batches -------------------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class CampaignSettings:
     objective: str = ""
     targets: tuple[str, ...] = ()
     scenario: tuple[str, ...] = DEFAULT_SCENARIO
-    init_runs: int = 0  # size of the space-filling first batch (0: the batch size)
+    init_runs: int = 0  # size of the space-filling first batch (0: the batch size for uncertainty, none for search)
     design: str = "sobol"
     overhead_s: float | None = None  # start-up cost per run for GPU-hour budgets (None: by kind)
     members: int = 3  # bootstrap members of the surrogate's ensemble
@@ -425,7 +425,9 @@ class Campaign:
         k = int(min(s.batch, left)) if by_runs else s.batch
         cost = None if by_runs else self.cost
         budget_left = math.inf if by_runs else left
-        first = not len(runs)
+        # uncertainty starts from a space-filling design; search exploits the physics from its first batch (a design
+        # spends runs on configurations no search would pick) unless an initial design size is asked for
+        first = not len(runs) and (s.strategy == "uncertainty" or s.init_runs > 0)
         if s.strategy == "random":
             scores = rng.random(len(self.cand))
             picks = select_batch(scores, np.zeros((len(self.cand), 0)), k, available, cost, budget_left)
@@ -446,7 +448,8 @@ class Campaign:
                 scores = uncertainty_scores(pred, self.targets, cost, density(self.X, available))
                 picks = select_batch(scores, self.X, k, available, cost, budget_left)
             else:
-                scores = search_scores(pred, self.objective, self.num_gpus, self.scen, self._incumbents())
+                scores = search_scores(pred, self.objective, self.num_gpus, self.scen, self._incumbents(),
+                                       seed=s.seed * 1000 + iteration, within=WITHIN)
                 picks = select_batch(scores, self.X, k, available, cost, budget_left, groups=self.scen)
         start = int(runs["seq"].max()) + 1 if len(runs) else 0
         out = []

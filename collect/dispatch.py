@@ -236,7 +236,7 @@ def measure_job(spec: BackendSpec, job: Job, store=None) -> Outcome:
             rows = _measure_torch(spec, job)
         rows = conform(rows.reset_index(drop=True))[list(COLUMNS)]
         rows["run_id"] = job.run_id
-    except (InfeasibleError, ReplayUnavailable, InputError, MemoryError, Exception) as e:  # noqa: BLE001 - recorded
+    except Exception as e:  # noqa: BLE001 - any failure of a run is recorded as its outcome
         status = "infeasible" if isinstance(e, InfeasibleError) else "oom" if isinstance(e, MemoryError) else "error"
         error = f"{type(e).__name__}: {e}"
         if not isinstance(e, (InfeasibleError, ReplayUnavailable, InputError)):

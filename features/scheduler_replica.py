@@ -94,36 +94,29 @@ class StepLog:
 
     def __init__(self, block_size: int):
         self.block_size = block_size
-        self.cols: dict[str, list] = {f: [] for f in self.FIELDS}
+        self.rows: list[tuple] = []
         self.patterns: list[list[int]] = [[0] * (block_size + 1)]  # row 0: no block growth inside the interval
 
     def add(self, steps, decode_seqs, decode_kv_first, prefill, running, waiting, kv_blocks0, kv_full, emitted,
             pattern=None):
         """Log `steps` steps; step k (0-based) has decode_kv_first + decode_seqs*k KV tokens and, at its end,
         kv_blocks0 + (full cycles)*decode_seqs + pattern[rest] blocks in use (pattern: cumulative block needs)."""
-        c = self.cols
-        c["steps"].append(steps)
-        c["decode_seqs"].append(decode_seqs)
-        c["decode_kv_first"].append(decode_kv_first)
-        c["prefill"].append(prefill)
-        c["running"].append(running)
-        c["waiting"].append(waiting)
-        c["kv_blocks0"].append(kv_blocks0)
-        c["kv_full"].append(kv_full)
-        c["emitted"].append(emitted)
         if pattern is None:
-            c["pattern"].append(0)
+            p = 0
         else:
             self.patterns.append(pattern)
-            c["pattern"].append(len(self.patterns) - 1)
+            p = len(self.patterns) - 1
+        self.rows.append((steps, decode_seqs, decode_kv_first, prefill, running, waiting, kv_blocks0, kv_full,
+                          emitted, p))
 
     def __len__(self) -> int:
-        return len(self.cols["steps"])
+        return len(self.rows)
 
     def expand(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """Per-step arrays for descriptors [start, stop)."""
         stop = len(self) if stop is None else stop
-        a = {f: np.asarray(self.cols[f][start:stop], dtype=np.int64) for f in self.FIELDS}
+        rows = np.asarray(self.rows[start:stop], dtype=np.int64).reshape(-1, len(self.FIELDS))
+        a = {f: rows[:, i] for i, f in enumerate(self.FIELDS)}
         k_steps = a["steps"]
         total = int(k_steps.sum())
         idx = np.repeat(np.arange(len(k_steps)), k_steps)
@@ -302,7 +295,7 @@ class Replica:
         if until_s is not None:
             self.resolve()
         self._retire()
-        if until_s is None and steps == shortfall - 1:
+        if until_s is None and steps == shortfall - 1 < to_finish:  # nothing finished: the shortfall still comes
             self._decode_shortfall_step()
         return True
 

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collect.acquisition import Prediction, expected_improvement, resolve_objective, select_batch, uncertainty_scores
+from collect.acquisition import (Prediction, chance_to_solve, density, expected_improvement, resolve_objective,
+                                 select_batch, uncertainty_scores)
 from collect.campaign import Campaign, CampaignSettings, PoolEvaluator, parse_budget
 from collect.dispatch import BackendSpec, Job, SerialDispatcher, install_backend, load_pool, measure_job
 from collect.ledger import Ledger
@@ -136,11 +137,30 @@ def test_gpu_hour_budget_and_diverse_batches(pool):
     cost = res.runs["cost_gpu_h"].to_numpy(float)
     assert 0 < cost.sum() <= 0.5 + 1e-9 and len(res.runs) >= 4
     search = _campaign(pool, Store("sqlite://"), "search", budget="12", batch=4).run()
-    for it, batch in search.runs.groupby("iteration"):
-        if it == 0:
-            continue  # the space-filling design
+    for _, batch in search.runs.groupby("iteration"):
         scen = ["|".join(str(c[k]) for k in SCENARIO) for c in batch["config"]]
         assert len(set(scen)) == len(scen)  # one configuration per scenario per batch
+
+
+@needs_data
+def test_parallel_local_workers_share_a_store_file(pool, tmp_path):
+    from collect.dispatch import ProcessDispatcher
+
+    frame = pool.frame[pool.frame["gpu"] == "h200"]
+    pool_file = tmp_path / "pool.csv"
+    frame.to_csv(pool_file, index=False)  # what each worker process loads
+    store = Store(tmp_path / "s.sqlite")
+    spec = BackendSpec.make("replay", pool=str(pool_file))
+    dispatcher = ProcessDispatcher(spec, store.url, workers=2)
+    try:
+        settings = CampaignSettings(backend="replay", strategy="random", budget=parse_budget(6), batch=6, seed=0)
+        res = Campaign(settings, pool_candidates(pool.frame[pool.frame["gpu"] == "h200"]), dispatcher, store,
+                       progress=False).run()
+    finally:
+        dispatcher.close()
+    assert len(res.runs) == 6 and (res.runs["state"] == "done").all()
+    assert str(os.getpid()) not in {w.split(":")[-1] for w in res.runs["worker"]}
+    assert len(store.read()) == int(res.runs["n_rows"].sum())
 
 
 def test_parse_budget():
@@ -164,6 +184,20 @@ def test_acquisition_units():
     assert s[1] > s[0] and s[2] > s[0] and s[3] < s[0]
     per_cost = uncertainty_scores(pred, ("tpot_ms",), cost=np.array([1.0, 10.0, 1.0, 1.0]))
     assert per_cost[1] < per_cost[0]  # cost-aware: twice as uncertain is not worth ten times the GPU-hours
+    dense = density(np.array([[0.0], [0.01], [0.02], [1.0]]), np.ones(4, bool), k=1)
+    assert dense[1] == 1.0 and dense[3] < 0.5  # the outlier represents few untried configurations
+    assert uncertainty_scores(pred, ("tpot_ms",), density=np.array([1.0, 0.1, 1.0, 1.0]))[1] < s[0]
+    # search: scenario "a" has a clear favourite and no measurement; "b" already measured its best; "c" measured a
+    # poor configuration and has a much better one untried
+    mu = np.array([1.0, 0.5, 0.0, 0.9, 0.85, 0.2, 1.0])
+    group = np.array(["a", "a", "a", "b", "b", "c", "c"], dtype=object)
+    inc = np.array([np.nan, np.nan, np.nan, 1.0, 1.0, 0.2, 0.2])
+    p = chance_to_solve(mu, np.full(7, 0.05), np.ones(7), group, inc, np.log(0.97), seed=0, samples=400)
+    assert p[0] > 0.95 and p[1] < 0.05 and p[2] < 0.05
+    assert p[3] < 0.05 and p[4] < 0.05  # nothing to gain where the measured incumbent is best
+    assert p[6] > 0.95
+    failing = chance_to_solve(mu, np.full(7, 0.05), np.r_[0.1, np.ones(6)], group, inc, np.log(0.97), samples=400)
+    assert failing[0] < 0.2 and failing[1] > 0.5  # a favourite that will probably not run gives way
     X = np.array([[0.0, 0.0], [0.0, 0.001], [1.0, 1.0], [0.5, 0.5]])
     scores = np.array([1.0, 0.99, 0.5, 0.4])
     assert select_batch(scores, X, 2, np.ones(4, bool)) == [0, 2]  # the near-copy of 0 is skipped

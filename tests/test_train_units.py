@@ -185,3 +185,24 @@ def test_bundled_default_model_is_current():
     out = model.predict(frame)
     for t in ("output_throughput", "tpot_ms", "ttft_ms"):
         assert np.isfinite(out[f"pred_{t}"]).all() and (out[f"pred_{t}"] > 0).all()
+
+
+def test_shrink_trusts_corrections_only_where_they_carry_over():
+    from train.intervals import best_shrink
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(0, 0.3, 500)
+    assert best_shrink(y, y + rng.normal(0, 0.02, 500)) == 1.0  # a correction that holds out of fold: kept
+    assert best_shrink(y, rng.normal(0, 0.5, 500)) == 0.0  # one that does not: physics alone
+    assert best_shrink(y, 0.97 * y) == 1.0  # a small gain is not worth giving up trust
+
+
+def test_novelty_no_grouping_could_calibrate_gets_physics_and_prior_width():
+    cal = IntervalCalibration(0.8, {"random": (-0.02, 0.02), "model": (-0.1, 0.1)},
+                              {"model": frozenset({"a"}), "gpu": frozenset({"h200"}), "layout": frozenset()},
+                              shrink={"random": 1.0, "model": 0.3}, uncalibrated=("gpu",))
+    df = pd.DataFrame({"model": ["a", "a"], "gpu": ["h200", "b300"], "tp": [1, 1]})
+    cal.seen["layout"] = frozenset(layout_code(df).tolist())
+    trust, lo, hi = cal.terms(df)
+    assert (trust[0], lo[0], hi[0]) == (1.0, -0.02, 0.02)
+    assert trust[1] == 0.0 and lo[1] == pytest.approx(-math.log(2)) and hi[1] == pytest.approx(math.log(2))

@@ -51,14 +51,19 @@ def row_novelty(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 SHRINK_GRID = np.linspace(0.0, 1.0, 11)
 
 
+SHRINK_MARGIN = 0.8  # shrink only when it cuts the held-out loss by at least 20%: full trust is the default
+
+
 def best_shrink(y: np.ndarray, pred: np.ndarray) -> float:
     """The factor a in [0, 1] whose a x pred best predicts held-out y (median + 90th percentile of |error|).
 
     1 trusts the learned correction fully; 0 falls back to physics, for novelty the correction does not carry to.
+    A few held-out groups are a noisy guide, so anything short of a clear gain keeps full trust.
     """
     err = np.abs(y[None, :] - SHRINK_GRID[:, None] * pred[None, :])
     loss = np.median(err, axis=1) + np.quantile(err, 0.9, axis=1)
-    return float(SHRINK_GRID[int(np.argmin(loss))])
+    best = int(np.argmin(loss))
+    return float(SHRINK_GRID[best]) if loss[best] < SHRINK_MARGIN * loss[-1] else 1.0
 
 
 @dataclass
@@ -66,8 +71,8 @@ class IntervalCalibration:
     """Per grouping (`random`, `model`, `gpu`, `layout`): how far to trust the learned correction (`shrink`) and
     the conformal offsets of what is left; plus the keys seen in training, which say each row's novelty.
 
-    A row whose novelty no grouping could calibrate (training data with one GPU only, say) gets the smallest
-    trust of any grouping and at least the prior width: the data cannot say how far such a row can be off.
+    A row whose novelty no grouping could calibrate (training data with one GPU only, say) gets the physics answer
+    (no trust in the correction) with the prior width: the data cannot say how far such a row can be off.
     """
 
     coverage: float = 0.8
@@ -92,6 +97,7 @@ class IntervalCalibration:
         keys = keys if keys is not None else row_novelty(frame)
         widest = self._widest(self.offsets)
         least_trust = min(self.shrink.values(), default=1.0)
+        physics_only = np.zeros(n, dtype=bool)  # rows novel along a dimension no grouping could calibrate
         for dim in NOVELTY_DIMS:
             seen = self.seen.get(dim)
             if seen is None:
@@ -105,14 +111,17 @@ class IntervalCalibration:
                 continue
             if dim in self.offsets:
                 (d_lo, d_hi), d_trust = self.offsets[dim], self.shrink.get(dim, 1.0)
-            elif dim in self.uncalibrated:
+            elif dim in self.uncalibrated:  # one group in training: no evidence how anything carries over
                 w = self.prior_log_halfwidth
-                (d_lo, d_hi), d_trust = (min(widest[0], -w), max(widest[1], w)), least_trust
+                lo[unseen], hi[unseen], trust[unseen] = -w, w, 0.0
+                physics_only[unseen] = True
+                continue
             else:
                 (d_lo, d_hi), d_trust = widest, least_trust
-            lo[unseen] = np.minimum(lo[unseen], d_lo)
-            hi[unseen] = np.maximum(hi[unseen], d_hi)
-            trust[unseen] = np.minimum(trust[unseen], d_trust)
+            upd = unseen & ~physics_only
+            lo[upd] = np.minimum(lo[upd], d_lo)
+            hi[upd] = np.maximum(hi[upd], d_hi)
+            trust[upd] = np.minimum(trust[upd], d_trust)
         return trust, lo, hi
 
     def bounds(self, frame: pd.DataFrame, keys: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:

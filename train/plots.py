@@ -44,9 +44,10 @@ def evaluation_figure(preds: pd.DataFrame, targets: list[str], groups: pd.Series
             ax.boxplot([100 * errs.loc[errs["group"] == g, "ape"].to_numpy() for g in order], showfliers=False)
             ax.set_xticks(range(1, len(order) + 1), order, rotation=60, ha="right", fontsize=7)
         ax.set(ylabel="absolute % error", title=f"{t}: error by group")
+    top = 1.0 - 0.45 / (3.6 * n)  # room for the title above the first row
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, top if title else 1.0))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -39,13 +39,16 @@ class FrameModel:
     defaults: ClassVar[dict] = {}
 
     def __init__(self, seed: int = 0, coverage: float = 0.8, calibration: tuple[str, ...] = CALIBRATION_GROUPINGS,
-                 inner_folds: int = 3, max_rows: int = 20000, min_rows: int = 8, shrink: bool = True, **hyper):
+                 inner_folds: int = 3, max_rows: int = 20000, min_rows: int = 8, shrink: bool = True,
+                 source_balance: float = 0.0, **hyper):
         unknown = set(hyper) - set(self.defaults)
         if unknown:
             raise TypeError(f"{type(self).__name__}: unknown hyperparameters {sorted(unknown)}")
         self.seed, self.coverage, self.calibration = int(seed), float(coverage), tuple(calibration)
         self.inner_folds, self.max_rows, self.min_rows = int(inner_folds), int(max_rows), int(min_rows)
         self.shrink = bool(shrink)  # calibrate per novelty how far to trust the correction (residual families)
+        # row weight = rows of its source ^ -source_balance: 0 counts rows, 1 counts every data set equally
+        self.source_balance = float(source_balance)
         self.hyper = {**self.defaults, **hyper}
         self.spaces_: dict[str, FeatureSpace] = {}
         self.learners_: dict[str, object] = {}
@@ -56,7 +59,7 @@ class FrameModel:
     def get_params(self, deep: bool = True) -> dict:
         return {"seed": self.seed, "coverage": self.coverage, "calibration": self.calibration,
                 "inner_folds": self.inner_folds, "max_rows": self.max_rows, "min_rows": self.min_rows,
-                "shrink": self.shrink, **self.hyper}
+                "shrink": self.shrink, "source_balance": self.source_balance, **self.hyper}
 
     def set_params(self, **params) -> "FrameModel":
         fresh = type(self)(**{**self.get_params(), **params})
@@ -104,11 +107,12 @@ class FrameModel:
                     progress(t)
                 sub = frame[masks[t]]
                 X, y = self._xy(space, sub, t)
+                w = self._weights(sub)
                 learner = self.make_learner(X.shape[1], self.seed)
                 if learner is not None:
-                    learner.fit(X, y)
+                    learner.fit(X, y, w)
                     self.learners_[t] = learner
-                self.calibration_[t], self.fit_report_[t] = self._calibrate(space, sub, t, X, y)
+                self.calibration_[t], self.fit_report_[t] = self._calibrate(space, sub, t, X, y, w)
         return self
 
     def _shared_source(self, target: str) -> str | None:
@@ -125,6 +129,15 @@ class FrameModel:
             mask[keep] = True
         return mask
 
+    def _weights(self, sub: pd.DataFrame) -> np.ndarray | None:
+        """Row weights that let small data sets count next to big ones (None: every row counts once)."""
+        if not self.source_balance or "source" not in sub.columns:
+            return None
+        src = sub["source"].to_numpy(dtype=object, na_value="")
+        codes, uniques = pd.factorize(src)
+        w = np.bincount(codes).astype(float)[codes] ** -self.source_balance
+        return w / w.mean()
+
     def _xy(self, space: FeatureSpace, sub: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
         X = space.matrix(sub)
         log_meas = nan_safe_log(float_column(sub, target))
@@ -134,7 +147,7 @@ class FrameModel:
         X[:, -1] = log_phys
         return X, log_meas - log_phys
 
-    def _calibrate(self, space, sub, target, X, y) -> tuple[IntervalCalibration, dict]:
+    def _calibrate(self, space, sub, target, X, y, w=None) -> tuple[IntervalCalibration, dict]:
         """Out-of-fold predictions under each grouping give that grouping's trust in the learned correction
         (residual families) and the conformal offsets of the remaining error."""
         offsets, shrink, uncalibrated, report = {}, {}, [], {"n": int(len(y))}
@@ -147,7 +160,8 @@ class FrameModel:
             truth, preds = [], []
             for k, (tr, te) in enumerate(folds):
                 learner = self.make_learner(X.shape[1], self.seed + 1 + k)
-                pred = np.zeros(len(te)) if learner is None else learner.fit(X[tr], y[tr]).predict(X[te])
+                pred = (np.zeros(len(te)) if learner is None
+                        else learner.fit(X[tr], y[tr], None if w is None else w[tr]).predict(X[te]))
                 if self.residual:
                     pred = np.clip(pred, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)  # as predict_arrays does
                 truth.append(y[te])
@@ -180,13 +194,16 @@ class FrameModel:
             sub = frame if whole else frame[mask]
             space = self.spaces_.get(kind)
             keys = row_novelty(sub) if self.calibration_ else None
-            corrections = self._corrections(kind, targets, space, sub)
             bounds: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
             for t in targets:
                 key = self._shared_source(t) or t
                 if key not in bounds:
                     cal = self.calibration_.get(key) or IntervalCalibration(self.coverage)
                     bounds[key] = cal.terms(sub, keys)
+            trusted = {t: bounds[t][0] > 0 for t in bounds}
+            corrections = self._corrections(kind, targets, space, sub, trusted)
+            for t in targets:
+                key = self._shared_source(t) or t
                 trust, lo_off, hi_off = bounds[key]
                 if key not in corrections:
                     point = nan_safe_log(physics_answer(sub, t))  # no measurements of this target: physics
@@ -204,8 +221,10 @@ class FrameModel:
                         out[col] = full
         return out
 
-    def _corrections(self, kind: str, targets, space: FeatureSpace | None, sub: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Per learned target of `kind`: the clipped log correction (residual families) or log prediction."""
+    def _corrections(self, kind: str, targets, space: FeatureSpace | None, sub: pd.DataFrame,
+                     trusted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per learned target of `kind`: the clipped log correction (residual families; 0 where not `trusted`,
+        which large batches skip computing) or the log prediction (other families)."""
         learned = [t for t in targets if t in self.learners_]
         if not learned:
             return {}
@@ -225,7 +244,13 @@ class FrameModel:
             raw = {}
             for t in learned:
                 X[:, -1] = logs[t]
-                raw[t] = self.learners_[t].predict(X)
+                need = trusted.get(t)
+                if need is None or need.all():
+                    raw[t] = self.learners_[t].predict(X)
+                else:  # rows the correction does not carry to (unseen GPU with one GPU in training, say)
+                    raw[t] = np.zeros(len(sub))
+                    if need.any():
+                        raw[t][need] = self.learners_[t].predict(X[need])
         return {t: np.clip(r, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION) for t, r in raw.items()}
 
     def _fast_forest(self, kind: str, learned: list[str]):

@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(doc) + "\n")
         return 0
     table = Table(title=f"{model.family} on {len(preds)} rows, split {args.split or 'none (as trained)'}")
-    for col in ("target", "n", "median APE", "p90 APE", "80% coverage", "Spearman", "regret", "best pick"):
-        table.add_column(col, justify="left" if col == "target" else "right")
+    for col in ("target", "n", "median APE", "p90 APE", "80% cover", "Spearman", "regret", "best pick"):
+        table.add_column(col, justify="left" if col == "target" else "right", no_wrap=col == "target")
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
