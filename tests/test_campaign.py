@@ -279,3 +279,20 @@ def test_cli_writes_outputs_and_survives_sigkill(tmp_path):
     assert len(measured) == len(stored)
     summary = json.loads((tmp_path / "out" / "campaign.json").read_text())
     assert summary["runs"] == 12 and summary["final"]["heldout"]["output_throughput"] < 0.5
+
+
+def test_torch_step_campaign_on_cpu(tmp_path):
+    pytest.importorskip("torch")
+    from collect.sampler import enumerate_space, load_space
+
+    space = load_space(REPO / "data" / "campaigns" / "tiny-llama-steps.yaml")
+    spec = BackendSpec.make("torch", device="cpu")
+    store = Store(tmp_path / "s.sqlite")
+    settings = CampaignSettings(backend="torch", strategy="search", budget=parse_budget(3), batch=3, seed=0)
+    res = Campaign(settings, enumerate_space(space), SerialDispatcher(spec, store), store, progress=False).run()
+    assert len(res.runs) == 3 and (res.runs["status"] == "ok").all()
+    rows = store.read(kind="step")
+    assert len(rows) == 3 and (rows["layer_ms"] > 0).all() and (rows["source"] == "torch-probe").all()
+    assert set(rows["run_id"]) == set(res.runs["run_id"])
+    scen = {(c["phase"], c["batch"], c["context"], c["tokens"]) for c in res.runs["config"]}
+    assert len(scen) == 3  # search spreads its first batch over three shapes (scenarios), one TP choice each

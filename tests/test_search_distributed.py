@@ -39,7 +39,7 @@ def _check_shared(url: str, name: str, total: int, workers: int) -> None:
     assert len({t.user_attrs["worker"] for t in trials}) == workers
     # a worker that joins with no budget of its own reports over everything the others scored
     res = search("llama-3.1-8b", "h200", 8, workload="chat", concurrency=128, slo={"tpot_ms": 40.0}, trials=0,
-                 storage=url, study_name=name, refine_top=0, predictor=Predictor())
+                 storage=url, study_name=name, refine_top=0, predictor=Predictor.load())
     layouts = set(res.ranked["layout"])
     from predictor.space import candidate_space
 
@@ -54,7 +54,7 @@ def _check_shared(url: str, name: str, total: int, workers: int) -> None:
     # a different question on the same study name is refused, in one line
     with pytest.raises(InputError, match="created for a different search"):
         search("llama-3.1-8b", "h200", 8, workload="chat", concurrency=128, slo={"tpot_ms": 20.0}, trials=1,
-               storage=url, study_name=name, refine_top=0, predictor=Predictor())
+               storage=url, study_name=name, refine_top=0, predictor=Predictor.load())
 
 
 @pytest.mark.skipif(not PG_URL, reason="no PostgreSQL: set LAYOUTCAST_TEST_PG_URL (scripts/test.sh starts one with "
@@ -78,7 +78,7 @@ def test_workers_share_an_sqlite_study(tmp_path):
     name = "lc-sqlite"
     for seed in range(2):  # two workers, one after the other (SQLite serialises writers anyway)
         res = search("llama-3.1-8b", "h200", 8, workload="chat", concurrency=128, slo={"tpot_ms": 40.0}, trials=6,
-                     seed=seed, storage=url, study_name=name, refine_top=0, predictor=Predictor())
+                     seed=seed, storage=url, study_name=name, refine_top=0, predictor=Predictor.load())
         assert res.study_name == name and f"{6 * (seed + 1)} trials" in res.method
     _check_shared(url, name, total=12, workers=1)  # one process: one worker id
 

@@ -206,3 +206,13 @@ def test_novelty_no_grouping_could_calibrate_gets_physics_and_prior_width():
     trust, lo, hi = cal.terms(df)
     assert (trust[0], lo[0], hi[0]) == (1.0, -0.02, 0.02)
     assert trust[1] == 0.0 and lo[1] == pytest.approx(-math.log(2)) and hi[1] == pytest.approx(math.log(2))
+
+
+def test_balanced_subsample_keeps_small_sources_whole():
+    from train.residual import balanced_subsample
+
+    idx = np.arange(10_050)
+    groups = np.array(["big"] * 10_000 + ["small"] * 50, dtype=object)
+    keep = balanced_subsample(idx, groups, 1000, seed=0)
+    assert len(keep) == 1000 and set(range(10_000, 10_050)) <= set(keep.tolist())
+    np.testing.assert_array_equal(keep, balanced_subsample(idx, groups, 1000, seed=0))

@@ -104,8 +104,10 @@ class IntervalCalibration:
                 continue
             if n <= 64:
                 unseen = np.array([k not in seen for k in keys[dim]], dtype=bool)
-            else:
-                codes, uniques = pd.factorize(keys[dim], use_na_sentinel=False)
+            else:  # factorised once per frame, shared by every target's calibration
+                if (dim, "factorized") not in keys:
+                    keys[(dim, "factorized")] = pd.factorize(keys[dim], use_na_sentinel=False)
+                codes, uniques = keys[(dim, "factorized")]
                 unseen = np.array([u not in seen for u in uniques], dtype=bool)[codes]
             if not unseen.any():
                 continue

@@ -40,14 +40,15 @@ class FrameModel:
 
     def __init__(self, seed: int = 0, coverage: float = 0.8, calibration: tuple[str, ...] = CALIBRATION_GROUPINGS,
                  inner_folds: int = 3, max_rows: int = 20000, min_rows: int = 8, shrink: bool = True,
-                 source_balance: float = 0.0, **hyper):
+                 source_balance: float = 0.5, **hyper):
         unknown = set(hyper) - set(self.defaults)
         if unknown:
             raise TypeError(f"{type(self).__name__}: unknown hyperparameters {sorted(unknown)}")
         self.seed, self.coverage, self.calibration = int(seed), float(coverage), tuple(calibration)
         self.inner_folds, self.max_rows, self.min_rows = int(inner_folds), int(max_rows), int(min_rows)
         self.shrink = bool(shrink)  # calibrate per novelty how far to trust the correction (residual families)
-        # row weight = rows of its source ^ -source_balance: 0 counts rows, 1 counts every data set equally
+        # row weight = rows of its source ^ -source_balance: 0 counts rows, 1 counts every data set equally; the
+        # default (square root) keeps a small data set that measures something else from being drowned out
         self.source_balance = float(source_balance)
         self.hyper = {**self.defaults, **hyper}
         self.spaces_: dict[str, FeatureSpace] = {}
@@ -123,8 +124,10 @@ class FrameModel:
     def _rows(self, frame: pd.DataFrame, target: str) -> np.ndarray:
         mask = target_rows(frame, target, need_physics=True)
         idx = np.flatnonzero(mask)
-        if len(idx) > self.max_rows:  # deterministic subsample keeps huge op tables tractable
-            keep = np.random.default_rng(self.seed).choice(idx, self.max_rows, replace=False)
+        if len(idx) > self.max_rows:  # a deterministic subsample keeps huge tables tractable
+            src = (frame["source"].to_numpy(dtype=object, na_value="")[idx] if "source" in frame.columns
+                   else np.zeros(len(idx), dtype=object))
+            keep = balanced_subsample(idx, src, self.max_rows, self.seed)
             mask = np.zeros(len(frame), dtype=bool)
             mask[keep] = True
         return mask
@@ -294,6 +297,21 @@ class ResidualModel(FrameModel):
         mono = int(h.pop("monotone_phys"))
         monotone = (0,) * (n_features - 1) + (mono,) if self.residual else None
         return XGBLearner(monotone=monotone, seed=seed, **h)
+
+
+def balanced_subsample(idx: np.ndarray, groups: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """At most `max_rows` of `idx`, shared evenly between groups (sources): small ones are kept whole, so a big
+    data set cannot crowd out a small one that measures something else."""
+    codes, _ = pd.factorize(groups)
+    sizes = np.bincount(codes)
+    quota, left = np.zeros(len(sizes), dtype=int), max_rows
+    for rank, g in enumerate(np.argsort(sizes, kind="stable")):
+        quota[g] = min(int(sizes[g]), left // (len(sizes) - rank))
+        left -= quota[g]
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(idx[codes == g], quota[g], replace=False) if quota[g] < sizes[g] else idx[codes == g]
+              for g in range(len(sizes))]
+    return np.sort(np.concatenate(picked))
 
 
 def nan_safe_log(x: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ def suggest_xgb(trial: optuna.Trial, monotone: bool = True) -> dict:
     }
     if monotone:
         p["monotone_phys"] = trial.suggest_categorical("monotone_phys", [0, 1])
+    p["source_balance"] = trial.suggest_categorical("source_balance", [0.0, 0.5, 1.0])
     return p
 
 
@@ -99,7 +100,7 @@ def tune(model: FrameModel, frame: pd.DataFrame, n_trials: int, split: str = "mo
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     )
-    current = {k: v for k, v in model.hyper.items() if k in _param_names(space)}
+    current = {k: v for k, v in model.get_params().items() if k in _param_names(space)}
     study.enqueue_trial(current)
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -107,7 +108,7 @@ def tune(model: FrameModel, frame: pd.DataFrame, n_trials: int, split: str = "mo
             progress(trial.number + 1, study.best_value)
 
     study.optimize(objective, n_trials=n_trials, callbacks=[callback])
-    return {**model.hyper, **study.best_params}, study
+    return {**{k: v for k, v in model.get_params().items() if k in _param_names(space)}, **study.best_params}, study
 
 
 def _param_names(space: Callable[[optuna.Trial], dict]) -> set[str]:
