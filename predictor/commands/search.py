@@ -28,8 +28,10 @@ def register(sub) -> None:
     p.add_argument("--trials", type=int, default=200, help="Optuna trial budget (default 200)")
     p.add_argument("--exhaustive", action="store_true", help="score every candidate instead of Optuna")
     p.add_argument("--sampler", default="auto", choices=["auto", "tpe", "nsga2", "random"])
-    p.add_argument("--modes", default="aggregated,mixed,disaggregated",
-                   help="deployment modes to consider (comma-separated; default all three)")
+    p.add_argument("--modes", default=None,
+                   help="deployment modes to consider (comma-separated: aggregated,mixed,disaggregated; default all "
+                        "three, but aggregated only for a closed batch --requests N: the mixed and disaggregated "
+                        "closed-batch models do not yet charge preemption recompute or the tail)")
     p.add_argument("--knobs", action="store_true",
                    help="also search max_num_seqs, max_num_batched_tokens, KV dtype, gpu_memory_utilization")
     p.add_argument("--weight-dtype", default=None, choices=["bf16", "fp16", "fp8", "fp4"])
@@ -61,6 +63,8 @@ def run(args) -> int:
     slo = {k: v for k, v in (("ttft_ms", args.slo_ttft_ms), ("tpot_ms", args.slo_tpot_ms),
                              ("ttft_p99_ms", args.slo_ttft_p99_ms), ("tpot_p99_ms", args.slo_tpot_p99_ms))
            if v is not None}
+    if args.modes is None:
+        args.modes = "aggregated" if args.requests else "aggregated,mixed,disaggregated"
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     res = search(model=args.model, gpu=args.gpu, num_gpus=args.gpus, workload=args.workload or "reasoning",
                  objective=args.objective, slo=slo, trials=args.trials, exhaustive=args.exhaustive,
