@@ -4,13 +4,14 @@ The surrogate is the project's learned model (`train.residual.ResidualModel`: ph
 correction) fitted on what the campaign has measured, plus a small bootstrap ensemble of the same residual learner
 whose disagreement makes the calibrated interval vary from row to row, and a feasibility classifier fitted on the
 statuses measured so far (an OOM teaches where not to go). Acquisitions: `uncertainty` scores the width of each
-candidate's calibrated log-interval (each target's relative to its median, averaged over the campaign's targets) times
-its chance of running and its density among the untried candidates (a representative point teaches about many),
-per unit of budget when the budget is GPU-hours; `search` scores the chance that measuring a candidate solves its
-scenario (it runs, and lands within 3% of the scenario's best where the best measured so far does not), sampled from
-the predictive distribution on the log scale so scenarios of any size compare. `select_batch` takes the best-scored candidates but keeps a batch diverse: a
-candidate close (in the encoded configuration space) to one already in the batch is discounted, and with scenario
-groups each scenario gives at most one configuration per batch while others remain.
+candidate's calibrated log-interval (each target's relative to its median, averaged over the campaign's targets)
+times its chance of running, per unit of budget when the budget is GPU-hours (the campaign applies it to a random
+subsample of the untried candidates, so batches stay representative); `search` scores the chance that measuring a
+candidate solves its scenario (it runs and lands within 3% of the scenario's best where the best measured so far
+does not), sampled from the predictive distribution on the log scale so scenarios of any size compare.
+`select_batch` takes the best-scored candidates but keeps a batch diverse: a candidate close (in the encoded
+configuration space) to one already in the batch is discounted, and with scenario groups each scenario gives at most
+one configuration per batch while others remain.
 """
 
 from __future__ import annotations
@@ -219,11 +220,9 @@ def _fit_feasibility(measured: pd.DataFrame, encoded: np.ndarray | None, seed: i
 
 # --- acquisition scores --------------------------------------------------------------------------------------------
 
-def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndarray | None = None,
-                       density: np.ndarray | None = None) -> np.ndarray:
+def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndarray | None = None) -> np.ndarray:
     """Calibrated log-interval width, each target's relative to its median (rows without a prediction count as the
-    widest) and averaged over the targets, times the chance the run succeeds and the candidate's `density` (how
-    many untried configurations resemble it: learning it teaches about them too), divided by its cost if given."""
+    widest) and averaged over the targets, times the chance the run succeeds, divided by its cost if given."""
     widths = []
     for t in targets:
         if t not in pred.log_point:
@@ -237,49 +236,9 @@ def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndar
         n = len(pred.p_ok) if pred.p_ok is not None else 0
         return np.ones(n)
     score = np.mean(widths, axis=0) * (pred.p_ok if pred.p_ok is not None else 1.0)
-    if density is not None:
-        score = score * density
     if cost is not None:
         score = score / np.maximum(np.asarray(cost, dtype=float), 1e-12)
     return score
-
-
-def nearest_distance(X: np.ndarray, to: np.ndarray, chunk: int = 512) -> np.ndarray:
-    """Distance from every row of `X` to the nearest row `to` marks (infinite when it marks none)."""
-    pts = X[to]
-    if len(pts) == 0:
-        return np.full(len(X), np.inf)
-    out = np.empty(len(X))
-    for i in range(0, len(X), chunk):
-        out[i:i + chunk] = np.sqrt(((X[i:i + chunk, None, :] - pts[None, :, :]) ** 2).sum(-1).min(axis=1))
-    return out
-
-
-def bandwidth(X: np.ndarray, among: np.ndarray, k: int = 10) -> float:
-    """Median distance from a row to its k-th nearest neighbour among the rows `among` marks (a length scale)."""
-    pts = X[among]
-    if len(pts) < 2:
-        return 1.0
-    rng = np.random.default_rng(0)
-    probe = pts[rng.choice(len(pts), min(len(pts), 300), replace=False)]
-    d = np.sqrt(((probe[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
-    kth = np.sort(d, axis=1)[:, min(k, len(pts) - 1)]
-    return float(np.median(kth)) or float(np.mean(kth)) or 1.0
-
-
-def density(X: np.ndarray, among: np.ndarray, k: int = 10, chunk: int = 512) -> np.ndarray:
-    """Gaussian-kernel density of every row of `X` among the rows `among` marks (the untried candidates), scaled to
-    a maximum of 1; the bandwidth is the median distance to the k-th nearest of them."""
-    pts = X[among]
-    n = len(X)
-    if len(pts) < 2 or X.shape[1] == 0:
-        return np.ones(n)
-    h = bandwidth(X, among, k)
-    out = np.empty(n)
-    for i in range(0, n, chunk):
-        d2 = ((X[i:i + chunk, None, :] - pts[None, :, :]) ** 2).sum(-1)
-        out[i:i + chunk] = np.exp(-d2 / (2.0 * h * h)).mean(axis=1)
-    return out / out.max()
 
 
 def expected_improvement(mu: np.ndarray, sigma: np.ndarray, incumbent: np.ndarray) -> np.ndarray:
@@ -319,12 +278,14 @@ def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, 
 
 
 def chance_to_solve(mu: np.ndarray, sigma: np.ndarray, p_ok: np.ndarray, group: np.ndarray, incumbent: np.ndarray,
-                    tol_log: float, seed: int = 0, samples: int = 256, rho: float = SCENARIO_ERROR_CORRELATION) -> np.ndarray:
+                    tol_log: float, seed: int = 0, samples: int = 256,
+                    rho: float = SCENARIO_ERROR_CORRELATION) -> np.ndarray:
     """Probability that a candidate runs, its utility is within `tol_log` (< 0) of the best of its group, and the
     group's incumbent (NaN: none) is not. Utilities ~ Normal(mu, sigma) with correlation `rho` between the errors of
     one group's candidates (a model that is off for a scenario is off for all its layouts alike), and runs fail with
     probability 1 - p_ok (Monte Carlo)."""
     rng = np.random.default_rng(seed)
+    samples = int(min(samples, max(32, 20_000_000 // max(len(mu), 1))))  # bounded memory for huge candidate sets
     codes, _ = pd.factorize(pd.Series(group, dtype=object), sort=True)
     order = np.argsort(codes, kind="stable")
     c_sorted = codes[order]

@@ -3,10 +3,12 @@
 Candidates are configurations (`collect.sampler` candidate columns): a space file's valid set, or a recorded pool's
 configurations for the replay backend, never their targets. Each iteration fits the surrogate
 (`collect.acquisition.Surrogate`: ResidualModel on what was measured + physics) on the rows measured so far, scores
-the untried candidates with the strategy's acquisition (`random`, `uncertainty`, `search`), picks a diverse batch
+the untried candidates with the strategy's acquisition (`random`; `uncertainty`: the widest calibrated intervals among
+a random subsample of the untried candidates; `search`: the chance of solving a scenario), picks a diverse batch
 that fits the remaining budget (runs, or GPU-hours with each run's cost estimated by the physics: (makespan + start-up
 overhead) x GPUs), plans it in the ledger, dispatches it (`collect.dispatch`), and records every outcome as it comes.
-The first batch of `uncertainty` and `search` is a space-filling design (scrambled Sobol over the encoded valid set).
+The first batch of `uncertainty` is a space-filling design (scrambled Sobol over the encoded valid set); `search`
+starts from the physics model's own picks (or from a design when an initial design size is given).
 A campaign is identified by an id stored with its settings; restarting the same command resumes it from the store:
 done runs are never measured again, runs planned before a kill are finished first.
 
@@ -23,14 +25,12 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from collect.acquisition import (Objective, Surrogate, density, resolve_objective, search_scores, select_batch,
-                                 uncertainty_scores)
-from collect.dispatch import BackendSpec, Job, Outcome
+from collect.acquisition import Objective, Surrogate, resolve_objective, search_scores, select_batch, uncertainty_scores
+from collect.dispatch import Job, Outcome
 from collect.ledger import Ledger
 from collect.sampler import CANDIDATE_COLUMNS, config_hashes, encode, initial_design
 from features.errors import InputError
@@ -86,6 +86,7 @@ class CampaignSettings:
     design: str = "sobol"
     overhead_s: float | None = None  # start-up cost per run for GPU-hour budgets (None: by kind)
     members: int = 3  # bootstrap members of the surrogate's ensemble
+    subsample: int = 3  # uncertainty: each batch is chosen among (subsample x batch) random untried candidates
     model_params: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -445,8 +446,13 @@ class Campaign:
         else:
             pred = surrogate.predict(self.cand_phys, self.X)
             if s.strategy == "uncertainty":
-                scores = uncertainty_scores(pred, self.targets, cost, density(self.X, available))
-                picks = select_batch(scores, self.X, k, available, cost, budget_left)
+                # the widest calibrated intervals among a random subsample of the untried candidates: the picks stay
+                # representative (the widest of all are outliers whose errors teach little about the rest)
+                idx = np.flatnonzero(available)
+                shortlist = np.zeros(len(self.cand), dtype=bool)
+                shortlist[rng.choice(idx, min(len(idx), max(k, 1) * s.subsample), replace=False)] = True
+                scores = uncertainty_scores(pred, self.targets, cost)
+                picks = select_batch(scores, self.X, k, shortlist, cost, budget_left)
             else:
                 scores = search_scores(pred, self.objective, self.num_gpus, self.scen, self._incumbents(),
                                        seed=s.seed * 1000 + iteration, within=WITHIN)

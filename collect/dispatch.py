@@ -181,9 +181,17 @@ ENGINE_EXTRA_OPTIONS = ("kv_cache_memory_gb", "num_gpu_blocks_override", "max_mo
                         "enable_chunked_prefill")
 
 
+def _check_device(here: str, job: Job) -> None:
+    """Refuse to measure a configuration meant for another GPU type (a Ray task placed on the wrong node)."""
+    wanted = job.config.get("gpu")
+    if wanted and here != wanted:
+        raise InputError(f"this worker's device is {here!r}, the configuration is for {wanted!r}: not measured")
+
+
 def _measure_vllm(backend, spec: BackendSpec, job: Job) -> pd.DataFrame:
     from features.catalog import resolve_model
 
+    _check_device(backend.gpu, job)
     model = resolve_model(job.config["model"])
     extra = {k: spec.option(k) for k in ENGINE_EXTRA_OPTIONS if spec.option(k) is not None}
     engine = _engine_of(job.config, model.native_dtype, extra)
@@ -196,9 +204,10 @@ def _measure_torch(spec: BackendSpec, job: Job) -> pd.DataFrame:
 
     c = job.config
     model = resolve_model(c["model"])
+    timing = {k: int(spec.option(k)) for k in ("layers_timed", "replays", "warmup") if spec.option(k) is not None}
     backend = TorchStepBackend(device=spec.option("device"), dtype=c.get("weight_dtype") or None, progress=False,
-                               seed=job.seed, run_id=job.run_id, layers_timed=int(spec.option("layers_timed", 2)),
-                               replays=int(spec.option("replays", 5)), warmup=int(spec.option("warmup", 2)))
+                               seed=job.seed, run_id=job.run_id, **timing)
+    _check_device(backend.gpu, job)
     batch, context, tokens = int(c.get("batch") or 1), int(c.get("context") or 0), int(c.get("tokens") or 1)
     if (c.get("phase") or "decode") == "decode":
         grid = StepGrid(batches=(batch,), contexts=(context,), prefill_tokens=(), prefill_prior=())
@@ -304,7 +313,9 @@ class ProcessDispatcher:
 
 class RayDispatcher:
     """Runs each job as a Ray task (one GPU per GPU of the configuration when `gpus_per_run`); tasks write to the
-    shared store themselves. `address`: `auto`, `ray://host:port`, or `local` for a new local instance."""
+    shared store themselves. `address`: `auto`, `ray://host:port`, or `local` for a new local instance. A task that
+    lands on a node whose GPU type is not the configuration's records an error instead of mislabelled numbers (give
+    each GPU type its own cluster, or nodes the same type)."""
 
     def __init__(self, spec: BackendSpec, store_url: str, address: str = "auto", gpus_per_run: bool | None = None,
                  num_cpus: int | None = None):

@@ -31,7 +31,7 @@ CANDIDATE_COLUMNS: tuple[str, ...] = ("kind", "engine") + tuple(CONFIG_COLUMNS)
 LAYOUT_AXES = ("tp", "pp", "dp", "ep", "attention_dp")
 ENGINE_AXES = ("weight_dtype", "kv_cache_dtype", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
                "block_size")
-STEP_AXES = ("phase", "batch", "context", "tokens")
+STEP_AXES = ("phase", "batch", "context", "tokens", "prior")  # decode: batch x context; prefill: tokens after prior
 SPACE_KEYS = {"name", "kind", "engine", "models", "gpus", "num_gpus", "layouts", "workloads", "requests", "concurrency",
               "request_rate", "engine_knobs", "step", "constraints", "scenario", "objective", "backend_options"}
 NUMERIC_ENCODED = ("num_gpus", "tp", "pp", "dp", "ep", "isl", "osl", "num_requests", "concurrency", "request_rate",
@@ -113,7 +113,8 @@ def _nonneg_float(v) -> float:
 _AXIS_CAST = {"tp": _positive_int, "pp": _positive_int, "dp": _positive_int, "ep": _positive_int,
               "attention_dp": _bool, "weight_dtype": str, "kv_cache_dtype": str, "max_num_seqs": _positive_int,
               "max_num_batched_tokens": _positive_int, "gpu_memory_utilization": float, "block_size": _positive_int,
-              "phase": str, "batch": _positive_int, "context": _nonneg_int, "tokens": _positive_int}
+              "phase": str, "batch": _positive_int, "context": _nonneg_int, "tokens": _positive_int,
+              "prior": _nonneg_int}
 
 
 def parse_space(doc: dict, where: str = "space") -> CampaignSpace:
@@ -377,7 +378,8 @@ def _enumerate_serving(space: CampaignSpace) -> pd.DataFrame:
 
 
 def _enumerate_steps(space: CampaignSpace) -> pd.DataFrame:
-    """Decoder-step shapes (torch backend): model x TP shard x phase x batch x context (x prefill tokens)."""
+    """Decoder-step shapes (torch backend): model x TP shard x decode batch x context, and prefill chunks of `tokens`
+    after `prior` cached tokens (context = prior + tokens)."""
     from features.catalog import resolve_gpu, resolve_model
     from features.layouts import structural_reason
     from features.specs import Layout
@@ -389,7 +391,11 @@ def _enumerate_steps(space: CampaignSpace) -> pd.DataFrame:
     batches = space.step.get("batch", (1,))
     contexts = space.step.get("context", (512,))
     tokens = space.step.get("tokens", (256,))
+    priors = space.step.get("prior", (0,))
     dtypes = space.engine_knobs.get("weight_dtype", ())
+    from collect.backends.torch_step import fits_memory
+    from features.specs import dtype_bytes
+
     rows = []
     for m_name, g_name, tp in itertools.product(space.models, space.gpus, tps):
         model, gpu = resolve_model(m_name), resolve_gpu(g_name)
@@ -398,8 +404,10 @@ def _enumerate_steps(space: CampaignSpace) -> pd.DataFrame:
         for dtype in dtypes or (model.native_dtype,):
             for phase in phases:
                 shapes = ([(b, c, b) for b in batches for c in contexts] if phase == "decode"
-                          else [(1, c + t, t) for t in tokens for c in contexts])
+                          else [(1, p + t, t) for t in tokens for p in priors])
                 for batch, context, tok in shapes:
+                    if not fits_memory(model, tp, batch, context, int(dtype_bytes(dtype)), gpu.memory_gb * 1e9):
+                        continue  # the whole model shard plus this KV cache exceed the device
                     rows.append({"kind": "step", "engine": engine_name(space), "model": model.name, "weight_dtype": dtype,
                                  "kv_dtype": dtype, "gpu": gpu.name, "tp": tp, "phase": phase, "batch": batch,
                                  "context": float(context), "tokens": float(tok)})
@@ -443,7 +451,14 @@ def narrow_pool(candidates: pd.DataFrame, space: CampaignSpace) -> pd.DataFrame:
         else:
             keep(axis, values)
     for axis, values in space.step.items():
-        keep(axis, values)
+        if axis == "prior":  # a prefill chunk's cached context before it: context - tokens
+            prior = candidates["context"].to_numpy(float) - candidates["tokens"].to_numpy(float)
+            mask &= (candidates["phase"] != "prefill").fillna(True).to_numpy(bool) | np.isin(prior, list(values))
+        elif axis == "context":  # decode contexts (a prefill row's context is its prior plus its tokens)
+            mask &= (candidates["phase"] == "prefill").fillna(False).to_numpy(bool) | \
+                candidates["context"].astype(object).isin(list(values)).to_numpy()
+        else:
+            keep(axis, values)
     if space.workloads:
         ws = [resolve_workload(w) for w in space.workloads]
         by_dist = candidates["isl_dist"].astype(object) + "|" + candidates["osl_dist"].astype(object)

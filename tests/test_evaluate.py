@@ -122,9 +122,9 @@ def test_benchmark_checks_and_sampling():
     picked = balanced_sample(df, 100, seed=0)
     assert len(picked) == 100 and (picked["source"] == "a").sum() == 10
     rows = [
-        {"kind": "serving", "split": "model", "family": "residual-xgb", "target": "output_throughput", "n": 90,
+        {"kind": "serving", "split": "model", "family": "residual-xgb", "target": "output_throughput", "n": 900,
          "median_ape": 0.15, "p90_ape": 0.5, "coverage": 0.8},
-        {"kind": "serving", "split": "model", "family": "physics", "target": "output_throughput", "n": 90,
+        {"kind": "serving", "split": "model", "family": "physics", "target": "output_throughput", "n": 900,
          "median_ape": 0.10, "p90_ape": 0.4, "coverage": 0.95},
     ]
     verdict = checks(rows)
@@ -132,6 +132,6 @@ def test_benchmark_checks_and_sampling():
     assert not verdict["residual_beats_physics_and_descriptor"]["pass"]  # physics is better here: reported
     assert verdict["coverage_70_90"]["pass"]
     md = markdown_summary({"results": rows, "checks": verdict})
-    assert "| serving | model | output_throughput | 90 | 15.0% / 50.0% | 80.0% | 10.0% |" in md
-    few = [dict(r, n=5) for r in rows]
+    assert "| serving | model | output_throughput | 900 | 15.0% / 50.0% | 80.0% | 10.0% |" in md
+    few = [dict(r, n=5) for r in rows]  # under the judging threshold
     assert checks(few)["not_judged_too_few_rows"] == ["serving/output_throughput (5 rows)"]
