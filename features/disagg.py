@@ -16,7 +16,7 @@ from features import comm
 from features.calibration import Calibration
 from features.memory import (kv_bytes_per_token, kv_bytes_per_token_per_gpu, kv_capacity_tokens, weight_bytes_per_gpu,
                              _bytes)
-from features.serving import EngineArrays, expected_max_osl
+from features.serving import EngineArrays, dominant_term, expected_max_osl, explanatory_terms_ms
 from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec
 from features.steptime import replica_step_ms, stage_step_terms
 
@@ -175,18 +175,10 @@ def estimate_disaggregated(model: ModelSpec, gpu: GPUSpec, prefill: Layout, num_
 
     pp = decode.pp
     t = stage_step_terms(model, gpu, decode, cal, batch / pp, batch * (isl + osl / 2.0) / pp, 0.0, 0.0, wdt, kdt)
-    terms = {
-        "weights": pp * t.weight_read_ms,
-        "kv_cache": pp * t.kv_read_ms,
-        "compute": pp * t.compute_ms,
-        "communication": pp * (t.comm_ms + t.p2p_ms),
-        "latency": pp * (t.overhead_ms + t.misc_ms + t.lm_head_ms),
-    }
+    terms = explanatory_terms_ms(t, pp)
     hbm_util = (pp * w_d + kvb * batch * (isl + osl / 2.0)) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
 
-    names = np.array(list(terms))
-    stack = np.vstack([np.broadcast_to(np.asarray(v, dtype=float), tpot.shape) for v in terms.values()])
-    top = names[np.argmax(stack, axis=0)]
+    top = dominant_term(terms, tpot.shape)
     capacity_bound = (b_kv < np.minimum(mns, np.ceil(demand))) & (b_kv >= 1)
     prefill_bound = prefill_rate < np.minimum(decode_capacity, transfer_rate) * 0.999
     transfer_bound = (transfer_rate < np.minimum(decode_capacity, prefill_rate) * 0.999) & ~prefill_bound

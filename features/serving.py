@@ -61,6 +61,25 @@ class ServingEstimate:
     infeasible_reason: np.ndarray
 
 
+def explanatory_terms_ms(t, pp) -> dict:
+    """Per-token-period step time split into what explains it: weight and KV streaming, compute, communication and
+    fixed latency (ms; a stage's terms times the pipeline depth)."""
+    return {
+        "weights": pp * t.weight_read_ms,
+        "kv_cache": pp * t.kv_read_ms,
+        "compute": pp * t.compute_ms,
+        "communication": pp * (t.comm_ms + t.p2p_ms),
+        "latency": pp * (t.overhead_ms + t.misc_ms + t.lm_head_ms),
+    }
+
+
+def dominant_term(terms: dict, shape) -> np.ndarray:
+    """Name of the largest term per row."""
+    names = np.array(list(terms))
+    stack = np.vstack([np.broadcast_to(np.asarray(v, dtype=float), shape) for v in terms.values()])
+    return names[np.argmax(stack, axis=0)]
+
+
 def expected_max_osl(osl_mean, osl_median, osl_sigma, osl_max, n_requests):
     """Expected longest output among n requests: median·exp(σ·z) with z the (1 − 1/n) normal quantile, clipped."""
     from scipy.stats import norm
@@ -158,19 +177,11 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     tail_s = np.maximum(longest - osl, 0.0) * tpot_alone / 1e3 * 0.5
     makespan = np.where(closed, np.maximum(work_s + tail_s + ttft_base / 1e3, longest * tpot_alone / 1e3), np.nan)
 
-    terms = {
-        "weights": pp * t.weight_read_ms,
-        "kv_cache": pp * t.kv_read_ms,
-        "compute": pp * t.compute_ms,
-        "communication": pp * (t.comm_ms + t.p2p_ms),
-        "latency": pp * (t.overhead_ms + t.misc_ms + t.lm_head_ms),
-    }
+    terms = explanatory_terms_ms(t, pp)
     # per token period each GPU streams its weights once per micro-batch (pp times) plus its share of the KV
     hbm_util = (pp * wbytes + kvb * batch * (isl + osl / 2.0)) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
 
-    names = np.array(list(terms))
-    stack = np.vstack([np.broadcast_to(np.asarray(v, dtype=float), tpot.shape) for v in terms.values()])
-    top = names[np.argmax(stack, axis=0)]
+    top = dominant_term(terms, tpot.shape)
     capacity_bound = (b_kv < np.minimum(mns, np.ceil(demand))) & (b_kv >= 1)
     regime = np.select([capacity_bound, top == "compute", top == "communication"], ["capacity", "compute", "communication"],
                        "bandwidth")
