@@ -283,13 +283,26 @@ def _sampler(kind: str, multi: bool, seed: int, batch: int, trials: int):
                                       constant_liar=batch > 1)
 
 
-def open_storage(url: str):
-    """An Optuna RDB storage (any SQLAlchemy URL), or one clear line saying why it cannot be opened."""
+_SCHEMA_RACE = ("already exists", "duplicate key", "uniqueviolation", "integrityerror")
+
+
+def open_storage(url: str, attempts: int = 6):
+    """An Optuna RDB storage (any SQLAlchemy URL), or one clear line saying why it cannot be opened.
+
+    Workers started together on an empty database race to create Optuna's tables; the loser sees a duplicate-key or
+    already-exists error and retries after a short random wait (the winner's tables are there by then)."""
+    import random
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as e:  # a bad URL, a missing driver, an unreachable server
-        raise InputError(f"cannot open Optuna storage {url!r}: {str(e).splitlines()[0]}") from None
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as e:  # a bad URL, a missing driver, an unreachable server, or the creation race
+            text = f"{type(e).__name__} {e}".lower()
+            if attempt + 1 < attempts and any(k in text for k in _SCHEMA_RACE):
+                time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))
+                continue
+            raise InputError(f"cannot open Optuna storage {url!r}: {str(e).splitlines()[0]}") from None
 
 
 def _study(rdb, name: str, sampler, directions: list[str], fingerprint: str):

@@ -25,6 +25,21 @@ QUESTION = ["--model", "llama-3.1-8b", "--gpu", "h200", "--gpus", "8", "--worklo
 warnings.filterwarnings("ignore", category=RuntimeWarning)
 
 
+@pytest.fixture
+def fresh_pg_url():
+    """A new, empty database on the test PostgreSQL server (dropped afterwards), so Optuna's tables do not exist yet."""
+    import sqlalchemy as sa
+
+    db = f"lc_search_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
+    yield PG_URL.rsplit("/", 1)[0] + "/" + db
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     out = []
     for m in MODES:
@@ -59,9 +74,10 @@ def _check_shared(url: str, name: str, total: int, workers: int) -> None:
 
 @pytest.mark.skipif(not PG_URL, reason="no PostgreSQL: set LAYOUTCAST_TEST_PG_URL (scripts/test.sh starts one with "
                                        "scripts/pg_server.sh)")
-def test_two_workers_share_a_postgresql_study():
+def test_two_workers_share_a_postgresql_study(fresh_pg_url):
+    """Two workers started together on an empty database: both survive the race to create Optuna's tables."""
     name = f"lc-test-{uuid.uuid4().hex[:8]}"
-    cmd = [sys.executable, "-m", "predictor", "search", *QUESTION, "--trials", "9", "--storage", PG_URL,
+    cmd = [sys.executable, "-m", "predictor", "search", *QUESTION, "--trials", "9", "--storage", fresh_pg_url,
            "--study-name", name, "--json"]
     procs = [subprocess.Popen(cmd + ["--seed", str(k)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for k in range(2)]
@@ -70,7 +86,7 @@ def test_two_workers_share_a_postgresql_study():
         assert p.returncode == 0, err
         doc = json.loads(out)
         assert doc["study_name"] == name and "optuna-tpe" in doc["method"] and doc["best"]
-    _check_shared(PG_URL, name, total=18, workers=2)
+    _check_shared(fresh_pg_url, name, total=18, workers=2)
 
 
 def test_workers_share_an_sqlite_study(tmp_path):
