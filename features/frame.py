@@ -47,10 +47,14 @@ def _num(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
 
 
 def _dtype_col(df: pd.DataFrame, col: str, default: str) -> np.ndarray:
+    """Bytes per element of a dtype-name column (missing/`auto` = `default`); maps each distinct name once."""
     from features.specs import DTYPE_BYTES
 
-    s = df[col].astype("string").fillna(default).str.lower().replace({"fp8_e4m3": "fp8", "auto": default, "mixed": "fp16"})
-    return s.map(lambda v: DTYPE_BYTES.get(v, DTYPE_BYTES[default])).to_numpy(dtype=float)
+    aliases = {"fp8_e4m3": "fp8", "auto": default, "mixed": "fp16"}
+    codes, uniques = pd.factorize(df[col].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
+    table = np.array([DTYPE_BYTES.get(aliases.get(str(u).lower(), str(u).lower()), DTYPE_BYTES[default])
+                      for u in uniques] + [DTYPE_BYTES[default]], dtype=float)
+    return table[codes]  # code -1 (missing) picks the appended default
 
 
 def _layout(df: pd.DataFrame) -> Layout:
@@ -86,9 +90,9 @@ def physics_frame(df: pd.DataFrame, cal: Calibration | None = None) -> pd.DataFr
     gpu = columnar_gpu(out["gpu"])
     layout = _layout(out)
     wdt = _dtype_col(out, "weight_dtype", "bf16")
-    kdt_raw = out["kv_dtype"].astype("string")
-    kdt = np.where(kdt_raw.isna() | (kdt_raw.str.lower() == "auto"), np.where(wdt <= 1.0, 2.0, wdt),
-                   _dtype_col(out, "kv_dtype", "bf16"))
+    kv_codes, kv_names = pd.factorize(out["kv_dtype"].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
+    kv_auto = np.array([str(u).lower() == "auto" for u in kv_names] + [True], dtype=bool)[kv_codes]
+    kdt = np.where(kv_auto, np.where(wdt <= 1.0, 2.0, wdt), _dtype_col(out, "kv_dtype", "bf16"))
     feats = _descriptor_features(model, gpu, layout, wdt, kdt)
     kind = out["kind"].astype("string").fillna("").to_numpy()
 

@@ -79,6 +79,14 @@ def empty_frame() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
 
 
+def _to_int64(s: pd.Series) -> pd.arrays.IntegerArray:
+    """A nullable Int64 array of a numeric-looking column (rounded; missing or non-numeric = NA), built directly."""
+    x = s.to_numpy(dtype=float, na_value=np.nan) if s.dtype.kind in "fiub" or str(s.dtype) == "Float64" \
+        else pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    mask = ~np.isfinite(x)
+    return pd.arrays.IntegerArray(np.where(mask, 0, np.round(x)).astype(np.int64), mask)
+
+
 def conform(df: pd.DataFrame) -> pd.DataFrame:
     """Return `df` with every schema column present (missing = NaN), defaults filled, dtypes coerced.
 
@@ -94,6 +102,11 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
                 cols[col] = np.full(n, np.nan if default is None else default, dtype=float)
             elif dtype == "string":
                 cols[col] = np.full(n, default, dtype=object)
+            elif dtype == "Int64":
+                cols[col] = pd.arrays.IntegerArray(np.full(n, 0 if default is None else default, dtype=np.int64),
+                                                   np.full(n, default is None))
+            elif dtype == "boolean":
+                cols[col] = pd.arrays.BooleanArray(np.full(n, bool(default)), np.full(n, default is None))
             else:
                 cols[col] = pd.array([pd.NA if default is None else default] * n, dtype=dtype)
             continue
@@ -103,9 +116,7 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
                 v = s.to_numpy(dtype=float, na_value=np.nan) if s.dtype.kind in "fiub" or str(s.dtype) in ("Int64", "Float64") \
                     else pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
             elif dtype == "Int64":
-                v = s.array if str(s.dtype) == "Int64" else pd.array(
-                    np.round(pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)), dtype="Float64"
-                ).astype("Int64")
+                v = s.array if str(s.dtype) == "Int64" else _to_int64(s)
             elif dtype == "boolean":
                 v = s.array if str(s.dtype) == "boolean" else pd.array([_to_bool(x) for x in s], dtype="boolean")
             else:  # text as plain Python objects (None when missing): far cheaper than Arrow strings to index
