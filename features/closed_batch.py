@@ -15,6 +15,13 @@ from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec, Workload
 from features.steptime import replica_step_ms
 
 
+def usable_kv_tokens(kv_capacity_tokens: float, block_size: int) -> int:
+    """Tokens the scheduler can hand out of a cache of `kv_capacity_tokens` (what vLLM logs as the KV cache size):
+    vLLM v1's block pool keeps one block as its null block (`BlockPool.null_block`), so (num_blocks - 1) x block_size."""
+    blocks = int(kv_capacity_tokens) // int(block_size)
+    return max(blocks - 1, 0) * int(block_size)
+
+
 def step_time_fn(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, cal: Calibration):
     """The scheduler's step-time callback: seconds of one replica step (vectorised over steps)."""
 
@@ -32,7 +39,7 @@ def simulate_deployment(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: 
     cal = cal or default_calibration()
     n = int(num_requests or workload.num_requests or max(workload.concurrency, 1) * 4)
     isl, osl = workload.sample(n, seed)
-    cap = int(kv_capacity_tokens(model, gpu, layout, engine))
+    cap = usable_kv_tokens(kv_capacity_tokens(model, gpu, layout, engine), engine.block_size)
     arrival = None
     if workload.request_rate > 0:
         rng = np.random.default_rng(seed + 1)
