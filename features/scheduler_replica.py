@@ -302,20 +302,19 @@ class Replica:
     def _decode_shortfall_step(self) -> None:
         """`_exact_step` for a step where every running request decodes and the blocks run out (so no admission):
         the decoders whose phase needs a block claim one each in admission order; the tail is preempted to pay."""
-        T, tau, ranks = self.table, self.tau, self.ranks
-        claims = sorted((T.rank[r], r) for r in self.buckets[(-tau) % self.bs])
+        # Claims go in admission order and each shortfall pops the running tail, so the victims are the shortest
+        # tail of the running order whose freed blocks (and withdrawn claims) cover the claims left: no sort needed.
+        # (A claim never fails after its own request was popped: then every later claim was popped too.)
+        tau, ranks, rid_of_rank = self.tau, self.ranks, self.rid_of_rank
+        claimants = self.buckets[(-tau) % self.bs]
+        need = len(claimants)
         avail = self.free
-        for rank, rid in claims:
-            if rank not in self.rid_of_rank:  # popped as the tail earlier in this pass
-                continue
-            if avail < 1:
-                victim = -1
-                while avail < 1 and victim != rid:
-                    victim = self.rid_of_rank[ranks[-1]]
-                    avail += self._preempt(victim, tau)
-                if victim == rid:  # it popped itself: the running pass stops
-                    break
-            avail -= 1
+        while need > avail:
+            victim = rid_of_rank[ranks[-1]]
+            if victim in claimants:
+                need -= 1
+            avail += self._preempt(victim, tau)
+        avail -= need
         self.free = avail
         n = self.n_dec
         self.log.add(1, n, self.dec_offset + n * (tau + 1), 0, len(ranks), len(self.waiting),
