@@ -18,6 +18,12 @@ step, no prefix caching, no speculative decoding, watermark 0):
 4. After the step, a request whose computed tokens reach its token count samples one output token (the first output
    token comes out of the step that completes its prefill); after `osl` tokens it finishes and frees its blocks.
 
+Pipeline parallelism (`pp` > 1; `vllm/v1/engine/core.py::EngineCore.step_with_batch_queue`): up to `pp` scheduled
+micro-batches are in flight; `schedule()` advances a request's computed tokens when it schedules it, so a decoding
+request in flight has nothing left to schedule and joins no other micro-batch until its output returns. The
+simulator therefore steps in rounds: in one round every running request is scheduled once (by the rules above, with
+`pp` micro-batch budgets), and the round lasts `pipeline_round_s` (pp x one stage's time for the largest micro-batch).
+
 Speed. Decoding requests advance in lockstep, one token per step, so a decoder is fixed by its anchor (step, computed
 tokens, generated tokens) and needs a new block exactly when `(computed - step) % block_size` comes round: decoders
 sit in `block_size` buckets by that phase. A step costs O(requests that change) — admissions, preemptions,
@@ -49,6 +55,29 @@ WAITING, PREFILL, DECODE, DONE = range(4)
 def cdiv(a, b):
     """Ceiling division for ints or int arrays (blocks needed for `a` tokens)."""
     return -(-a // b)
+
+
+def pipeline_round_s(stage_time_s: StepTimeFn, pp: int, max_num_batched_tokens: int, decode_seqs, decode_kv,
+                     prefill) -> np.ndarray:
+    """Seconds of one scheduling round of a PP engine: every running request advances once.
+
+    vLLM v1 with PP keeps up to `pp` scheduled micro-batches in flight (`EngineCore.step_with_batch_queue`); a
+    request in flight has no token left to schedule (its computed tokens already count the step), so the scheduler
+    puts it in no other micro-batch until its output returns, and a decoding request advances once per round. The
+    round's work splits into m = min(pp, max(decoders, prefill chunks of `max_num_batched_tokens`)) micro-batches
+    (evenly: the largest holds ceil(decoders / m) decoders). Each micro-batch must cross all pp stages before its
+    requests can be scheduled again, and each stage runs the m micro-batches one after another, so the round takes
+    max(sum_k stage(mb_k), pp x max_k stage(mb_k)) = pp x stage(largest micro-batch): a full pipeline (m = pp)
+    streams every stage's weights once per micro-batch, and a few requests (the tail of a closed batch) pay the
+    whole pipeline's latency per token. `stage_time_s` gives one stage's time for one micro-batch.
+    """
+    n = np.asarray(decode_seqs, dtype=np.float64)
+    kv = np.asarray(decode_kv, dtype=np.float64)
+    pf = np.asarray(prefill, dtype=np.float64)
+    m = np.clip(np.maximum(n, np.ceil(pf / max_num_batched_tokens)), 1, pp)
+    mb = np.ceil(n / m)
+    kv_mb = np.where(n > 0, kv * mb / np.maximum(n, 1), 0.0)
+    return pp * np.asarray(stage_time_s(mb, kv_mb, pf / m), dtype=np.float64)
 
 
 class RequestTable:
@@ -84,6 +113,12 @@ class EngineKnobs:
     max_num_batched_tokens: int
     enable_chunked_prefill: bool
     reserve_full_sequence: bool
+    pp: int = 1  # pipeline stages = micro-batches in flight (vLLM's batch queue)
+
+    @property
+    def round_budget(self) -> int:
+        """Tokens one scheduling round may schedule: `max_num_batched_tokens` per micro-batch, `pp` micro-batches."""
+        return self.max_num_batched_tokens * self.pp
 
 
 class StepLog:
@@ -244,7 +279,7 @@ class Replica:
         n = len(self.ranks)
         if not self.waiting or n >= k.max_num_seqs:
             return True, False
-        budget_left = k.max_num_batched_tokens - n
+        budget_left = k.round_budget - n
         if budget_left <= 0:
             return True, False
         head = self.waiting[0]
@@ -326,7 +361,7 @@ class Replica:
         """One scheduler step exactly as vLLM's `schedule()`: running pass, preemptions, admissions, then the step."""
         T, k, bs = self.table, self.knobs, self.bs
         tau, ranks = self.tau, self.ranks
-        budget = k.max_num_batched_tokens
+        budget = k.round_budget
         # 1. Token budget over the running order. Decoders take 1 token each and always fit (running <=
         # max_num_seqs <= max_num_batched_tokens). Requests still prefilling are always the newest running ones: a
         # partial chunk exhausts the budget, so nothing is admitted behind it. So only they can miss the budget.
@@ -486,8 +521,13 @@ class Replica:
 
     # ---- step times --------------------------------------------------------------------------------------------
     def _eval(self, decode_seqs: np.ndarray, decode_kv: np.ndarray, prefill: np.ndarray) -> np.ndarray:
-        """Call the step-time model on an array of steps and check what it returns."""
-        d = np.asarray(self.step_time_s(decode_seqs, decode_kv, prefill), dtype=np.float64)
+        """Call the step-time model on an array of steps (PP: rounds, see `pipeline_round_s`) and check it."""
+        if self.knobs.pp > 1:
+            d = pipeline_round_s(self.step_time_s, self.knobs.pp, self.knobs.max_num_batched_tokens, decode_seqs,
+                                 decode_kv, prefill)
+        else:
+            d = self.step_time_s(decode_seqs, decode_kv, prefill)
+        d = np.asarray(d, dtype=np.float64)
         d = np.broadcast_to(d, decode_seqs.shape)
         if not np.all(np.isfinite(d)) or np.any(d <= 0):
             raise InputError("step_time_s returned a non-positive or non-finite step time")

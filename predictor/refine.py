@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from features.catalog import resolve_gpu, resolve_model
-from features.closed_batch import step_time_fn, usable_kv_tokens
+from features.closed_batch import stage_time_fn, usable_kv_tokens
 from features.disagg import kv_transfer_ms, pools_cross_nodes
 from features.memory import kv_capacity_tokens
 from features.scheduler import simulate
@@ -59,7 +59,7 @@ def _simulate_member(predictor: Predictor, ctx: SearchContext, layout: Layout, e
     learned speed correction, as `Predictor.predict(simulate=True)` scales an aggregated simulation."""
     model, gpu, cal = resolve_model(ctx.model), resolve_gpu(ctx.gpu), predictor.calibration
     speed = _learned_speed(predictor, ctx, layout, engine)
-    base = step_time_fn(model, gpu, layout, engine, cal)
+    base = stage_time_fn(model, gpu, layout, engine, cal)
 
     def step_time_s(decode_seqs, decode_kv_tokens, prefill_tokens):
         return speed * base(decode_seqs, decode_kv_tokens, prefill_tokens)
@@ -67,7 +67,8 @@ def _simulate_member(predictor: Predictor, ctx: SearchContext, layout: Layout, e
     cap = usable_kv_tokens(kv_capacity_tokens(model, gpu, layout, engine), engine.block_size)
     return simulate(isl, osl, step_time_s=step_time_s, kv_capacity_tokens=cap, block_size=engine.block_size,
                     max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens,
-                    enable_chunked_prefill=engine.enable_chunked_prefill, dp=int(layout.attention_replicas))
+                    enable_chunked_prefill=engine.enable_chunked_prefill, dp=int(layout.attention_replicas),
+                    pp=int(layout.pp))
 
 
 def split_by_share(n: int, share: float) -> np.ndarray:
@@ -154,16 +155,17 @@ def refine_disaggregated(predictor: Predictor, ctx: SearchContext, r, screened: 
     # the learned correction of the decode engines' step speed, as aggregated candidates get it (their simulation is
     # scaled by the learned/physics TPOT ratio of their layout): the decode pool's layout as an aggregated engine
     speed = _learned_speed(predictor, ctx, decode, engine)
+    stage = stage_time_fn(model, gpu, decode, engine, cal)  # one pipeline stage, one micro-batch
 
     def step_time_s(decode_seqs, decode_kv_tokens, prefill_tokens):
         # the prompt's KV arrives computed: a step that admits requests costs their first decode token
         d = np.maximum(np.asarray(decode_seqs, float), np.where(np.asarray(prefill_tokens) > 0, 1.0, 0.0))
-        return speed * replica_step_ms(model, gpu, decode, cal, d, decode_kv_tokens, 0.0, 0.0, wdt, kdt) / 1e3
+        return speed * stage(d, decode_kv_tokens, 0.0)
 
     cap = usable_kv_tokens(kv_capacity_tokens(model, gpu, decode, engine), engine.block_size)
     sim = simulate(isl, osl, step_time_s=step_time_s, kv_capacity_tokens=cap, block_size=engine.block_size,
                    max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens,
-                   dp=int(decode.attention_replicas), arrival_s=arrival_s)
+                   dp=int(decode.attention_replicas), arrival_s=arrival_s, pp=int(decode.pp))
     ttft_ms = (arrival_s + sim.ttft_s) * 1e3
     makespan = sim.makespan_s
     out_tokens = float(osl.sum())
