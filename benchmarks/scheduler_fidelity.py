@@ -446,6 +446,44 @@ def state_mismatches(real_steps: list, timeline: np.ndarray) -> int | None:
     return int((real_state != timeline[:, 1:4]).any(axis=1).sum())
 
 
+def pooled_floor(eng: dict, res: dict, pool: list[Path], name: str) -> None:
+    """The real floor makespans over this session's repeats plus those of earlier sessions kept in `pool` folders
+    (same engine, requests and knobs; only repeats scheduled identically count), against the same simulation: more
+    repeats give a firmer floor and show how much the real ordering of near-tied settings moves between sessions."""
+    if not eng["runs"]:
+        return
+    extra: dict[int, list] = {}
+    sessions = 1
+    for folder in pool:
+        f = folder / name
+        if not f.exists():
+            continue
+        old = json.loads(f.read_text())
+        used = False
+        for reps in old.get("runs", []):
+            if reps and reps[0]["isl"] == res["runs"][0][0]["isl"] and reps[0]["osl"] == res["runs"][0][0]["osl"]:
+                extra.setdefault(reps[0]["max_num_seqs"], []).extend(reps)
+                used = True
+        sessions += used
+    if sessions == 1:
+        return
+    rows = []
+    for reps, entry in zip([r for r in res["runs"] if r], eng["runs"]):
+        both = reps + extra.get(entry["max_num_seqs"], [])
+        same = [r for r in both if len(r["steps"]) == len(reps[0]["steps"])]
+        floor = floor_steps([r["steps"] for r in same])
+        if floor is None or "sim_floor_makespan_s" not in entry:
+            return
+        session = [float(np.array(floor_steps([r["steps"] for r in [x]]))[-1, T_END]) for x in same]
+        rows.append({"max_num_seqs": entry["max_num_seqs"], "repeats": len(same),
+                     "real": {"pooled_floor_makespan_s": float(np.array(floor)[-1, T_END])},
+                     "sim_pooled_floor_makespan_s": entry["sim_floor_makespan_s"],
+                     "fastest_repeat_s": min(session)})
+    for r in rows:
+        r["err"] = r["sim_pooled_floor_makespan_s"] / r["real"]["pooled_floor_makespan_s"] - 1
+    eng["pooled"] = {"sessions": sessions, "runs": rows, "ordering": ordering(rows, "pooled_floor_makespan_s")}
+
+
 def analyse(eng: dict, res: dict) -> None:
     """Calibrate, simulate and compare every run of one engine (fills eng['runs'], eng['fit'], eng['ordering'])."""
     done = [reps for reps in res.get("runs", []) if reps]
@@ -537,6 +575,13 @@ def summarise(results: list[dict], t_all: float) -> dict:
         "exact_preemption_matches": sum(r["check"]["preemptions_equal"] for r in runs),
         "exact_per_request_preemption_matches": sum(r["check"]["request_preemptions_equal"] for r in runs),
         "runs_with_identical_state_at_every_step": sum(r["check"].get("steps_with_other_state") == 0 for r in runs),
+        "pooled_sessions": {e["engine"]: e["pooled"]["sessions"] for e in results if e.get("pooled")},
+        "pooled_floor_orderings_identical": sum(bool(e.get("pooled", {}).get("ordering", {}).get("identical"))
+                                                for e in results),
+        "pooled_floor_makespan_within_15pct": sum(abs(r["err"]) <= 0.15 for e in results
+                                                  for r in e.get("pooled", {}).get("runs", [])),
+        "floor_pairs_disagree_beyond_5pct": sum(e.get("floor_ordering", {}).get("pairs_disagree", 0)
+                                                for e in results),
         "errors": [e["error"] for e in results if e.get("error")],
         "total_wall_s": time.time() - t_all,
     }
@@ -552,6 +597,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--timeout-s", type=float, default=600.0, help="per engine")
     ap.add_argument("--workdir", help="keep the engines' raw step logs and logs here (default: a temporary folder)")
     ap.add_argument("--reuse", action="store_true", help="analyse the raw results already in --workdir, run nothing")
+    ap.add_argument("--pool", nargs="*", default=[], metavar="DIR",
+                    help="workdirs of earlier sessions (same requests): also report the real floor over all their "
+                         "repeats (the 'pooled' block)")
     args = ap.parse_args(argv)
     from rich.console import Console
 
@@ -582,9 +630,17 @@ def main(argv: list[str] | None = None) -> dict:
                 eng["log_tail"] = res.get("log_tail") or res.get("traceback")
                 console.print(f"[red]{label}: {res['error']}[/red]")
             analyse(eng, res)
+            pooled_floor(eng, res, [Path(p) for p in args.pool], kept.name)
             console.print(f"{label}: {len(eng['runs'])} runs compared in {eng['wall_s']:.0f} s")
             results.append(eng)
     print_table(console, results)
+    for eng in results:
+        if eng.get("pooled"):
+            po = eng["pooled"]
+            console.print(f"{eng['engine']}: floor over {po['sessions']} sessions "
+                          + ", ".join(f"{r['max_num_seqs']}: {r['real']['pooled_floor_makespan_s']:.2f} / "
+                                      f"{r['sim_pooled_floor_makespan_s']:.2f} s ({r['err']:+.1%})" for r in po["runs"])
+                          + f"; order real {po['ordering']['real']} sim {po['ordering']['sim']}")
     png = RESULTS / "scheduler_fidelity_timeline.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(results, png)
