@@ -37,6 +37,7 @@ later, one vectorised `step_time_s` call for all logged steps.
 from __future__ import annotations
 
 import heapq
+from array import array
 from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
@@ -129,8 +130,11 @@ class StepLog:
 
     def __init__(self, block_size: int):
         self.block_size = block_size
-        self.rows: list[tuple] = []
-        self.patterns: list[list[int]] = [[0] * (block_size + 1)]  # row 0: no block growth inside the interval
+        # flat int64 buffers (appending is cheap and numpy reads them without a copy)
+        self.rows = array("q")
+        self.patterns = array("q", [0] * (block_size + 1))  # pattern 0: no block growth inside the interval
+        self.n_rows = 0
+        self.n_patterns = 1
 
     def add(self, steps, decode_seqs, decode_kv_first, prefill, running, waiting, kv_blocks0, kv_full, emitted,
             pattern=None):
@@ -139,18 +143,21 @@ class StepLog:
         if pattern is None:
             p = 0
         else:
-            self.patterns.append(pattern)
-            p = len(self.patterns) - 1
-        self.rows.append((steps, decode_seqs, decode_kv_first, prefill, running, waiting, kv_blocks0, kv_full,
+            self.patterns.extend(pattern)
+            p = self.n_patterns
+            self.n_patterns = p + 1
+        self.rows.extend((steps, decode_seqs, decode_kv_first, prefill, running, waiting, kv_blocks0, kv_full,
                           emitted, p))
+        self.n_rows += 1
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.n_rows
 
     def expand(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """Per-step arrays for descriptors [start, stop)."""
         stop = len(self) if stop is None else stop
-        rows = np.asarray(self.rows[start:stop], dtype=np.int64).reshape(-1, len(self.FIELDS))
+        nf = len(self.FIELDS)
+        rows = np.frombuffer(self.rows, dtype=np.int64)[start * nf: stop * nf].reshape(-1, nf).copy()
         a = {f: rows[:, i] for i, f in enumerate(self.FIELDS)}
         k_steps = a["steps"]
         total = int(k_steps.sum())
@@ -159,7 +166,7 @@ class StepLog:
         k = np.arange(total, dtype=np.int64) - offsets[idx]
         n = a["decode_seqs"][idx]
         q, r = np.divmod(k + 1, self.block_size)
-        pat = np.asarray(self.patterns, dtype=np.int64)
+        pat = np.frombuffer(self.patterns, dtype=np.int64).reshape(-1, self.block_size + 1).copy()
         growth = np.where(a["pattern"][idx] > 0, q * n + pat[a["pattern"][idx], r], 0)
         return {
             "decode_seqs": n,
@@ -178,6 +185,9 @@ class StepLog:
 
 class Replica:
     """One engine: running set in admission order, FCFS waiting deque, block pool, and a step log."""
+
+    LOG_FIELDS = ("decode_seqs", "decode_kv_tokens", "prefill_tokens", "running", "waiting", "kv_blocks", "kv_full",
+                  "emitted")
 
     def __init__(self, index: int, table: RequestTable, knobs: EngineKnobs, step_time_s: StepTimeFn,
                  interpolate_step_times: bool = False):
@@ -201,6 +211,7 @@ class Replica:
         self.resolved_desc = 0
         self.clock_s = 0.0
         self._starts: list[np.ndarray] = []
+        self._chunks: list[dict[str, np.ndarray]] = []
         self._durs: list[np.ndarray] = []
         self.requeues: list[tuple[int, int, int]] = []  # (request, preempted at step, re-admitted at step)
         self.preemptions = 0
@@ -539,6 +550,7 @@ class Replica:
             return
         a = self.log.expand(self.resolved_desc)
         self.resolved_desc = len(self.log)
+        self._chunks.append({f: a[f] for f in self.LOG_FIELDS})  # kept for log_arrays: expand each step once
         if self.interpolate:  # each interval's first and last step only; linear in between (decode KV grows linearly)
             counts = a["interval_steps"]
             first = np.cumsum(counts) - counts
@@ -557,7 +569,8 @@ class Replica:
     def log_arrays(self) -> dict[str, np.ndarray]:
         """The full per-step log of this replica with start and duration of each step (call after the run)."""
         self.resolve()
-        out = self.log.expand()
+        out = {f: np.concatenate([c[f] for c in self._chunks]) if self._chunks else np.empty(0, np.int64)
+               for f in self.LOG_FIELDS}
         out["start_s"] = np.concatenate(self._starts) if self._starts else np.empty(0)
         out["dur_s"] = np.concatenate(self._durs) if self._durs else np.empty(0)
         return out
