@@ -24,7 +24,7 @@ from rich.table import Table  # noqa: E402
 from benchmarks._common import RESULTS, write_result  # noqa: E402
 from features.calibration import default_calibration  # noqa: E402
 from features.catalog import resolve_gpu, resolve_model, resolve_workload  # noqa: E402
-from features.closed_batch import step_time_fn  # noqa: E402
+from features.closed_batch import stage_time_fn, usable_kv_tokens  # noqa: E402
 from features.layouts import enumerate_layouts, infeasible_reason  # noqa: E402
 from features.memory import kv_capacity_tokens  # noqa: E402
 from features.scheduler import simulate  # noqa: E402
@@ -39,7 +39,8 @@ GPU_COUNTS = (1, 2, 4, 8)
 
 def run_layout(model, gpu, layout, engine, isl, osl, cal, timeline=False):
     cap = int(kv_capacity_tokens(model, gpu, layout, engine))
-    sim = simulate(isl, osl, step_time_s=step_time_fn(model, gpu, layout, engine, cal), kv_capacity_tokens=cap,
+    sim = simulate(isl, osl, step_time_s=stage_time_fn(model, gpu, layout, engine, cal), pp=int(layout.pp),
+                   kv_capacity_tokens=usable_kv_tokens(cap, engine.block_size),
                    block_size=engine.block_size, max_num_seqs=engine.max_num_seqs,
                    max_num_batched_tokens=engine.max_num_batched_tokens, dp=int(layout.attention_replicas),
                    record_timeline=timeline)

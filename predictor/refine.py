@@ -2,9 +2,11 @@
 
 The steady-state screen averages; a closed batch has a start (every prompt at once), preemptions when caches fill
 and a tail where the longest outputs run alone. Aggregated candidates go through `Predictor.predict(simulate=True)`;
-a mix simulates each member on its share of the requests (the deployment ends with its slowest member); a
-disaggregated candidate simulates the decode pool with decode-only steps, each request arriving when its prompt
-has been prefilled on the prefill pool and its KV cache has crossed the link.
+a mix splits one sample of the batch over its members as the router does and simulates each member on exactly its
+requests (the deployment ends with its slowest member); a disaggregated candidate simulates the decode pool with
+decode-only steps, each request arriving when its prompt has been prefilled on the prefill pool and its KV cache has
+crossed the link. Mix members and decode pools get the learned step-speed correction of their layout, as aggregated
+candidates do, so every mode is scored on the same footing.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from features.catalog import resolve_gpu, resolve_model
+from features.closed_batch import stage_time_fn, usable_kv_tokens
 from features.disagg import kv_transfer_ms, pools_cross_nodes
 from features.memory import kv_capacity_tokens
 from features.scheduler import simulate
@@ -22,7 +25,7 @@ from predictor.scoring import TARGETS, SearchContext
 
 
 def _engine(ctx: SearchContext, r) -> EngineConfig:
-    return EngineConfig(weight_dtype=ctx.weight_dtype, kv_cache_dtype=str(r.kv_cache_dtype),
+    return EngineConfig(weight_dtype=ctx.weight_dtype or resolve_model(ctx.model).native_dtype, kv_cache_dtype=str(r.kv_cache_dtype),
                         max_num_seqs=int(r.max_num_seqs), max_num_batched_tokens=int(r.max_num_batched_tokens),
                         gpu_memory_utilization=float(r.gpu_memory_utilization))
 
@@ -50,31 +53,82 @@ def refine_aggregated(predictor: Predictor, ctx: SearchContext, r, seed: int) ->
     return out
 
 
+def _simulate_member(predictor: Predictor, ctx: SearchContext, layout: Layout, engine: EngineConfig,
+                     isl: np.ndarray, osl: np.ndarray):
+    """One aggregated member on its exact requests (closed batch): the physics step time scaled by the member's
+    learned speed correction, as `Predictor.predict(simulate=True)` scales an aggregated simulation."""
+    model, gpu, cal = resolve_model(ctx.model), resolve_gpu(ctx.gpu), predictor.calibration
+    speed = _learned_speed(predictor, ctx, layout, engine)
+    base = stage_time_fn(model, gpu, layout, engine, cal)
+
+    def step_time_s(decode_seqs, decode_kv_tokens, prefill_tokens):
+        return speed * base(decode_seqs, decode_kv_tokens, prefill_tokens)
+
+    cap = usable_kv_tokens(kv_capacity_tokens(model, gpu, layout, engine), engine.block_size)
+    return simulate(isl, osl, step_time_s=step_time_s, kv_capacity_tokens=cap, block_size=engine.block_size,
+                    max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens,
+                    enable_chunked_prefill=engine.enable_chunked_prefill, dp=int(layout.attention_replicas),
+                    pp=int(layout.pp))
+
+
+def split_by_share(n: int, share: float) -> np.ndarray:
+    """Which member (0 or 1) the router sends each of `n` requests submitted at once to: a smooth weighted
+    round-robin, the first member taking round(n * share) requests spread evenly through the batch."""
+    share = float(np.clip(share, 0.0, 1.0))
+    i = np.arange(n)
+    first = np.floor((i + 1) * share + 0.5) > np.floor(i * share + 0.5)
+    return np.where(first, 0, 1)
+
+
 def refine_mixed(predictor: Predictor, ctx: SearchContext, r, seed: int) -> dict:
+    """A mix on a closed batch: ONE sample of the batch, split over the members by the router (in proportion to
+    what each member sustains, `load_share_first` of the screen), each member simulated on exactly its requests
+    with vLLM's scheduler (preemption recompute and the tail included); the deployment ends with its slowest member.
+    (Sampling each member's share separately would give each its own longest request: too long a tail for both.)"""
     wl = ctx.workload
     share = float(r.get("load_share_first", np.nan))
     share = share if np.isfinite(share) else 0.5
-    n_a = max(1, int(round(wl.num_requests * share)))
-    members = [(int(r.tp), int(r.pp), int(r.dp), int(r.ep), n_a),
-               (int(r.b_tp), int(r.b_pp), int(r.b_dp), int(r.b_ep), max(1, wl.num_requests - n_a))]
-    preds = [predictor.predict(ctx.model, ctx.gpu, tp, pp, dp, ep, False, wl, n, 0, 0.0, engine=_engine(ctx, r),
-                               simulate=True, seed=seed + i) for i, (tp, pp, dp, ep, n) in enumerate(members)]
-    mk = [p.targets["makespan_s"]["value"] for p in preds]
-    makespan = max(mk)
-    out = {"makespan_s": {k: max(p.targets["makespan_s"][k] for p in preds) for k in ("value", "lo", "hi")}}
-    for t in ("output_throughput", "total_throughput", "request_throughput"):
-        # what each member produced over its own run, over the whole deployment's run
-        out[t] = {k: sum(p.targets[t][k] * m for p, m in zip(preds, mk)) / makespan for k in ("value", "lo", "hi")}
-    weights = [p.targets["output_throughput"]["value"] * m for p, m in zip(preds, mk)]
-    reqs = [p.targets["request_throughput"]["value"] * m for p, m in zip(preds, mk)]
-    for t, w in (("tpot_ms", weights), ("ttft_ms", reqs)):
-        out[t] = {k: sum(p.targets[t][k] * wi for p, wi in zip(preds, w)) / max(sum(w), 1e-12) for k in ("value", "lo", "hi")}
-    for t in ("ttft_p99_ms", "tpot_p99_ms"):
-        out[t] = {k: max(p.targets[t][k] for p in preds) for k in ("value", "lo", "hi")}
-    out["preemptions"] = {"value": float(sum(p.preemptions or 0.0 for p in preds)), "lo": np.nan, "hi": np.nan}
-    for t in ("ttft_ms", "tpot_ms"):  # a mix meets a latency SLO only when every member does
-        out[f"worst_{t}"] = {"value": max(p.targets[t]["value"] for p in preds), "lo": np.nan, "hi": np.nan}
+    engine = _engine(ctx, r)
+    isl, osl = wl.sample(int(wl.num_requests), seed)
+    member = split_by_share(len(isl), share)
+    layouts = [Layout(int(r.tp), int(r.pp), int(r.dp), int(r.ep)), Layout(int(r.b_tp), int(r.b_pp), int(r.b_dp), int(r.b_ep))]
+    sims, parts = [], []
+    for k, lay in enumerate(layouts):
+        mine = member == k
+        if not mine.any():
+            continue
+        sims.append(_simulate_member(predictor, ctx, lay, engine, isl[mine], osl[mine]))
+        parts.append(mine)
+    makespan = max(s.makespan_s for s in sims)
+    out_tokens = float(osl.sum())
+    ttft = np.concatenate([s.ttft_s for s in sims]) * 1e3
+    tpot = np.concatenate([s.tpot_s for s in sims]) * 1e3
+    tpot = tpot[np.isfinite(tpot)]
+    values = {"makespan_s": makespan, "output_throughput": out_tokens / makespan,
+              "total_throughput": (out_tokens + float(isl.sum())) / makespan, "request_throughput": len(isl) / makespan,
+              "ttft_ms": float(np.mean(ttft)), "ttft_p99_ms": float(np.percentile(ttft, 99)),
+              "tpot_ms": float(np.mean(tpot)) if len(tpot) else np.nan,
+              "tpot_p99_ms": float(np.percentile(tpot, 99)) if len(tpot) else np.nan}
+    screened = {f"{t}{s}": float(r.get(f"pred_{t}{s}", np.nan)) for t in TARGETS for s in ("", "_lo", "_hi")}
+    out = {t: _scale(v, screened, t) for t, v in values.items()}
+    out["preemptions"] = {"value": float(sum(s.preemptions for s in sims)), "lo": np.nan, "hi": np.nan}
+    for t, f in (("ttft_ms", lambda s: s.ttft_mean_s), ("tpot_ms", lambda s: s.tpot_mean_s)):
+        # a mix meets a latency SLO only when every member does
+        out[f"worst_{t}"] = {"value": max(f(s) for s in sims) * 1e3, "lo": np.nan, "hi": np.nan}
     return out
+
+
+def _learned_speed(predictor: Predictor, ctx: SearchContext, layout: Layout, engine: EngineConfig) -> float:
+    """Learned / physics TPOT of `layout` serving the search's workload as an aggregated engine (1.0 without a
+    learned TPOT model): the factor `Predictor.predict(simulate=True)` applies to an aggregated simulation."""
+    from predictor.api import scenario_row
+    import pandas as pd
+
+    wl = ctx.workload
+    row = scenario_row(str(ctx.model), resolve_gpu(ctx.gpu).name, layout, wl, engine)
+    r = predictor.predict_frame(pd.DataFrame([row])).iloc[0]
+    pred, phys = float(r.get("pred_tpot_ms", np.nan)), float(r.get("phys_tpot_ms", np.nan))
+    return pred / phys if np.isfinite(pred) and np.isfinite(phys) and phys > 0 and pred > 0 else 1.0
 
 
 def refine_disaggregated(predictor: Predictor, ctx: SearchContext, r, screened: dict, seed: int) -> dict:
@@ -98,15 +152,20 @@ def refine_disaggregated(predictor: Predictor, ctx: SearchContext, r, screened: 
     x_ms = kv_transfer_ms(model, gpu, cal, isl.astype(float), kdt, prefill.tp * prefill.pp, decode.tp * decode.pp, cross)
     arrival_s = (done_ms + x_ms) / 1e3
 
+    # the learned correction of the decode engines' step speed, as aggregated candidates get it (their simulation is
+    # scaled by the learned/physics TPOT ratio of their layout): the decode pool's layout as an aggregated engine
+    speed = _learned_speed(predictor, ctx, decode, engine)
+    stage = stage_time_fn(model, gpu, decode, engine, cal)  # one pipeline stage, one micro-batch
+
     def step_time_s(decode_seqs, decode_kv_tokens, prefill_tokens):
         # the prompt's KV arrives computed: a step that admits requests costs their first decode token
         d = np.maximum(np.asarray(decode_seqs, float), np.where(np.asarray(prefill_tokens) > 0, 1.0, 0.0))
-        return replica_step_ms(model, gpu, decode, cal, d, decode_kv_tokens, 0.0, 0.0, wdt, kdt) / 1e3
+        return speed * stage(d, decode_kv_tokens, 0.0)
 
-    cap = int(kv_capacity_tokens(model, gpu, decode, engine))
+    cap = usable_kv_tokens(kv_capacity_tokens(model, gpu, decode, engine), engine.block_size)
     sim = simulate(isl, osl, step_time_s=step_time_s, kv_capacity_tokens=cap, block_size=engine.block_size,
                    max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens,
-                   dp=int(decode.attention_replicas), arrival_s=arrival_s)
+                   dp=int(decode.attention_replicas), arrival_s=arrival_s, pp=int(decode.pp))
     ttft_ms = (arrival_s + sim.ttft_s) * 1e3
     makespan = sim.makespan_s
     out_tokens = float(osl.sum())

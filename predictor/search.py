@@ -554,9 +554,13 @@ def _refine(predictor: Predictor, ctx: SearchContext, seen: pd.DataFrame, col: s
     cand = seen[seen["feasible"] & np.isfinite(seen[col])]
     order = (sign * cand[col]).sort_values(kind="stable").index
     # small spaces: simulate every feasible candidate; large ones: the `top` best by the screen (distinct layouts)
+    # of every deployment mode, so one mode's optimistic screen (a capacity-trapped mix, whose steady-state estimate
+    # misses preemption recompute and the tail) cannot keep another mode's leaders from being simulated
     if len(order) > 3 * top:
         layouts = seen.loc[order, "layout"]
-        order = layouts[~layouts.duplicated()].index[:top]
+        distinct = layouts[~layouts.duplicated()].index
+        modes = seen.loc[distinct, "mode"] if "mode" in seen.columns else pd.Series("aggregated", index=distinct)
+        order = pd.Index([i for m in pd.unique(modes) for i in distinct[(modes == m).to_numpy()][:top]])
     for i in order:
         r = seen.loc[i]
         try:

@@ -119,6 +119,31 @@ def test_closed_batch_refinement_of_every_mode(p):
     assert len(sim) >= 3 and res.best["simulated"] and res.best["pred_makespan_s"] > 0
 
 
+def test_mix_split_shares_one_batch():
+    from predictor.refine import split_by_share
+
+    for n, share in ((2000, 0.5), (2000, 0.37), (7, 0.9), (5, 0.0), (5, 1.0)):
+        member = split_by_share(n, share)
+        assert len(member) == n and set(member.tolist()) <= {0, 1}
+        assert (member == 0).sum() == int(np.floor(n * share + 0.5))
+
+
+def test_closed_batch_trapped_mix_does_not_outrank_aggregated_winner():
+    """Issue 7 follow-up: 32B on 8xH200, reasoning closed batch, every mode. Capacity-trapped mixes (members of
+    TP1/TP2 replicas that preempt thousands of times) must not outrank the aggregated winner once every mode's
+    leaders are simulated with the same scheduler, the same learned speed correction and one shared batch."""
+    p = Predictor.load()
+    res = search("deepseek-r1-distill-qwen-32b", "h200", 8, workload="reasoning", objective="makespan",
+                 num_requests=2000, exhaustive=True, predictor=p, refine_top=3)
+    r = res.ranked[res.ranked["feasible"] & res.ranked["simulated"]]
+    assert set(r["mode"]) == {"aggregated", "mixed", "disaggregated"}  # every mode's leaders were simulated
+    agg = r[r["mode"] == "aggregated"]
+    best_agg = agg["pred_makespan_s"].min()
+    trapped = r[(r["mode"] != "aggregated") & (r["preemptions"] > 0)]
+    assert len(trapped) and (trapped["pred_makespan_s"] >= best_agg).all(), trapped[["layout", "pred_makespan_s"]]
+    assert res.best["mode"] == "aggregated" or res.best.get("preemptions", 0) == 0
+
+
 def test_multinode_search_picks_layouts_within_nodes(p):
     res = search("llama-3.1-70b", "h200", 32, trials=40, predictor=p, modes=("aggregated", "disaggregated"))
     assert res.best is not None and res.best["tp"] <= 8

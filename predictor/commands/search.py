@@ -30,8 +30,8 @@ def register(sub) -> None:
     p.add_argument("--sampler", default="auto", choices=["auto", "tpe", "nsga2", "random"])
     p.add_argument("--modes", default=None,
                    help="deployment modes to consider (comma-separated: aggregated,mixed,disaggregated; default all "
-                        "three, but aggregated only for a closed batch --requests N: the mixed and disaggregated "
-                        "closed-batch models do not yet charge preemption recompute or the tail)")
+                        "three; for a closed batch --requests N the leaders of every mode are re-scored by the "
+                        "scheduler simulation, preemption recompute and the tail included)")
     p.add_argument("--knobs", action="store_true",
                    help="also search max_num_seqs, max_num_batched_tokens, KV dtype, gpu_memory_utilization")
     p.add_argument("--weight-dtype", default=None, choices=["bf16", "fp16", "fp8", "fp4"])
@@ -64,7 +64,7 @@ def run(args) -> int:
                              ("ttft_p99_ms", args.slo_ttft_p99_ms), ("tpot_p99_ms", args.slo_tpot_p99_ms))
            if v is not None}
     if args.modes is None:
-        args.modes = "aggregated" if args.requests else "aggregated,mixed,disaggregated"
+        args.modes = "aggregated,mixed,disaggregated"
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     res = search(model=args.model, gpu=args.gpu, num_gpus=args.gpus, workload=args.workload or "reasoning",
                  objective=args.objective, slo=slo, trials=args.trials, exhaustive=args.exhaustive,
