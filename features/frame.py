@@ -23,7 +23,10 @@ from features.serving import EngineArrays, estimate_serving
 from features.specs import GPUSpec, Layout, ModelSpec
 from features.steptime import decode_attention_ms, gemm_ms, stage_step_terms
 
-NO_ROPE_KV_SOURCE = "gpu-probe"  # step rows of this source measured decoder layers without RoPE and KV append
+# step rows measured by layoutcast's torch backend: its decoder layers run RoPE (unfused) and the KV append as
+# separate kernels, which the physics adds (`rope_kv_append_ms`); the GPU probe ran neither, and engines (fpm
+# iterations, serving) fuse them into kernels the fitted small-kernel term already covers
+ROPE_KV_SOURCES = ("torch-probe",)
 MODEL_NUMERIC = [f.name for f in fields(ModelSpec) if f.type in ("int", "bool")]
 GPU_NUMERIC = [f.name for f in fields(GPUSpec) if f.type in ("float", "int")]
 
@@ -201,8 +204,7 @@ def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottlene
     kv = np.where(decode, batch * ctx, 0.0)
     T = np.where(decode, 0.0, tokens)
     prefix = np.where(decode, 0.0, np.maximum(ctx - tokens, 0.0))
-    # the H200 GPU probe's layer stacks ran without RoPE and the KV append (data/gpu_probe/README.md)
-    rope_kv = (out["source"].astype("string").fillna("") != NO_ROPE_KV_SOURCE).to_numpy(float)
+    rope_kv = out["source"].astype("string").fillna("").isin(ROPE_KV_SOURCES).to_numpy(float)
     t = stage_step_terms(model, gpu, layout, cal, d, kv, T, prefix, wdt, kdt, include_comm=False,
                          include_lm_head=False, include_overhead=False, rope_kv=rope_kv)
     lm = gemm_ms(np.maximum(d, 1), model.vocab_size / layout.tp, model.hidden_size, gpu, cal)

@@ -133,13 +133,15 @@ class StepTerms:
 
 def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibration, decode_seqs, decode_kv_tokens,
                      prefill_tokens=0.0, prefill_prefix_tokens=0.0, weight_dtype="bf16", kv_dtype="bf16",
-                     include_comm=True, include_lm_head=True, include_overhead=True, rope_kv=1.0) -> StepTerms:
+                     include_comm=True, include_lm_head=True, include_overhead=True, rope_kv=0.0) -> StepTerms:
     """Time of one step of the most loaded pipeline stage for one attention replica's batch.
 
     `decode_seqs` sequences each decode one token with `decode_kv_tokens` KV tokens in total; `prefill_tokens`
     prompt tokens (chunked prefill, after `prefill_prefix_tokens` cached ones) run in the same fused step.
-    `rope_kv` (1, or 0 per row) counts the RoPE and KV-append kernels: 0 only for measurements that left them out
-    (the H200 GPU probe's layer stacks).
+    `rope_kv` (0 or 1, per row) adds the RoPE and KV-append kernels as layoutcast's torch backend runs them
+    (unfused: `rope_kv_append_ms`): 1 for its layer stacks (source `torch-probe`); 0 for serving engines, whose
+    fused rotary and cache-write kernels are a few microseconds and sit in the fitted small-kernel term
+    (`layer_misc_ms`), and for the H200 GPU probe, whose layers ran without them.
     """
     d = np.asarray(decode_seqs, dtype=float)
     kv = np.asarray(decode_kv_tokens, dtype=float)

@@ -55,20 +55,21 @@ def test_rope_kv_append_floor_bytes_and_zero():
     assert rope_kv_append_ms(1e6, LLAMA, Layout(tp=4), H200, CAL) < t[2]
 
 
-def test_rope_kv_counts_in_layer_time_only_when_measured():
+def test_rope_kv_counts_in_layer_time_only_when_asked():
     with_rope = stage_step_terms(LLAMA, H200, Layout(), CAL, 8, 8 * 1024, include_comm=False, include_lm_head=False,
-                                 include_overhead=False)
+                                 include_overhead=False, rope_kv=1.0)
     without = stage_step_terms(LLAMA, H200, Layout(), CAL, 8, 8 * 1024, include_comm=False, include_lm_head=False,
-                               include_overhead=False, rope_kv=0.0)
+                               include_overhead=False)  # engine steps: fused kernels inside the small-kernel term
     assert np.isclose(with_rope.layer_ms - without.layer_ms, rope_kv_append_ms(8, LLAMA, Layout(), H200, CAL))
 
 
-def test_physics_frame_leaves_rope_out_for_gpu_probe_rows_only():
+def test_physics_frame_adds_rope_for_torch_backend_rows_only():
     row = {"kind": "step", "model": "llama-3.1-8b", "gpu": "h200", "tp": 1, "phase": "decode", "batch": 8,
            "context": 1024, "tokens": 8, "layer_ms": 0.1}
-    f = physics_frame(pd.DataFrame([{**row, "source": "gpu-probe"}, {**row, "source": "torch-probe"}]), CAL)
+    f = physics_frame(pd.DataFrame([{**row, "source": s} for s in ("gpu-probe", "torch-probe", "fpm")]), CAL)
     diff = f["phys_layer_ms"].iloc[1] - f["phys_layer_ms"].iloc[0]
     assert np.isclose(diff, rope_kv_append_ms(8, LLAMA, Layout(), H200, CAL))
+    assert f["phys_layer_ms"].iloc[2] == f["phys_layer_ms"].iloc[0]
 
 
 def test_step_features_are_gpu_relative():
