@@ -28,13 +28,13 @@ def _fit(residual_fn, x0, lower, upper):
     return res.x
 
 
-def fit_gemm(gemm_rows: pd.DataFrame, cal: Calibration) -> Calibration:
+def fit_gemm(gemm_rows: pd.DataFrame, cal: Calibration, gpu_name: str = REFERENCE_GPU) -> Calibration:
     """GEMM latency floor and achieved bandwidth/rate fractions from x[m,k] @ W[k,n] timings.
 
     The memory/compute blend is the Euclidean norm (p = 2): fitting p freely gave 2.4 and changed the held-out
     layer error by 0.1 point (median) while a fixed p = 2 evaluates as a fast `hypot`.
     """
-    gpu = resolve_gpu(REFERENCE_GPU)
+    gpu = resolve_gpu(gpu_name)
     m, n, k, y = (gemm_rows[c].to_numpy(float) for c in ("m", "n", "k", "ms_median"))
 
     def resid(x):
@@ -49,23 +49,40 @@ PROBE_ATTN_MODEL = ModelSpec("probe-attn", num_layers=1, hidden_size=4096, num_h
                              intermediate_size=1, vocab_size=1)
 
 
-def fit_attention(attn_rows: pd.DataFrame, cal: Calibration) -> Calibration:
-    """Decode-attention floor, saturated and per-work-unit bandwidth, from SDPA timings at batch × context."""
-    gpu = resolve_gpu(REFERENCE_GPU)
+def fit_attention(attn_rows: pd.DataFrame, cal: Calibration, gpu_name: str = REFERENCE_GPU) -> Calibration:
+    """Decode-attention floor, saturated bandwidth fraction and per-work-unit rate (GB/s), from SDPA timings."""
+    gpu = resolve_gpu(gpu_name)
     b, ctx, y = (attn_rows[c].to_numpy(float) for c in ("batch", "context", "ms_median"))
 
     def resid(x):
-        c = dataclasses.replace(cal, attn_bw_sat_frac=x[0], attn_unit_bw_frac=x[1], attn_floor_ms=x[2])
+        c = dataclasses.replace(cal, attn_bw_sat_frac=x[0], attn_unit_gbps=x[1] * 100.0, attn_floor_ms=x[2])
         t, _ = decode_attention_ms(b, b * ctx, PROBE_ATTN_MODEL, Layout(), gpu, c)
         return np.log(t / y)
 
-    x = _fit(resid, [0.9, 0.01, 0.01], [0.1, 1e-4, 0.0], [1.2, 0.5, 0.1])
-    return dataclasses.replace(cal, attn_bw_sat_frac=x[0], attn_unit_bw_frac=x[1], attn_floor_ms=x[2])
+    x = _fit(resid, [0.9, 0.4, 0.01], [0.1, 1e-3, 0.0], [1.2, 20.0, 0.1])  # x[1]: per-unit rate in 100 GB/s
+    return dataclasses.replace(cal, attn_bw_sat_frac=x[0], attn_unit_gbps=x[1] * 100.0, attn_floor_ms=x[2])
 
 
-def predict_probe_layer_ms(rows: pd.DataFrame, cal: Calibration) -> np.ndarray:
-    """Predicted per-layer time of GPU-probe `decode`/`prefill` rows (one GPU, no communication)."""
-    gpu = resolve_gpu(REFERENCE_GPU)
+def fit_rope_kv(rope_rows: pd.DataFrame, cal: Calibration, gpu_name: str = REFERENCE_GPU) -> Calibration:
+    """RoPE / KV-append per-kernel floor and RoPE traffic factor from op timings (`op` rope or kv_append,
+    `bytes_moved` the bytes each reads and writes once, `ms_median`), on the GEMM-achieved bandwidth."""
+    gpu = resolve_gpu(gpu_name)
+    bw = cal.gemm_bw_frac * gpu.hbm_bandwidth_gbps * 1e9
+    is_rope = (rope_rows["op"] == "rope").to_numpy()
+    nbytes, y = rope_rows["bytes_moved"].to_numpy(float), rope_rows["ms_median"].to_numpy(float)
+
+    def resid(x):
+        return np.log((x[0] + np.where(is_rope, x[1], 1.0) * nbytes / bw * 1e3) / y)
+
+    x = _fit(resid, [0.01, 4.0], [0.0, 1.0], [0.1, 50.0])
+    return dataclasses.replace(cal, rope_kv_floor_ms=x[0], rope_traffic=x[1])
+
+
+def predict_probe_layer_ms(rows: pd.DataFrame, cal: Calibration, gpu_name: str = REFERENCE_GPU) -> np.ndarray:
+    """Predicted per-layer time of GPU-probe `decode`/`prefill` rows (one GPU, no communication); a `rope_kv`
+    column (1: the layers ran RoPE and the KV append, as the torch probe's do) defaults to 0 (the H200 probe)."""
+    gpu = resolve_gpu(gpu_name)
+    rope = rows["rope_kv"].to_numpy(float) if "rope_kv" in rows.columns else np.zeros(len(rows))
     out = np.empty(len(rows))
     for (model_name, tp), idx in rows.groupby(["model", "tp"]).indices.items():
         model = resolve_model(model_name)
@@ -77,18 +94,18 @@ def predict_probe_layer_ms(rows: pd.DataFrame, cal: Calibration) -> np.ndarray:
         kv = np.where(decode, b * ctx, 0.0)
         T = np.where(decode, 0.0, ctx)
         terms = stage_step_terms(model, gpu, Layout(tp=int(tp)), cal, d, kv, T, 0.0,
-                                 include_comm=False, include_lm_head=False, include_overhead=False)
+                                 include_comm=False, include_lm_head=False, include_overhead=False, rope_kv=rope[idx])
         out[idx] = terms.layer_ms
     return out
 
 
-def fit_layer(step_rows: pd.DataFrame, cal: Calibration) -> Calibration:
+def fit_layer(step_rows: pd.DataFrame, cal: Calibration, gpu_name: str = REFERENCE_GPU) -> Calibration:
     """Small-kernel fixed cost and bytes, and prefill attention rate, from decoder-layer stacks."""
     y = step_rows["ms_median"].to_numpy(float)
 
     def resid(x):
         c = dataclasses.replace(cal, layer_misc_ms=x[0], misc_bytes_per_token_hidden=x[1], prefill_attn_rate_frac=x[2])
-        return np.log(predict_probe_layer_ms(step_rows, c) / y)
+        return np.log(predict_probe_layer_ms(step_rows, c, gpu_name) / y)
 
     x = _fit(resid, [0.03, 12.0, 0.4], [0.0, 0.0, 0.05], [0.2, 200.0, 1.0])
     return dataclasses.replace(cal, layer_misc_ms=x[0], misc_bytes_per_token_hidden=x[1], prefill_attn_rate_frac=x[2])
@@ -160,21 +177,58 @@ def fit_collectives(nccl: pd.DataFrame, custom_allreduce: pd.DataFrame | None, c
     return dataclasses.replace(cal, collectives=table)
 
 
+def probe_rows_from_schema(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measurement-schema rows of one GPU's torch probe (`data/torch_probe`) in the GPU probe's layout, for the
+    fits above: (step-like rows: kind gemm/attn/decode/prefill with m, n, k, batch, context, ms_median and
+    rope_kv = 1; RoPE and KV-append op rows with bytes_moved)."""
+    ok = frame[frame["status"].fillna("ok") == "ok"]
+    det = ok["detail"].fillna("{}").map(lambda s: json.loads(s) if str(s).startswith("{") else {})
+    step = ok[ok["kind"] == "step"]
+    layers = pd.DataFrame({"kind": step["phase"], "model": step["model"], "tp": step["tp"].astype(int),
+                           "batch": step["batch"], "context": np.where(step["phase"] == "prefill", step["tokens"],
+                                                                       step["context"]),
+                           "ms_median": step["layer_ms"], "rope_kv": 1.0})
+    op = ok[ok["kind"] == "op"]
+    gemm = op[op["op"] == "gemm"]
+    gd = det[gemm.index]
+    gemm_rows = pd.DataFrame({"kind": "gemm", "m": gd.map(lambda d: d.get("m")), "n": gd.map(lambda d: d.get("n")),
+                              "k": gd.map(lambda d: d.get("k")), "ms_median": gemm["op_ms"]})
+    attn = op[(op["op"] == "attn_decode")]
+    ad = det[attn.index]
+    std = ad.map(lambda d: d.get("heads") == 32 and d.get("kv_heads") == 8 and d.get("head_dim") == 128)
+    attn = attn[std.to_numpy(bool)]
+    attn_rows = pd.DataFrame({"kind": "attn", "batch": attn["batch"], "context": attn["context"],
+                              "ms_median": attn["op_ms"]})
+    small = op[op["op"].isin(["rope", "kv_append"])]
+    rope_rows = pd.DataFrame({"op": small["op"], "bytes_moved": det[small.index].map(lambda d: d.get("bytes_moved")),
+                              "ms_median": small["op_ms"]})
+    rows = pd.concat([gemm_rows, attn_rows, layers], ignore_index=True)
+    return rows, rope_rows.dropna().reset_index(drop=True)
+
+
 def fit_calibration(probe_step: pd.DataFrame, probe_moe: pd.DataFrame | None = None,
                     nccl: pd.DataFrame | None = None, custom_allreduce: pd.DataFrame | None = None,
-                    holdout_models: tuple[str, ...] = (), provenance: dict | None = None) -> Calibration:
-    """Fit every stage in order; `holdout_models` are excluded from the layer fit (for honest evaluation)."""
+                    holdout_models: tuple[str, ...] = (), provenance: dict | None = None,
+                    gpu: str = REFERENCE_GPU, rope_ops: pd.DataFrame | None = None) -> Calibration:
+    """Fit every stage in order; `holdout_models` are excluded from the layer fit (for honest evaluation).
+
+    Every constant comes from the rows of the one GPU `gpu` (for a leave-GPU-out evaluation, the training GPU's).
+    `rope_ops` (RoPE / KV-append op rows, see `probe_rows_from_schema`) fit those kernels' floor and traffic
+    before the layer fit; without them the built-in defaults stay.
+    """
     cal = Calibration()
-    cal = fit_gemm(probe_step[probe_step["kind"] == "gemm"], cal)
-    cal = fit_attention(probe_step[probe_step["kind"] == "attn"], cal)
+    cal = fit_gemm(probe_step[probe_step["kind"] == "gemm"], cal, gpu)
+    cal = fit_attention(probe_step[probe_step["kind"] == "attn"], cal, gpu)
+    if rope_ops is not None and len(rope_ops):
+        cal = fit_rope_kv(rope_ops, cal, gpu)
     layers = probe_step[probe_step["kind"].isin(["decode", "prefill"]) & ~probe_step["model"].isin(holdout_models)]
-    cal = fit_layer(layers.reset_index(drop=True), cal)
+    cal = fit_layer(layers.reset_index(drop=True), cal, gpu)
     if probe_moe is not None:
         cal = fit_moe(probe_moe[~probe_moe["model"].isin(holdout_models)], cal)
     if nccl is not None:
         cal = fit_collectives(nccl, custom_allreduce, cal)
-    prov = {"fitted_on": str(date.today()), "reference_gpu": REFERENCE_GPU, **(provenance or {})}
-    return dataclasses.replace(cal, provenance=prov)
+    prov = {"fitted_on": str(date.today()), "reference_gpu": gpu, **(provenance or {})}
+    return dataclasses.replace(cal, provenance=prov, reference_gpu=gpu)
 
 
 def describe(cal: Calibration) -> str:

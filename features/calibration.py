@@ -2,7 +2,8 @@
 
 Achieved rates are stored as fractions of the datasheet rate of the GPU they were measured on (the H200 of
 `data/gpu_probe`), so another GPU's achieved rate is its datasheet rate times the measured fraction; no datasheet
-peak is ever used as an achieved rate. `scripts/calibrate.py` refits them (provenance is recorded in the file).
+peak is ever used as an achieved rate. Latency floors and the per-thread-block attention rate are absolute (they
+are set by kernel launch and memory latency, which the H100 and H200 share, not by the HBM datasheet rate). `scripts/calibrate.py` refits them (provenance is recorded in the file).
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ class Calibration:
     gemm_rate_frac: float = 0.75
     gemm_floor_ms: float = 0.006
     gemm_p: float = 1.0
-    # decode attention: t = floor + kv_bytes / min(sat_frac × HBM, units × unit_frac × HBM); units = seqs × KV heads
+    # decode attention: t = floor + kv_bytes / min(sat_frac × HBM, units × unit_gbps); units = seqs × KV heads;
+    # the per-unit rate is absolute (latency-bound thread blocks), not a fraction of the datasheet bandwidth
     attn_bw_sat_frac: float = 0.95
-    attn_unit_bw_frac: float = 0.009
+    attn_unit_gbps: float = 43.0
     attn_floor_ms: float = 0.008
     # prefill attention FLOPs run at this fraction of the dense peak
     prefill_attn_rate_frac: float = 0.4
     # small kernels of a layer (norms, residual adds, activation, RoPE, KV append): fixed cost + bytes moved
     layer_misc_ms: float = 0.03
     misc_bytes_per_token_hidden: float = 12.0  # bytes moved per token per hidden unit by the small kernels
+    # RoPE and KV append (two kernels a layer): per-kernel floor; RoPE moves its q/k tensors this many times over
+    rope_kv_floor_ms: float = 0.008
+    rope_traffic: float = 4.0
     # MoE grouped GEMM
     moe_floor_ms: float = 0.02
     moe_bw_frac: float = 0.7

@@ -16,12 +16,17 @@ import pandas as pd
 from features import comm
 from features.calibration import Calibration, default_calibration
 from features.catalog import parse_length_dist, resolve_gpu, resolve_model
+from features.memory import layers_per_stage
 from features.memory import active_params_per_token, kv_bytes_per_token, total_params
 from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS, conform
 from features.serving import EngineArrays, estimate_serving
 from features.specs import GPUSpec, Layout, ModelSpec
 from features.steptime import decode_attention_ms, gemm_ms, stage_step_terms
 
+# step rows measured by layoutcast's torch backend: its decoder layers run RoPE (unfused) and the KV append as
+# separate kernels, which the physics adds (`rope_kv_append_ms`); the GPU probe ran neither, and engines (fpm
+# iterations, serving) fuse them into kernels the fitted small-kernel term already covers
+ROPE_KV_SOURCES = ("torch-probe",)
 MODEL_NUMERIC = [f.name for f in fields(ModelSpec) if f.type in ("int", "bool")]
 GPU_NUMERIC = [f.name for f in fields(GPUSpec) if f.type in ("float", "int")]
 
@@ -203,8 +208,9 @@ def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottlene
     kv = np.where(decode, batch * ctx, 0.0)
     T = np.where(decode, 0.0, tokens)
     prefix = np.where(decode, 0.0, np.maximum(ctx - tokens, 0.0))
+    rope_kv = out["source"].astype("string").fillna("").isin(ROPE_KV_SOURCES).to_numpy(float)
     t = stage_step_terms(model, gpu, layout, cal, d, kv, T, prefix, wdt, kdt, include_comm=False,
-                         include_lm_head=False, include_overhead=False)
+                         include_lm_head=False, include_overhead=False, rope_kv=rope_kv)
     lm = gemm_ms(np.maximum(d, 1), model.vocab_size / layout.tp, model.hidden_size, gpu, cal)
 
     def m(v):
@@ -216,7 +222,19 @@ def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottlene
     regime[mask] = np.where(top == "compute", "compute", "bandwidth")[mask]
     bottleneck[mask] = np.where(top == "compute", "tensor_core_compute",
                                 np.where(top == "weights", "weight_bandwidth", "kv_bandwidth"))[mask]
-    return {"phys_layer_ms": m(t.layer_ms), "phys_lm_head_ms": m(lm), "f_step_batch": m(batch), "f_step_context": m(ctx),
+    # GPU-relative features (they carry between GPUs, unlike absolute times): arithmetic intensity of the layer
+    # over the card's ridge point, and the share of the layer's time in weight streaming, KV streaming, compute
+    # and kernel latency floors
+    n_layers = np.maximum(1, layers_per_stage(model, layout))
+    layer = np.maximum(t.layer_ms, 1e-9)
+    w_ms, c_ms, kv_ms = t.weight_read_ms / n_layers, t.compute_ms / n_layers, t.kv_read_ms / n_layers
+    hbm, peak = gpu.hbm_bandwidth_gbps * 1e9, gpu.bf16_tflops * 1e12
+    intensity = (c_ms * cal.gemm_rate_frac * peak) / np.maximum((w_ms + kv_ms) * cal.gemm_bw_frac * hbm, 1e-9)
+    floors = 4 * cal.gemm_floor_ms + cal.attn_floor_ms + cal.layer_misc_ms + 2 * cal.rope_kv_floor_ms * rope_kv
+    rel = {"f_step_intensity_vs_ridge": m(intensity / (peak / hbm)), "f_step_weights_frac": m(w_ms / layer),
+           "f_step_kv_frac": m(kv_ms / layer), "f_step_compute_frac": m(c_ms / layer),
+           "f_step_floor_frac": m(floors / layer)}
+    return {**rel, "phys_layer_ms": m(t.layer_ms), "phys_lm_head_ms": m(lm), "f_step_batch": m(batch), "f_step_context": m(ctx),
             "f_step_tokens": m(tokens), "f_term_weights_ms": m(t.weight_read_ms / np.maximum(1, model.num_layers)),
             "f_term_kv_cache_ms": m(t.kv_read_ms), "f_term_compute_ms": m(t.compute_ms)}
 

@@ -53,6 +53,10 @@ def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: 
 
     The achieved bandwidth is min(saturated, units × per-unit) with units = sequences × KV heads per GPU (one
     thread block each), as the GPU probe measured (0.36 TB/s at batch 1 vs 4.6 TB/s at batch ≥ 32 on an H200).
+    The saturated bandwidth is a fraction of the datasheet HBM bandwidth; the per-unit bandwidth is an absolute
+    rate (`attn_unit_gbps`): one thread block streams KV as fast as its loads in flight over the memory latency
+    allow, whatever the HBM generation (an H100 and an H200 run batch-1 attention in the same time, while
+    batch ≥ 32 attention scales with their 1.43× datasheet bandwidth ratio).
     """
     seqs = np.asarray(seqs, dtype=float)
     kv_tokens = np.asarray(kv_tokens, dtype=float)
@@ -63,7 +67,7 @@ def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: 
                          2 * kvh * model.head_dim * kb)
     units = seqs * np.where(model.kv_lora_rank > 0, np.maximum(1, heads / 16), kvh)
     hbm = gpu.hbm_bandwidth_gbps * 1e9
-    bw = np.minimum(cal.attn_bw_sat_frac * hbm, np.maximum(units, 1) * cal.attn_unit_bw_frac * hbm)
+    bw = np.minimum(cal.attn_bw_sat_frac * hbm, np.maximum(units, 1) * cal.attn_unit_gbps * 1e9)
     flops = np.where(model.kv_lora_rank > 0, 2 * kv_tokens * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim),
                      4 * kv_tokens * heads * model.head_dim)
     t_mem = kv_tokens * per_token / bw * 1e3
@@ -80,6 +84,27 @@ def prefill_attention_ms(prefill_tokens, prefix_tokens, model: ModelSpec, layout
     flops = 4.0 * T * (P + T / 2.0) * heads * hd
     t = flops / (cal.prefill_attn_rate_frac * gpu.bf16_tflops * 1e12) * 1e3
     return np.where(T > 0, cal.attn_floor_ms + t, 0.0)
+
+
+def rope_kv_append_ms(tokens, model: ModelSpec, layout: Layout, gpu: GPUSpec, cal: Calibration, kv_dtype="bf16"):
+    """RoPE on the new tokens' query and key heads plus the KV-cache append of their keys and values, one layer.
+
+    Two small kernels, each a latency floor (`rope_kv_floor_ms`) plus its bytes over the GEMM-achieved HBM
+    bandwidth: RoPE reads and writes (heads + KV heads) × head_dim bf16 values per token, `rope_traffic` times
+    over (an unfused rotate-half moves the tensor several times), and the append reads and writes 2 × KV heads ×
+    head_dim values per token. Zero when there are no tokens. MLA models rotate only the RoPE part of the latent.
+    """
+    m = np.asarray(tokens, dtype=float)
+    kb = _bytes(kv_dtype)
+    kvh = kv_heads_per_gpu(model, layout)
+    heads = np.maximum(1, model.num_heads / layout.attention_tp)
+    is_mla = np.asarray(model.kv_lora_rank > 0)
+    rot = np.where(is_mla, (heads + 1) * model.qk_rope_head_dim, (heads + kvh) * model.head_dim)
+    rope_bytes = 2.0 * rot * ACT_BYTES * cal.rope_traffic
+    append_bytes = 2.0 * np.where(is_mla, (model.kv_lora_rank + model.qk_rope_head_dim) * kb, 2 * kvh * model.head_dim * kb)
+    bw = cal.gemm_bw_frac * gpu.hbm_bandwidth_gbps * 1e9
+    t = 2.0 * cal.rope_kv_floor_ms + m * (rope_bytes + append_bytes) / bw * 1e3
+    return np.where(m > 0, t, 0.0)
 
 
 @dataclass
@@ -108,11 +133,15 @@ class StepTerms:
 
 def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibration, decode_seqs, decode_kv_tokens,
                      prefill_tokens=0.0, prefill_prefix_tokens=0.0, weight_dtype="bf16", kv_dtype="bf16",
-                     include_comm=True, include_lm_head=True, include_overhead=True) -> StepTerms:
+                     include_comm=True, include_lm_head=True, include_overhead=True, rope_kv=0.0) -> StepTerms:
     """Time of one step of the most loaded pipeline stage for one attention replica's batch.
 
     `decode_seqs` sequences each decode one token with `decode_kv_tokens` KV tokens in total; `prefill_tokens`
     prompt tokens (chunked prefill, after `prefill_prefix_tokens` cached ones) run in the same fused step.
+    `rope_kv` (0 or 1, per row) adds the RoPE and KV-append kernels as layoutcast's torch backend runs them
+    (unfused: `rope_kv_append_ms`): 1 for its layer stacks (source `torch-probe`); 0 for serving engines, whose
+    fused rotary and cache-write kernels are a few microseconds and sit in the fitted small-kernel term
+    (`layer_misc_ms`), and for the H200 GPU probe, whose layers ran without them.
     """
     d = np.asarray(decode_seqs, dtype=float)
     kv = np.asarray(decode_kv_tokens, dtype=float)
@@ -168,6 +197,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     attn_dec, kv_read = decode_attention_ms(d, kv, model, layout, gpu, cal, kv_dtype)
     attn_pre = prefill_attention_ms(T, prefill_prefix_tokens, model, layout, gpu, cal)
     misc = np.where(m > 0, cal.layer_misc_ms + cal.misc_bytes_per_token_hidden * m * h / hbm * 1e3, 0.0)
+    misc = misc + np.asarray(rope_kv, dtype=float) * rope_kv_append_ms(m, model, layout, gpu, cal, kv_dtype)
 
     # communication per layer: 2 all-reduces of m×hidden under attention TP; EP all-to-all dispatch + combine
     ar_bytes = m * h * ACT_BYTES

@@ -1,7 +1,9 @@
 """Refit the physics model's efficiency constants and write data/calibration.json (with provenance).
 
-Inputs: the project's own GPU-probe measurements (data/gpu_probe/, H200) and, when ../shared/data is present, the
-measured NCCL and vLLM custom all-reduce timings on H200 from aiconfigurator's op data. Deterministic.
+Inputs: the project's own GPU-probe measurements (data/gpu_probe/, H200), the RoPE and KV-append op timings of the
+H200 torch probe (data/torch_probe/h200_dense_grid.csv; the GPU probe's layers ran without those kernels) and, when
+../shared/data is present, the measured NCCL and vLLM custom all-reduce timings on H200 from aiconfigurator's op
+data. Deterministic.
     python scripts/calibrate.py [--shared ../shared/data]
 """
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.calibrate import describe, fit_calibration
+from features.calibrate import describe, fit_calibration, probe_rows_from_schema
 from features.calibration import CALIBRATION_PATH, save_calibration
 from features.catalog import DATA_DIR
 
@@ -25,9 +27,12 @@ def main() -> int:
     args = ap.parse_args()
     step = pd.read_csv(DATA_DIR / "gpu_probe" / "h200_step.csv")
     moe = pd.read_csv(DATA_DIR / "gpu_probe" / "h200_moe.csv")
+    torch_h200 = pd.read_csv(DATA_DIR / "torch_probe" / "h200_dense_grid.csv", low_memory=False)
+    _, rope_ops = probe_rows_from_schema(torch_h200[torch_h200["gpu"] == "h200"])
     comm = Path(args.shared) / "public" / "aiconfigurator" / "op_perf" / "h200_sxm" / "comm"
     nccl = custom = None
-    prov = {"gpu_probe": "data/gpu_probe/h200_step.csv, h200_moe.csv (H200, torch 2.11, CUDA graphs, 2026-11-26)"}
+    prov = {"gpu_probe": "data/gpu_probe/h200_step.csv, h200_moe.csv (H200, torch 2.11, CUDA graphs, 2026-11-26)",
+            "rope_kv_append": "data/torch_probe/h200_dense_grid.csv rope and kv_append op rows (H200, 2026-11-26)"}
     if comm.exists():
         nccl = pd.read_parquet(next((comm / "nccl").rglob("nccl_perf.parquet")))
         custom = pd.read_parquet(next((comm / "vllm").rglob("custom_allreduce_perf.parquet")))
@@ -35,7 +40,7 @@ def main() -> int:
                                "custom_allreduce_perf.parquet (ai-dynamo/aiconfigurator@095f58a5, Apache-2.0)")
     else:
         print(f"note: {comm} not found; collectives keep built-in defaults")
-    cal = fit_calibration(step, moe, nccl, custom, provenance=prov)
+    cal = fit_calibration(step, moe, nccl, custom, provenance=prov, rope_ops=rope_ops)
     save_calibration(cal, CALIBRATION_PATH)
     print(describe(cal))
     print(f"wrote {CALIBRATION_PATH}")

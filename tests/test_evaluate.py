@@ -135,3 +135,25 @@ def test_benchmark_checks_and_sampling():
     assert "| serving | model | output_throughput | 900 | 15.0% / 50.0% | 80.0% | 10.0% |" in md
     few = [dict(r, n=5) for r in rows]  # under the judging threshold
     assert checks(few)["not_judged_too_few_rows"] == ["serving/output_throughput (5 rows)"]
+
+
+def test_benchmark_step_check_uses_the_torch_probe_pair_both_ways():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.accuracy import PAIR_KIND, checks, markdown_summary
+
+    def cell(kind, split, ape):
+        return {"kind": kind, "split": split, "family": "residual-xgb", "target": "layer_ms", "n": 1000,
+                "median_ape": ape, "p90_ape": 2 * ape, "coverage": 0.8}
+
+    pooled = cell("step", "gpu", 0.26)  # fpm engine iterations and probes pooled: another quantity
+    one_way = [pooled, cell(PAIR_KIND, "gpu h200->h100-sxm", 0.02)]
+    assert not checks(one_way)["step_leave_gpu_out_layer_ms"]["pass"]  # both directions are needed
+    both = one_way + [cell(PAIR_KIND, "gpu h100-sxm->h200", 0.05)]
+    verdict = checks(both)
+    step = verdict["step_leave_gpu_out_layer_ms"]
+    assert step["pass"] and step["median_ape"] == 0.05  # the worse direction is judged
+    assert step["by_direction"] == {"h200->h100-sxm": 0.02, "h100-sxm->h200": 0.05}
+    assert "pass" not in verdict["step_all_sources_leave_gpu_out_layer_ms"]
+    md = markdown_summary({"results": both, "checks": verdict})
+    assert "PASS `step_leave_gpu_out_layer_ms`: median 5.0%" in md and "not judged `step_all_sources" in md
+    assert not checks(both[:-1] + [cell(PAIR_KIND, "gpu h100-sxm->h200", 0.09)])["step_leave_gpu_out_layer_ms"]["pass"]

@@ -208,6 +208,29 @@ def test_novelty_no_grouping_could_calibrate_gets_physics_and_prior_width():
     assert trust[1] == 0.0 and lo[1] == pytest.approx(-math.log(2)) and hi[1] == pytest.approx(math.log(2))
 
 
+def test_transferred_novelty_keeps_the_correction_and_widens_in_quadrature():
+    cal = IntervalCalibration(0.8, {"random": (-0.02, 0.02), "model": (-0.03, 0.04)},
+                              {"model": frozenset({"a"}), "gpu": frozenset({"h200"}), "layout": frozenset()},
+                              shrink={"random": 1.0, "model": 0.9}, uncalibrated=("gpu",), transfer=("gpu",),
+                              group_shift={"model": 0.03})
+    df = pd.DataFrame({"model": ["a", "a"], "gpu": ["h200", "h100-sxm"], "tp": [1, 1]})
+    cal.seen["layout"] = frozenset(layout_code(df).tolist())
+    trust, lo, hi = cal.terms(df)
+    assert (trust[0], lo[0], hi[0]) == (1.0, -0.02, 0.02)  # seen GPU: random-fold width, full trust
+    # unseen GPU: least trust of the calibrated groupings, widest offsets widened by the largest group shift
+    assert trust[1] == 0.9
+    assert lo[1] == pytest.approx(-math.hypot(0.03, 0.03)) and hi[1] == pytest.approx(math.hypot(0.04, 0.03))
+
+
+def test_largest_group_shift():
+    from train.intervals import largest_group_shift
+
+    resid = np.array([0.1] * 5 + [-0.3] * 5 + [5.0] * 2)
+    groups = np.array(["a"] * 5 + ["b"] * 5 + ["c"] * 2)
+    assert largest_group_shift(resid, groups) == pytest.approx(0.3)  # group c has too few rows to count
+    assert largest_group_shift(resid[:0], groups[:0]) == 0.0
+
+
 def test_balanced_subsample_keeps_small_sources_whole():
     from train.residual import balanced_subsample
 

@@ -80,6 +80,14 @@ class IntervalCalibration:
     seen: dict[str, frozenset] = field(default_factory=dict)
     shrink: dict[str, float] = field(default_factory=dict)
     uncalibrated: tuple[str, ...] = ()  # novelty dimensions with a single group in training
+    # uncalibrated dimensions the correction is nevertheless carried along (its features are relative to the
+    # hardware, e.g. GPU-relative step features): such rows get the least trust and widest offsets of the
+    # groupings that could be calibrated (the hardest extrapolation the data could check), not the physics
+    transfer: tuple[str, ...] = ()
+    # per grouping: the largest shift of a whole held-out group (|median log residual| of one model, GPU or layout
+    # held out); a transferred novelty may move all its rows together by as much, an error independent of the
+    # within-group spread, so it widens the widest offsets in quadrature
+    group_shift: dict[str, float] = field(default_factory=dict)
     prior_log_halfwidth: float = math.log(2.0)  # no calibration data at all, or novelty none could calibrate
 
     def terms(self, frame: pd.DataFrame, keys: dict[str, np.ndarray] | None = None
@@ -113,6 +121,10 @@ class IntervalCalibration:
                 continue
             if dim in self.offsets:
                 (d_lo, d_hi), d_trust = self.offsets[dim], self.shrink.get(dim, 1.0)
+            elif dim in self.uncalibrated and dim in self.transfer:
+                shift = max(self.group_shift.values(), default=0.0)
+                # independent error sources: widths add in quadrature
+                (d_lo, d_hi), d_trust = (-math.hypot(widest[0], shift), math.hypot(widest[1], shift)), least_trust
             elif dim in self.uncalibrated:  # one group in training: no evidence how anything carries over
                 w = self.prior_log_halfwidth
                 lo[unseen], hi[unseen], trust[unseen] = -w, w, 0.0
@@ -140,11 +152,20 @@ class IntervalCalibration:
         state["seen"] = {dim: frozenset(keys) for dim, keys in state.get("seen", {}).items()}
         state.setdefault("shrink", {})
         state.setdefault("uncalibrated", ())
+        state.setdefault("transfer", ())
+        state.setdefault("group_shift", {})
         self.__dict__.update(state)
 
     @staticmethod
     def _widest(offsets: dict[str, tuple[float, float]]) -> tuple[float, float]:
         return (min(o[0] for o in offsets.values()), max(o[1] for o in offsets.values()))
+
+
+def largest_group_shift(residuals: np.ndarray, groups: np.ndarray, min_rows: int = 5) -> float:
+    """The largest |median residual| of one group (groups with at least `min_rows` rows; 0 when none)."""
+    r = pd.Series(np.asarray(residuals, dtype=float)).groupby(np.asarray(groups))
+    med = r.median()[r.size() >= min_rows]
+    return float(med.abs().max()) if len(med) else 0.0
 
 
 def seen_keys(frame: pd.DataFrame) -> dict[str, frozenset]:

@@ -16,9 +16,10 @@ import pandas as pd
 
 from train.frames import CATEGORICAL_COLUMNS, FeatureSpace, float_column, physics, physics_answer, target_rows
 from train.fastpath import CompiledForest
-from train.intervals import NOVELTY_DIMS, IntervalCalibration, best_shrink, conformal_offsets, row_novelty, seen_keys
+from train.intervals import (NOVELTY_DIMS, IntervalCalibration, best_shrink, conformal_offsets, largest_group_shift,
+                             row_novelty, seen_keys)
 from train.learners import XGBLearner
-from train.splits import split_folds
+from train.splits import group_key, split_folds
 from train.targets import PHYSICS_TARGETS, pred_cols
 
 CALIBRATION_GROUPINGS = ("random", "model", "gpu", "layout")
@@ -33,6 +34,7 @@ class FrameModel:
     """Shared machinery: one learner per target on one feature space per kind, calibrated intervals."""
 
     family: ClassVar[str] = "base"
+    transfer_novelty: tuple[str, ...] = ()  # (instance attribute; class default for models pickled before it)
     residual: ClassVar[bool] = True  # learn log(measured / physics); False: learn log(measured) directly
     feature_prefix: ClassVar[str] = "f_"
     categorical: ClassVar[tuple[str, ...]] = CATEGORICAL_COLUMNS
@@ -40,7 +42,7 @@ class FrameModel:
 
     def __init__(self, seed: int = 0, coverage: float = 0.8, calibration: tuple[str, ...] = CALIBRATION_GROUPINGS,
                  inner_folds: int = 3, max_rows: int = 20000, min_rows: int = 8, shrink: bool = True,
-                 source_balance: float = 0.5, **hyper):
+                 source_balance: float = 0.5, transfer_novelty: tuple[str, ...] = (), **hyper):
         unknown = set(hyper) - set(self.defaults)
         if unknown:
             raise TypeError(f"{type(self).__name__}: unknown hyperparameters {sorted(unknown)}")
@@ -50,6 +52,9 @@ class FrameModel:
         # row weight = rows of its source ^ -source_balance: 0 counts rows, 1 counts every data set equally; the
         # default (square root) keeps a small data set that measures something else from being drowned out
         self.source_balance = float(source_balance)
+        # novelty dimensions (e.g. "gpu") the correction carries to even when training has a single group of them
+        # (see IntervalCalibration.transfer); empty: such rows get the physics answer and the prior width
+        self.transfer_novelty = tuple(transfer_novelty)
         self.hyper = {**self.defaults, **hyper}
         self.spaces_: dict[str, FeatureSpace] = {}
         self.learners_: dict[str, object] = {}
@@ -60,7 +65,8 @@ class FrameModel:
     def get_params(self, deep: bool = True) -> dict:
         return {"seed": self.seed, "coverage": self.coverage, "calibration": self.calibration,
                 "inner_folds": self.inner_folds, "max_rows": self.max_rows, "min_rows": self.min_rows,
-                "shrink": self.shrink, "source_balance": self.source_balance, **self.hyper}
+                "shrink": self.shrink, "source_balance": self.source_balance,
+                "transfer_novelty": self.transfer_novelty, **self.hyper}
 
     def set_params(self, **params) -> "FrameModel":
         fresh = type(self)(**{**self.get_params(), **params})
@@ -153,14 +159,15 @@ class FrameModel:
     def _calibrate(self, space, sub, target, X, y, w=None) -> tuple[IntervalCalibration, dict]:
         """Out-of-fold predictions under each grouping give that grouping's trust in the learned correction
         (residual families) and the conformal offsets of the remaining error."""
-        offsets, shrink, uncalibrated, report = {}, {}, [], {"n": int(len(y))}
+        offsets, shrink, uncalibrated, report, shifts = {}, {}, [], {"n": int(len(y))}, {}
         for grouping in self.calibration:
             folds = split_folds(sub, grouping, self.inner_folds, self.seed)
             if not folds:
                 if grouping in NOVELTY_DIMS:
                     uncalibrated.append(grouping)
                 continue
-            truth, preds = [], []
+            truth, preds, labels = [], [], []
+            keys = group_key(sub, grouping).to_numpy(dtype=object)
             for k, (tr, te) in enumerate(folds):
                 learner = self.make_learner(X.shape[1], self.seed + 1 + k)
                 pred = (np.zeros(len(te)) if learner is None
@@ -169,10 +176,13 @@ class FrameModel:
                     pred = np.clip(pred, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)  # as predict_arrays does
                 truth.append(y[te])
                 preds.append(pred)
-            truth, preds = np.concatenate(truth), np.concatenate(preds)
+                labels.append(keys[te])
+            truth, preds, labels = np.concatenate(truth), np.concatenate(preds), np.concatenate(labels)
             shrink[grouping] = best_shrink(truth, preds) if self.residual and self.shrink else 1.0
             resid = truth - shrink[grouping] * preds
             offsets[grouping] = conformal_offsets(resid, self.coverage)
+            if grouping != "random":
+                shifts[grouping] = largest_group_shift(resid, labels)
             ape = np.abs(np.exp(-resid) - 1.0)
             report[f"oof_{grouping}_median_ape"] = float(np.median(ape))
             report[f"oof_{grouping}_p90_ape"] = float(np.quantile(ape, 0.9))
@@ -180,7 +190,8 @@ class FrameModel:
                 report[f"oof_{grouping}_trust"] = shrink[grouping]
         if not offsets and self.make_learner(X.shape[1], self.seed) is None:
             offsets["random"] = conformal_offsets(y, self.coverage)  # physics alone: its residuals as they are
-        return IntervalCalibration(self.coverage, offsets, seen_keys(sub), shrink, tuple(uncalibrated)), report
+        return IntervalCalibration(self.coverage, offsets, seen_keys(sub), shrink, tuple(uncalibrated),
+                                   transfer=self.transfer_novelty, group_shift=shifts), report
 
     # --- prediction -------------------------------------------------------------------------------------
     def predict_arrays(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
