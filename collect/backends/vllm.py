@@ -187,6 +187,9 @@ def engine_args(model_dir: str, layout: Layout, engine: EngineConfig, max_model_
         args["enable_expert_parallel"] = True
     if mode == "online" and layout.dp > 1:
         args["data_parallel_size"] = layout.dp
+        # one API server in front of the DP engines: vLLM would default to one per DP rank, and with several it turns
+        # stats logging off, so the Prometheus counters (preemptions) would read 0; it also saves a process start
+        args["api_server_count"] = 1
     if mode == "offline":
         args["disable_log_stats"] = False  # per-request metrics and llm.get_metrics()
     return args
