@@ -25,7 +25,7 @@ from collect.backends.vllm import (VLLMInstall, check_runnable, classify_failure
                                    failure_status, merge_replicas, request_set, summarise,
                                    warmup_requests)
 from collect.backends.vllm_online import engine_args_to_cli, label_value, prom_samples
-from collect.modelfolder import hf_config_dict, write_model_folder
+from collect.modelfolder import hf_config_dict, stable_model_folder, write_model_folder
 from features.catalog import load_hf_config, resolve_model, resolve_workload
 from features.errors import InfeasibleError, InputError
 from features.specs import EngineConfig, Layout, LengthDist, Workload
@@ -66,6 +66,18 @@ def test_model_folder_round_trips_through_the_hf_parser(tmp_path, name):
     if not spec.is_moe or spec.architecture == "qwen3_moe":
         assert back.intermediate_size == spec.intermediate_size
     assert json.loads((folder / "config.json").read_text())["max_position_embeddings"] == 9000
+
+
+def test_stable_model_folder_is_named_by_content_so_vllms_compile_cache_hits(tmp_path):
+    spec = resolve_model("tiny-llama")
+    a = stable_model_folder(spec, tmp_path, max_position_embeddings=5000)
+    assert stable_model_folder(spec, tmp_path, max_position_embeddings=5000) == a  # same config, same path
+    assert stable_model_folder(spec, tmp_path, max_position_embeddings=6000) != a
+    assert load_hf_config(a / "config.json").hidden_size == spec.hidden_size
+    (a / "config.json").write_text("{")  # damaged by an interrupted run: rewritten
+    assert stable_model_folder(spec, tmp_path, max_position_embeddings=5000) == a
+    assert json.loads((a / "config.json").read_text())["max_position_embeddings"] == 5000
+    assert not list(tmp_path.glob(".writing-*"))
 
 
 def test_model_folder_refuses_what_it_cannot_write():
