@@ -1,7 +1,7 @@
 """Collect a small real vLLM-CPU serving data set with the vLLM backend: `data/vllm_cpu/measurements.csv`.
 
 Real engine runs (vLLM CPU build, dummy weights) of tiny model shapes from the catalog — `tiny-llama` (2 layers,
-hidden 128), `tiny-llama-h512` (the same architecture, 4 layers of hidden 512) and `tiny-moe` — at TP 1 and 2, several `max_num_seqs`, closed batches of 1 to 64 requests, output lengths 64 to 512, a lognormal
+hidden 128), `tiny-llama-h512` (the same architecture, 4 layers of hidden 512) and `tiny-moe` — at TP 1 and 2 (and DP 2 online), several `max_num_seqs`, closed batches of 1 to 64 requests, output lengths 64 to 512, a lognormal
 (reasoning-like, scaled down) workload, and KV-exhaustion cases (a 40-block cache: the scheduler must preempt).
 Each engine start serves several workloads (`VLLMBackend.measure_many`); rows are appended to the CSV (and a store,
 if given) as each engine finishes, so an interrupted collection keeps what it finished. Provenance (machine, vLLM
@@ -80,6 +80,9 @@ def grid() -> list[EngineRun]:
         EngineRun("small-tp2-seqs32", "tiny-llama-h512", Layout(tp=2), EngineConfig(block_size=32, max_num_seqs=32),
                   [fixed(64, 256, n) for n in (8, 32)]),
         EngineRun("tiny-tp1-online", "tiny-llama", Layout(tp=1), EngineConfig(block_size=32, max_num_seqs=64),
+                  [fixed(64, 256, 32), fixed(64, 256, 32, concurrency=4)], mode="online"),
+        # vLLM's own data parallelism (vllm serve --data-parallel-size 2, TP 1 per replica): one replica per core
+        EngineRun("tiny-tp1-dp2-online", "tiny-llama", Layout(tp=1, dp=2), EngineConfig(block_size=32, max_num_seqs=64),
                   [fixed(64, 256, 32), fixed(64, 256, 32, concurrency=4)], mode="online"),
     ]
 

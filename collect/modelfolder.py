@@ -91,3 +91,34 @@ def write_model_folder(model: ModelSpec, folder: str | Path, max_position_embedd
     (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
     return folder
+
+
+def stable_model_folder(model: ModelSpec, root: str | Path, max_position_embeddings: int = MIN_POSITION_EMBEDDINGS,
+                        dtype: str = "bf16") -> Path:
+    """The model folder for `model` under `root`, named by a hash of its files' content and written once.
+
+    The same config gets the same path on every run, so vLLM's torch.compile cache (keyed by, among others, the model
+    path) is reused by later engine starts instead of compiling again. Written to a private folder and renamed into
+    place, so concurrent runs never see a half-written folder."""
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    text = json.dumps(hf_config_dict(model, max_position_embeddings, dtype), indent=2) + "\n"
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    folder = Path(root) / f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in model.name)}-{key}"
+    config = folder / "config.json"
+    if config.is_file() and config.read_text() == text and (folder / "generation_config.json").is_file():
+        return folder
+    Path(root).mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix=".writing-", dir=root))
+    write_model_folder(model, private, max_position_embeddings, dtype)
+    try:
+        os.replace(private, folder)  # atomic; fails if another run put a (non-empty) folder there first
+    except OSError:
+        shutil.rmtree(private, ignore_errors=True)
+        if not (config.is_file() and config.read_text() == text):
+            shutil.rmtree(folder, ignore_errors=True)  # a damaged folder from an interrupted older run
+            write_model_folder(model, folder, max_position_embeddings, dtype)
+    return folder

@@ -68,6 +68,38 @@ def _layout(df: pd.DataFrame) -> Layout:
                   ep=_num(df, "ep", 1).astype(int), attention_dp=adp)
 
 
+ENGINE_KV_SIZING = ("num_gpu_blocks_override", "kv_cache_memory_bytes")
+
+
+def engine_kv_sizing(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per row, the engine's explicit KV sizing it was run with: `num_gpu_blocks_override` and
+    `kv_cache_memory_bytes` (0 where not set). Taken from columns of those names when a frame has them, otherwise
+    from `detail.engine_config` (the effective config real vLLM runs record; vLLM-CPU's `VLLM_CPU_KVCACHE_SPACE`
+    shows there as kv_cache_memory_bytes). Only inputs of the engine, never the KV size it reported."""
+    n = len(df)
+    out = {k: np.zeros(n) for k in ENGINE_KV_SIZING}
+    for k in ENGINE_KV_SIZING:
+        if k in df.columns:
+            out[k] = _num(df, k, 0.0)
+    if "detail" not in df.columns or all(k in df.columns for k in ENGINE_KV_SIZING):
+        return out
+    det = df["detail"].astype("string")
+    has = (det.notna() & det.str.contains('"engine_config"', regex=False).fillna(False)).to_numpy(dtype=bool)
+    for i in np.flatnonzero(has):
+        try:
+            eff = json.loads(det.iloc[i]).get("engine_config") or {}
+        except (ValueError, AttributeError):
+            continue
+        for k in ENGINE_KV_SIZING:
+            if k in df.columns:
+                continue
+            try:
+                out[k][i] = max(float(eff.get(k) or 0.0), 0.0)
+            except (TypeError, ValueError):
+                pass
+    return out
+
+
 def _length_params(df: pd.DataFrame, mean_col: str, dist_col: str):
     """(mean, median, sigma, max) per row from the mean column and the distribution spec string."""
     mean = _num(df, mean_col, np.nan)
@@ -169,7 +201,8 @@ def _serving_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottl
     engine = EngineArrays(
         weight_dtype=wdt, kv_dtype=kdt,
         max_num_seqs=_num(out, "max_num_seqs", 256), max_num_batched_tokens=_num(out, "max_num_batched_tokens", 8192),
-        gpu_memory_utilization=_num(out, "gpu_memory_utilization", 0.9), block_size=_num(out, "block_size", 16))
+        gpu_memory_utilization=_num(out, "gpu_memory_utilization", 0.9), block_size=_num(out, "block_size", 16),
+        **engine_kv_sizing(out))
     isl = np.where(np.isnan(isl), 1024, isl)
     osl = np.where(np.isnan(osl), 1024, osl)
     e = estimate_serving(model, gpu, layout, engine, cal, isl, osl, _num(out, "num_requests", 0), _num(out, "concurrency", 0),

@@ -144,26 +144,36 @@ def activation_bytes_per_gpu(model: ModelSpec, layout: Layout, engine: EngineCon
 
 def kv_capacity_tokens(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig,
                        weight_dtype=None, kv_dtype=None, gpu_memory_utilization=None, block_size=None,
-                       max_num_batched_tokens=None, max_num_seqs=None, gpu_memory_gb=None):
-    """KV-cache capacity in tokens of one attention replica (what vLLM logs as "KV cache size: N tokens").
+                       max_num_batched_tokens=None, max_num_seqs=None, gpu_memory_gb=None,
+                       num_gpu_blocks_override=None, kv_cache_memory_bytes=None):
+    """KV-cache capacity in tokens of one attention replica: num_gpu_blocks × block_size, the engine's own figure
+    (vLLM's scheduler keeps one of those blocks as its null block; that is left to the scheduler model).
 
-    free = memory × gpu_memory_utilization − weights − activations − CUDA graphs − non-torch memory, on the most
-    loaded GPU; capacity = free / KV bytes per token per GPU, rounded down to whole blocks. Negative -> 0 (does not fit).
-    Keyword overrides let a frame pass per-row arrays instead of one EngineConfig.
+    The engine's explicit sizing wins, as in vLLM: `num_gpu_blocks_override` > 0 -> exactly that many blocks;
+    otherwise an explicit KV space per GPU rank (`kv_cache_memory_bytes`; vLLM-CPU's `VLLM_CPU_KVCACHE_SPACE` GiB
+    becomes exactly this) -> space / KV bytes per token per GPU, rounded down to whole blocks; otherwise the
+    profiled free memory: memory × gpu_memory_utilization − weights − activations − CUDA graphs − non-torch
+    memory on the most loaded GPU, over KV bytes per token per GPU, rounded down to whole blocks. Negative -> 0
+    (does not fit). Keyword overrides let a frame pass per-row arrays instead of one EngineConfig.
     """
     wdt = engine.weight_dtype if weight_dtype is None else weight_dtype
     kdt = engine.kv_dtype if kv_dtype is None else kv_dtype
     util = engine.gpu_memory_utilization if gpu_memory_utilization is None else gpu_memory_utilization
     bs = engine.block_size if block_size is None else block_size
+    override = engine.num_gpu_blocks_override if num_gpu_blocks_override is None else num_gpu_blocks_override
+    space = engine.kv_cache_memory_gb * 1e9 if kv_cache_memory_bytes is None else kv_cache_memory_bytes
+    override = np.nan_to_num(np.asarray(override, dtype=float))
+    space = np.nan_to_num(np.asarray(space, dtype=float))
     mem_bytes = (gpu.memory_gb if gpu_memory_gb is None else gpu_memory_gb) * 1e9
     free = (mem_bytes * util - weight_bytes_per_gpu(model, layout, wdt)
             - activation_bytes_per_gpu(model, layout, engine, max_num_batched_tokens, max_num_seqs)
             - CUDA_GRAPH_BYTES - NON_TORCH_BYTES)
+    free = np.where(space > 0, space, free)
     per_token = kv_bytes_per_token_per_gpu(model, layout, kdt)
     # sliding-window layers: charge their per-sequence cost against a typical 256-sequence batch as per-token slack
     fixed = kv_bytes_per_sequence_fixed(model, layout, kdt)
     tokens = np.floor(np.maximum(free, 0) / (per_token + fixed / 4096.0))
-    return np.floor(tokens / bs) * bs
+    return np.where(override > 0, np.floor(override) * bs, np.floor(tokens / bs) * bs)[()]
 
 
 def fits_in_memory(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, min_kv_tokens: int = 1):

@@ -28,10 +28,13 @@ class EngineArrays:
     max_num_batched_tokens: object = 8192
     gpu_memory_utilization: object = 0.9
     block_size: object = 16
+    num_gpu_blocks_override: object = 0  # > 0: the engine's KV cache is exactly this many blocks
+    kv_cache_memory_bytes: object = 0  # > 0: explicit KV space per GPU rank (vLLM-CPU: VLLM_CPU_KVCACHE_SPACE GiB)
 
     @classmethod
     def from_config(cls, e: EngineConfig) -> "EngineArrays":
-        return cls(e.weight_dtype, e.kv_dtype, e.max_num_seqs, e.max_num_batched_tokens, e.gpu_memory_utilization, e.block_size)
+        return cls(e.weight_dtype, e.kv_dtype, e.max_num_seqs, e.max_num_batched_tokens, e.gpu_memory_utilization, e.block_size,
+                   e.num_gpu_blocks_override, e.kv_cache_memory_gb * 1e9)
 
 
 @dataclass
@@ -106,7 +109,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     cap = kv_capacity_tokens(model, gpu, layout, EngineConfig(), weight_dtype=engine.weight_dtype,
                              kv_dtype=engine.kv_dtype, gpu_memory_utilization=engine.gpu_memory_utilization,
                              block_size=engine.block_size, max_num_batched_tokens=engine.max_num_batched_tokens,
-                             max_num_seqs=engine.max_num_seqs)
+                             max_num_seqs=engine.max_num_seqs, num_gpu_blocks_override=engine.num_gpu_blocks_override,
+                             kv_cache_memory_bytes=engine.kv_cache_memory_bytes)
     wbytes = weight_bytes_per_gpu(model, layout, engine.weight_dtype)
     kvb = kv_bytes_per_token_per_gpu(model, layout, engine.kv_dtype)
 

@@ -3,7 +3,8 @@
 The slow tests really start vLLM (dummy weights, the catalog's `tiny-llama`: 2 layers, hidden 128, vocab 1,024)
 at TP 1 and TP 2, offline and online, and check the rows written to a real store; one forces KV exhaustion (a
 40-block cache, long outputs) and checks that vLLM's preemptions are recorded. Engine starts are shared between
-workloads (`measure_many`) to keep the file's time down: four starts in all.
+workloads (`measure_many`) to keep the file's time down: four starts in all. The online TP-1 start is vLLM's own
+data parallelism (`vllm serve --data-parallel-size 2`, TP 1 per replica), so its rows also check DP.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collect.backends.vllm import (VLLMInstall, check_runnable, classify_failure
                                    failure_status, merge_replicas, request_set, summarise,
                                    warmup_requests)
 from collect.backends.vllm_online import engine_args_to_cli, label_value, prom_samples
-from collect.modelfolder import hf_config_dict, write_model_folder
+from collect.modelfolder import hf_config_dict, stable_model_folder, write_model_folder
 from features.catalog import load_hf_config, resolve_model, resolve_workload
 from features.errors import InfeasibleError, InputError
 from features.specs import EngineConfig, Layout, LengthDist, Workload
@@ -67,6 +68,18 @@ def test_model_folder_round_trips_through_the_hf_parser(tmp_path, name):
     assert json.loads((folder / "config.json").read_text())["max_position_embeddings"] == 9000
 
 
+def test_stable_model_folder_is_named_by_content_so_vllms_compile_cache_hits(tmp_path):
+    spec = resolve_model("tiny-llama")
+    a = stable_model_folder(spec, tmp_path, max_position_embeddings=5000)
+    assert stable_model_folder(spec, tmp_path, max_position_embeddings=5000) == a  # same config, same path
+    assert stable_model_folder(spec, tmp_path, max_position_embeddings=6000) != a
+    assert load_hf_config(a / "config.json").hidden_size == spec.hidden_size
+    (a / "config.json").write_text("{")  # damaged by an interrupted run: rewritten
+    assert stable_model_folder(spec, tmp_path, max_position_embeddings=5000) == a
+    assert json.loads((a / "config.json").read_text())["max_position_embeddings"] == 5000
+    assert not list(tmp_path.glob(".writing-*"))
+
+
 def test_model_folder_refuses_what_it_cannot_write():
     spec = resolve_model("tiny-llama")
     with pytest.raises(InputError, match="architecture"):
@@ -95,6 +108,8 @@ def test_engine_args_run_dummy_weights_without_tokenizer_or_prefix_caching():
     cli = engine_args_to_cli(online)
     assert "--no-enable-prefix-caching" in cli and "--skip-tokenizer-init" in cli and "/m" not in cli
     assert cli[cli.index("--data-parallel-size") + 1] == "2" and "--enforce-eager" not in cli
+    assert cli[cli.index("--api-server-count") + 1] == "1"  # one frontend: stats (preemptions) stay on
+    assert "api_server_count" not in engine_args("/m", Layout(dp=2), EngineConfig(), 64, 1, CPU, "offline")
 
 
 def test_warmup_batch_fits_the_engine():
@@ -184,7 +199,8 @@ def test_bad_layout_fails_fast_with_one_line_and_exit_2():
 
 ENGINE_SMALL_KV = EngineConfig(block_size=32, num_gpu_blocks_override=40, max_num_seqs=32, max_num_batched_tokens=2048)
 SMALL = fixed(16, 32, 8, name="small")
-EXHAUST = fixed(16, 256, 32, name="exhaust")  # 32 x 272 tokens >> 1,280 tokens of KV: the scheduler must preempt
+# 12 running sequences grow to 12 x 144 tokens = 60 blocks of 32 > the 40-block cache: the scheduler must preempt
+EXHAUST = fixed(16, 128, 12, name="exhaust")
 
 
 def _store(tmp_path_factory, name: str):
@@ -195,13 +211,13 @@ def _store(tmp_path_factory, name: str):
     return url, d / "rows.csv", make_sink(d / "rows.csv", url)
 
 
-def _check_ok_row(row: pd.Series, workload: Workload, tp: int) -> dict:
+def _check_ok_row(row: pd.Series, workload: Workload, tp: int, dp: int = 1) -> dict:
     """The checks every successful serving row must pass; returns its detail JSON."""
     detail = json.loads(row["detail"])
     assert row["status"] == "ok", detail.get("reason")
     assert (row["kind"], row["engine"], row["gpu"]) == ("serving", "vllm", "cpu")
     assert row["engine_version"] == VLLM_VERSION
-    assert (row["tp"], row["num_gpus"], row["num_requests"]) == (tp, tp, workload.num_requests)
+    assert (row["tp"], row["dp"], row["num_gpus"], row["num_requests"]) == (tp, dp, tp * dp, workload.num_requests)
     assert row["output_throughput"] > 0 and row["total_throughput"] > row["output_throughput"]
     assert row["request_throughput"] > 0 and row["tpot_ms"] > 0 and row["tpot_p99_ms"] >= detail["tpot_p50_ms"] > 0
     assert 0 < row["ttft_ms"] / 1e3 <= row["makespan_s"] and row["ttft_p99_ms"] / 1e3 <= row["makespan_s"]
@@ -210,6 +226,8 @@ def _check_ok_row(row: pd.Series, workload: Workload, tp: int) -> dict:
     assert row["preemptions"] >= 0 and row["kv_capacity_tokens"] > 0
     eff = detail["engine_config"]
     assert int(eff["num_gpu_blocks"]) * int(eff["block_size"]) == row["kv_capacity_tokens"]  # the engine's own
+    assert detail["replicas"] == dp and len(detail["replica_kv_capacity_tokens"]) == dp
+    assert min(detail["replica_kv_capacity_tokens"]) == row["kv_capacity_tokens"]  # per replica, each engine's
     assert eff["enable_prefix_caching"] is False and int(eff["tensor_parallel_size"]) == tp
     assert detail["run_wall_s"] >= detail["engine_start_s"] > 0
     return detail
@@ -274,21 +292,50 @@ def test_offline_tp2(tmp_path_factory):
     assert len(_stored(url)) == 1
 
 
+CONC2 = fixed(16, 32, 6, concurrency=2, name="conc2")
+
+
+@pytest.fixture(scope="module")
+def online_tp1_dp2(tmp_path_factory):
+    """One `vllm serve --data-parallel-size 2` start (TP 1 per replica, vLLM's documented online DP) serving a closed
+    batch and a fixed concurrency: the online TP-1 checks and the data-parallel checks share this engine start."""
+    from collect.backends.vllm import VLLMBackend
+
+    url, _, sink = _store(tmp_path_factory, "online_tp1_dp2")
+    frame = VLLMBackend(mode="online", on_row=sink, timeout_s=900).measure_many(
+        "tiny-llama", Layout(tp=1, dp=2), dataclasses.replace(ENGINE_SMALL_KV, enforce_eager=True), [SMALL, CONC2],
+        seed=13)
+    return frame, url
+
+
 @pytest.mark.vllm
 @pytest.mark.slow
 @needs_vllm
-def test_online_tp1_closed_batch_and_fixed_concurrency(tmp_path_factory):
-    from collect.backends.vllm import VLLMBackend
-
-    url, _, sink = _store(tmp_path_factory, "online_tp1")
-    conc = fixed(16, 32, 6, concurrency=2, name="conc2")
-    frame = VLLMBackend(mode="online", on_row=sink, timeout_s=900).measure_many(
-        "tiny-llama", Layout(tp=1), ENGINE_SMALL_KV, [SMALL, conc], seed=13)
-    d0 = _check_ok_row(frame.iloc[0], SMALL, tp=1)
-    _check_ok_row(frame.iloc[1], conc, tp=1)
+def test_online_tp1_closed_batch_and_fixed_concurrency(online_tp1_dp2):
+    frame, url = online_tp1_dp2
+    d0 = _check_ok_row(frame.iloc[0], SMALL, tp=1, dp=2)
+    _check_ok_row(frame.iloc[1], CONC2, tp=1, dp=2)
     assert d0["mode"] == "online" and frame.iloc[0]["kv_capacity_tokens"] == 1280
     assert frame.iloc[1]["concurrency"] == 2 and frame.iloc[0]["source"] == "layoutcast-vllm-online"
     assert len(_stored(url)) == 2
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_online_data_parallel_2_is_vllms_own_and_recorded(online_tp1_dp2):
+    frame, url = online_tp1_dp2
+    row = frame.iloc[0]
+    detail = _check_ok_row(row, SMALL, tp=1, dp=2)
+    eff = detail["engine_config"]
+    assert int(eff["data_parallel_size"]) == 2 and int(eff["api_server_count"]) == 1
+    assert "--data-parallel-size" in detail["dp_mode"]
+    # each replica's KV capacity comes from its own engine (40 blocks x 32 each), not from our formula
+    assert detail["replica_kv_capacity_tokens"] == [1280, 1280] and row["kv_capacity_tokens"] == 1280
+    assert row["ttft_ms"] / 1e3 <= row["makespan_s"] and row["output_throughput"] > 0 and row["preemptions"] == 0
+    stored = _stored(url).set_index("run_id").loc[row["run_id"]]
+    assert (stored["status"], stored["dp"], stored["tp"], stored["num_gpus"]) == ("ok", 2, 1, 2)
+    assert stored["kv_capacity_tokens"] == 1280
 
 
 @pytest.mark.vllm

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from collect.modelfolder import hf_config_dict, write_model_folder
+from collect.modelfolder import hf_config_dict, stable_model_folder, write_model_folder
 from collect.procs import free_port, start_group, stop_group, tail
 from features.catalog import resolve_gpu, resolve_model, resolve_workload
 from features.errors import InfeasibleError, InputError
@@ -187,6 +187,9 @@ def engine_args(model_dir: str, layout: Layout, engine: EngineConfig, max_model_
         args["enable_expert_parallel"] = True
     if mode == "online" and layout.dp > 1:
         args["data_parallel_size"] = layout.dp
+        # one API server in front of the DP engines: vLLM would default to one per DP rank, and with several it turns
+        # stats logging off, so the Prometheus counters (preemptions) would read 0; it also saves a process start
+        args["api_server_count"] = 1
     if mode == "offline":
         args["disable_log_stats"] = False  # per-request metrics and llm.get_metrics()
     return args
@@ -374,8 +377,10 @@ class VLLMBackend:
         t_start = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix="layoutcast-vllm-", dir=self.log_dir))
         try:
-            model_dir = write_model_folder(model, tmp / "model", max_position_embeddings=mml,
-                                           dtype=engine.weight_dtype if engine.weight_dtype != "fp8" else "bf16")
+            # a content-named folder that outlives the run: vLLM's compile cache hits on the next start of this config
+            model_dir = stable_model_folder(model, Path(tempfile.gettempdir()) / "layoutcast-vllm-models",
+                                            max_position_embeddings=mml,
+                                            dtype=engine.weight_dtype if engine.weight_dtype != "fp8" else "bf16")
             args = engine_args(str(model_dir), layout, engine, mml, seed, self.install, self.mode)
             self._say(f"{model.name} {layout.label()} {self.mode}: starting vLLM ({len(runs)} workload(s))")
             if self.mode == "offline":
