@@ -244,4 +244,7 @@ def scenario_row(model: str, gpu: str, layout: Layout, wl: Workload, engine: Eng
         "num_requests": wl.num_requests, "concurrency": wl.concurrency, "request_rate": wl.request_rate,
         "max_num_seqs": engine.max_num_seqs, "max_num_batched_tokens": engine.max_num_batched_tokens,
         "gpu_memory_utilization": engine.gpu_memory_utilization, "block_size": engine.block_size,
+        # the engine's explicit KV sizing, when asked for (0 = the engine sizes the cache from memory)
+        "num_gpu_blocks_override": int(engine.num_gpu_blocks_override or 0),
+        "kv_cache_memory_bytes": float(engine.kv_cache_memory_gb or 0.0) * 1e9,
     }

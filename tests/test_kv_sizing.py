@@ -88,3 +88,18 @@ def test_nonsense_sizing_falls_back_to_the_physics(bad):
     e = EngineConfig(block_size=32)
     assert kv_capacity_tokens(TINY, CPU, Layout(), e, num_gpu_blocks_override=bad,
                               kv_cache_memory_bytes=bad) == kv_capacity_tokens(TINY, CPU, Layout(), e)
+
+
+def test_predict_api_honours_explicit_kv_sizing():
+    """Predictor.predict passes the engine's explicit KV sizing through to the physics."""
+    from predictor import Predictor
+
+    p = Predictor()
+    base = p.predict("llama-3.1-8b", "h200", workload="chat", concurrency=64).kv_capacity_tokens
+    blocks = p.predict("llama-3.1-8b", "h200", workload="chat", concurrency=64, num_gpu_blocks_override=100,
+                       block_size=32).kv_capacity_tokens
+    space = p.predict("llama-3.1-8b", "h200", workload="chat", concurrency=64, kv_cache_memory_gb=10.0).kv_capacity_tokens
+    assert blocks == 3200
+    # 10 GB over Llama-3.1-8B's 128 KiB per token (bf16, 8 KV heads x 128 x 32 layers x 2), whole blocks of 16
+    assert space == (10e9 // (2 * 8 * 128 * 32 * 2)) // 16 * 16
+    assert base > space > blocks
