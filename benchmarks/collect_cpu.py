@@ -144,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
                              "statuses": frame["status"].value_counts().to_dict(), "load_avg": os.getloadavg()})
     prov["load_avg_end"] = os.getloadavg()
     prov["total_wall_min"] = round((time.monotonic() - t0) / 60, 1)
-    (out.parent / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
+    prov_path = out.parent / "provenance.json"
+    # every collection session is kept: rows already in the CSV keep the provenance of the session that made them
+    doc = json.loads(prov_path.read_text()) if prov_path.exists() else {"sessions": []}
+    if "sessions" not in doc:
+        doc = {"sessions": [doc]}
+    doc["sessions"].append(prov)
+    prov_path.write_text(json.dumps(doc, indent=2) + "\n")
     console.log(f"done in {prov['total_wall_min']} min: {out}")
     return 0
 
