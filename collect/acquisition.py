@@ -272,7 +272,7 @@ def expected_improvement(mu: np.ndarray, sigma: np.ndarray, incumbent: np.ndarra
 def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, scenario: np.ndarray,
                   incumbent: dict[str, float], seed: int = 0, within: float = 0.03,
                   samples: int = 256, log_physics: np.ndarray | None = None,
-                  physics_weight: float = 0.0) -> np.ndarray:
+                  physics_weight: float = 0.0, measured_utility: np.ndarray | None = None) -> np.ndarray:
     """Per candidate, the chance that measuring it solves its scenario: that it runs, comes within `within` of the
     scenario's best, and the best measured so far did not (sampled from the predictive distribution, failures
     included). Scenarios never measured have nothing solved yet, so their likely-best configurations come first;
@@ -283,12 +283,26 @@ def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, 
     corrections), with weight 1 - physics_weight, and the physics model's, lifted to the learned level of the scenario
     (the scenario's mean learned correction), with weight physics_weight. Few measurements make a learned correction
     noisy from layout to layout, while the physics ranking is often right; the mixture measures the physics' pick
-    too where the two disagree and the model's pick did not settle the scenario."""
+    too where the two disagree and the model's pick did not settle the scenario.
+
+    With `measured_utility` (per candidate, its measured log utility, NaN where not measured) each hypothesis is
+    conditioned on what its scenario's measurements revealed: the error the model shares across a scenario's
+    configurations (correlation SCENARIO_ERROR_CORRELATION) is estimated from the measured ones, and the untried
+    ones are shifted by its expected part (rho^2 x the mean measured error), so a scenario the model over-predicted
+    does not draw second tries it would not need, and one it under-predicted does."""
     t = objective.target
     n = len(scenario)
     if t not in pred.log_point:
         return np.zeros(n)
-    mu = objective.log_utility(pred.log_point[t], num_gpus)
+    groups = pd.Series(scenario, dtype=object)
+
+    def condition(m: np.ndarray) -> np.ndarray:
+        if measured_utility is None:
+            return m
+        err = pd.Series(np.asarray(measured_utility, dtype=float) - m).groupby(groups).transform("mean")
+        return m + SCENARIO_ERROR_CORRELATION ** 2 * np.nan_to_num(err.to_numpy(dtype=float), nan=0.0)
+
+    mu = condition(objective.log_utility(pred.log_point[t], num_gpus))
     sigma = pred.log_sigma(t)
     sigma = np.where(np.isfinite(sigma), sigma, PRIOR_LOG_SIGMA)
     p_ok = pred.p_ok if pred.p_ok is not None else np.ones(n)
@@ -303,7 +317,7 @@ def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, 
     if log_physics is not None and physics_weight > 0:
         log_phys = np.asarray(log_physics, dtype=float)
         corr = pd.Series(pred.log_point[t] - log_phys).groupby(pd.Series(scenario, dtype=object)).transform("mean")
-        mu_phys = objective.log_utility(log_phys + corr.to_numpy(dtype=float), num_gpus)
+        mu_phys = condition(objective.log_utility(log_phys + corr.to_numpy(dtype=float), num_gpus))
         alt = np.flatnonzero(np.isfinite(mu_phys))
         gain_phys = np.zeros(n)
         if len(alt):

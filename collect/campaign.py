@@ -96,6 +96,7 @@ class CampaignSettings:
     # search: weight of the physics model's ranking of a scenario's configurations next to the learned model's
     # (None: estimated from the campaign's measurements, out of scenario, see `acquisition.physics_ranking_weight`)
     physics_weight: float | None = None
+    condition: bool = True  # search: condition each scenario's predictions on its measured configurations' errors
     model_params: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -513,7 +514,8 @@ class Campaign:
                 self.last_physics_weight = weight
                 scores = search_scores(pred, self.objective, self.num_gpus, self.scen, self._incumbents(),
                                        seed=s.seed * 1000 + iteration, within=WITHIN,
-                                       log_physics=self.log_physics, physics_weight=weight)
+                                       log_physics=self.log_physics, physics_weight=weight,
+                                       measured_utility=self._measured_utility() if s.condition else None)
                 picks = select_batch(scores, self.X, k, available, cost, budget_left, groups=self.scen)
         start = int(runs["seq"].max()) + 1 if len(runs) else 0
         out = []
@@ -523,6 +525,15 @@ class Campaign:
             out.append({"config_hash": h, "seq": start + j, "iteration": iteration, "config": config,
                         "run_id": f"{self.campaign_id}:{h}", "cost_gpu_h": float(self.cost[i]),
                         "score": float(scores[i]) if np.isfinite(scores[i]) else None})
+        return out
+
+    def _measured_utility(self) -> np.ndarray:
+        """Per candidate, its measured log utility (NaN: not measured or no good run)."""
+        out = np.full(len(self.cand), np.nan)
+        for h, u in self._utility.items():
+            i = self.index.get(h)
+            if i is not None:
+                out[i] = u
         return out
 
     def _incumbents(self) -> dict[str, float]:

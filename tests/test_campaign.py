@@ -247,6 +247,17 @@ def test_relative_variance_and_physics_mixture_in_search():
     plain = search_scores(pred, obj, np.ones(n), scen, inc, log_physics=log_phys, physics_weight=0.0)
     mixed = search_scores(pred, obj, np.ones(n), scen, inc, log_physics=log_phys, physics_weight=0.5)
     assert mixed[2] > plain[2] + 0.2 and mixed[2] > mixed[1]
+    # conditioning on measured errors: the model over-predicted the measured row 0 by 20%, so the untried rows of
+    # the scenario are probably over-predicted too, and a second try there is less likely to beat the incumbent
+    inc_low = {"s": float(np.log(110.0 * 0.8))}
+    measured_u = np.array([np.log(110.0 * 0.8), np.nan, np.nan])
+    raw = search_scores(pred, obj, np.ones(n), scen, inc_low)
+    cond = search_scores(pred, obj, np.ones(n), scen, inc_low, measured_utility=measured_u)
+    assert cond[1] < raw[1] and cond[2] < raw[2]
+    inc_high = {"s": float(np.log(110.0 * 1.2))}  # under-predicted: the others are probably better than they look
+    measured_u = np.array([np.log(110.0 * 1.2), np.nan, np.nan])
+    assert (search_scores(pred, obj, np.ones(n), scen, inc_high, measured_utility=measured_u)[1]
+            > search_scores(pred, obj, np.ones(n), scen, inc_high)[1])
     with pytest.raises(InputError):
         CampaignSettings(backend="replay", physics_weight=1.5)
     with pytest.raises(InputError):
