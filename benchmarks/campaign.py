@@ -75,7 +75,8 @@ def run_one(name: str, rb: ReplayBackend, cand: pd.DataFrame, evaluator: PoolEva
     store.close()
     curve = [{"runs": p.runs, "fraction": p.runs / n, "ok_runs": p.ok_runs, "heldout": p.heldout,
               "within_3pct": p.best.get("within_3pct"), "measured_scenarios": p.best.get("measured_scenarios"),
-              "mean_regret": p.best.get("mean_regret")} for p in res.curve]
+              "mean_regret": p.best.get("mean_regret"), "recommended_within_3pct": p.best.get("recommended_within_3pct")}
+             for p in res.curve]
     return {"pool": name, "strategy": strategy, "seed": seed, "configs": n, "batch": batch, "budget": budget,
             "seconds": round(time.monotonic() - t0, 1), "curve": curve}
 
@@ -111,6 +112,7 @@ def summarise(name: str, runs: list[dict], target: str, scenarios: int) -> dict:
             k = int(round(f * n))
             errs = [at_runs(r["curve"], k, lambda p: p["heldout"].get(target)) for r in mine]
             hits = [at_runs(r["curve"], k, lambda p: p["within_3pct"]) for r in mine]
+            recommended = [at_runs(r["curve"], k, lambda p: p.get("recommended_within_3pct")) for r in mine]
             covered = [at_runs(r["curve"], k, lambda p: p["measured_scenarios"]) for r in mine]
             others = {t: float(np.nanmedian([at_runs(r["curve"], k, lambda p, t=t: p["heldout"].get(t)) for r in mine]))
                       for t in sorted({t for r in mine for p in r["curve"] for t in p["heldout"]})}
@@ -118,6 +120,8 @@ def summarise(name: str, runs: list[dict], target: str, scenarios: int) -> dict:
             rows[f"{f:.0%}"] = {"runs": k_real, "fraction": k_real / n, "median_ape": float(np.nanmedian(errs)),
                                 "median_ape_by_target": others, "within_3pct": float(np.nanmedian(hits)),
                                 "scenarios_measured": float(np.nanmedian(covered)),
+                                "recommended_within_3pct": float(np.nanmedian(recommended))
+                                if np.isfinite(recommended).any() else None,
                                 "within_3pct_of_measured_scenarios": float(np.nanmedian(
                                     [h / c if c else np.nan for h, c in zip(hits, covered)]))}
         out["by_strategy"][strategy] = {"at_fraction": rows, "curve": {str(k): v for k, v in med_curve.items()}}
@@ -139,6 +143,8 @@ def summarise(name: str, runs: list[dict], target: str, scenarios: int) -> dict:
             "share_of_scenarios": at10["within_3pct"], "share_of_measured_scenarios": at10["within_3pct_of_measured_scenarios"],
             "runs": at10["runs"], "scenarios": scenarios,
             "ceiling": min(1.0, at10["runs"] / scenarios) if scenarios else None,  # one run per scenario at most
+            # the configuration the campaign would recommend per scenario (measured best, else the model's pick)
+            "recommended_share_of_scenarios": at10.get("recommended_within_3pct"),
             "met": bool(at10["within_3pct"] >= 0.9)}
     out["checks"] = checks
     return out

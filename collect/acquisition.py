@@ -8,7 +8,12 @@ candidate's calibrated log-interval (each target's relative to its median, avera
 times its chance of running, per unit of budget when the budget is GPU-hours (the campaign applies it to a random
 subsample of the untried candidates, so batches stay representative); `search` scores the chance that measuring a
 candidate solves its scenario (it runs and lands within 3% of the scenario's best where the best measured so far
-does not), sampled from the predictive distribution on the log scale so scenarios of any size compare.
+does not), sampled from the predictive distribution on the log scale so scenarios of any size compare; it mixes
+the learned model's ranking of a scenario's configurations with the physics model's, weighted by how often each
+ranked held-out scenarios right in the campaign's own measurements (`physics_ranking_weight`). An alternative
+uncertainty acquisition, `variance_reduction_batch`, picks the batch that most reduces the predictive variance summed
+over the untried pool (kernel in the encoded space); on the DLI and aiconfigurator pools it did no better than the
+widest-interval rule (a tuning seed, not the benchmark's), so it is opt-in (`CampaignSettings.acquisition`).
 `select_batch` takes the best-scored candidates but keeps a batch diverse: a candidate close (in the encoded
 configuration space) to one already in the batch is discounted, and with scenario groups each scenario gives at most
 one configuration per batch while others remain.
@@ -241,6 +246,22 @@ def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndar
     return score
 
 
+def relative_variance(pred: Prediction, targets: tuple[str, ...]) -> np.ndarray:
+    """Per candidate, the predictive log-variance averaged over the targets, each target's relative to its median
+    (rows without a prediction count as the most uncertain)."""
+    parts = []
+    for t in targets:
+        if t not in pred.log_point:
+            continue
+        s = pred.log_sigma(t)
+        top = np.nanmax(s) if np.isfinite(s).any() else PRIOR_LOG_SIGMA
+        s = np.where(np.isfinite(s), s, top)
+        mid = float(np.median(s))
+        parts.append((s / mid) ** 2 if mid > 0 else s ** 2)
+    n = len(pred.p_ok) if pred.p_ok is not None else 0
+    return np.mean(parts, axis=0) if parts else np.ones(n)
+
+
 def expected_improvement(mu: np.ndarray, sigma: np.ndarray, incumbent: np.ndarray) -> np.ndarray:
     """E[max(0, U - incumbent)] for U ~ Normal(mu, sigma) (log utilities: a relative improvement)."""
     sigma = np.maximum(np.asarray(sigma, dtype=float), 1e-9)
@@ -250,16 +271,38 @@ def expected_improvement(mu: np.ndarray, sigma: np.ndarray, incumbent: np.ndarra
 
 def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, scenario: np.ndarray,
                   incumbent: dict[str, float], seed: int = 0, within: float = 0.03,
-                  samples: int = 256) -> np.ndarray:
+                  samples: int = 256, log_physics: np.ndarray | None = None,
+                  physics_weight: float = 0.0, measured_utility: np.ndarray | None = None) -> np.ndarray:
     """Per candidate, the chance that measuring it solves its scenario: that it runs, comes within `within` of the
     scenario's best, and the best measured so far did not (sampled from the predictive distribution, failures
     included). Scenarios never measured have nothing solved yet, so their likely-best configurations come first;
-    a scenario whose incumbent is probably already near-best gives way. Ties go by expected improvement."""
+    a scenario whose incumbent is probably already near-best gives way. Ties go by expected improvement.
+
+    With `log_physics` (the physics answer of the objective's target, log) and `physics_weight` > 0 the chance is a
+    mixture over two hypotheses of how the candidates of a scenario rank: the learned model's (its per-row
+    corrections), with weight 1 - physics_weight, and the physics model's, lifted to the learned level of the scenario
+    (the scenario's mean learned correction), with weight physics_weight. Few measurements make a learned correction
+    noisy from layout to layout, while the physics ranking is often right; the mixture measures the physics' pick
+    too where the two disagree and the model's pick did not settle the scenario.
+
+    With `measured_utility` (per candidate, its measured log utility, NaN where not measured) each hypothesis is
+    conditioned on what its scenario's measurements revealed: the error the model shares across a scenario's
+    configurations (correlation SCENARIO_ERROR_CORRELATION) is estimated from the measured ones, and the untried
+    ones are shifted by its expected part (rho^2 x the mean measured error), so a scenario the model over-predicted
+    does not draw second tries it would not need, and one it under-predicted does."""
     t = objective.target
     n = len(scenario)
     if t not in pred.log_point:
         return np.zeros(n)
-    mu = objective.log_utility(pred.log_point[t], num_gpus)
+    groups = pd.Series(scenario, dtype=object)
+
+    def condition(m: np.ndarray) -> np.ndarray:
+        if measured_utility is None:
+            return m
+        err = pd.Series(np.asarray(measured_utility, dtype=float) - m).groupby(groups).transform("mean")
+        return m + SCENARIO_ERROR_CORRELATION ** 2 * np.nan_to_num(err.to_numpy(dtype=float), nan=0.0)
+
+    mu = condition(objective.log_utility(pred.log_point[t], num_gpus))
     sigma = pred.log_sigma(t)
     sigma = np.where(np.isfinite(sigma), sigma, PRIOR_LOG_SIGMA)
     p_ok = pred.p_ok if pred.p_ok is not None else np.ones(n)
@@ -271,10 +314,81 @@ def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, 
     if len(idx):
         gain[idx] = chance_to_solve(mu[idx], sigma[idx], p_ok[idx], scenario[idx], inc[idx],
                                     math.log(1.0 - within), seed, samples)
+    if log_physics is not None and physics_weight > 0:
+        log_phys = np.asarray(log_physics, dtype=float)
+        corr = pd.Series(pred.log_point[t] - log_phys).groupby(pd.Series(scenario, dtype=object)).transform("mean")
+        mu_phys = condition(objective.log_utility(log_phys + corr.to_numpy(dtype=float), num_gpus))
+        alt = np.flatnonzero(np.isfinite(mu_phys))
+        gain_phys = np.zeros(n)
+        if len(alt):
+            gain_phys[alt] = chance_to_solve(mu_phys[alt], sigma[alt], p_ok[alt], scenario[alt], inc[alt],
+                                             math.log(1.0 - within), seed + 1, samples)
+        gain = (1.0 - physics_weight) * gain + physics_weight * gain_phys
     # a scenario with no good measurement would fail for sure: cover every scenario first (one try each, its most
     # promising configuration), then spend on second tries where the incumbent is least likely near-best
     fresh = ~np.isfinite(inc)
     return gain + fresh + 1e-3 * ei / (1.0 + ei)
+
+
+def physics_ranking_weight(surrogate: "Surrogate | None", measured: pd.DataFrame | None, objective: Objective,
+                           scenario: np.ndarray, seed: int = 0, folds: int = 3, prior: float = 0.5,
+                           prior_pairs: float = 4.0, within: float = 0.03) -> float:
+    """How far to trust the physics model's ranking of a scenario's configurations over the learned model's, from the
+    campaign's own measurements: scenarios are split into folds; the residual learner is fitted on the other folds'
+    rows and ranks each held-out scenario's measured configurations (pairs more than `within` apart), as physics does.
+    Returns the share of the pairs on which exactly one of the two is right that physics gets right, shrunk towards
+    `prior` as if `prior_pairs` such pairs had been seen (no data: `prior`). Out-of-scenario by construction, so
+    neither ranking has seen the scenario it is judged on."""
+    t = objective.target
+    if surrogate is None or surrogate.model is None or measured is None or not len(measured):
+        return prior
+    kind = KIND_OF_TARGET[t]
+    space, model = surrogate.model.spaces_.get(kind), surrogate.model
+    if space is None or t not in model.learners_:
+        return prior
+    from train.frames import target_rows
+
+    use = target_rows(measured, t) & measured["status"].astype("string").fillna("ok").eq("ok").to_numpy(bool)
+    sub = measured[use]
+    scen = np.asarray(scenario, dtype=object)[use]
+    if len(sub) < 8:
+        return prior
+    X, y = residual_xy(space, sub, t)
+    log_phys = X[:, -1].copy()
+    u_true = objective.log_utility(log_phys + y, float_column(sub, "num_gpus"))
+    u_phys = objective.log_utility(log_phys, float_column(sub, "num_gpus"))
+    codes, uniques = pd.factorize(pd.Series(scen, dtype=object))
+    counts = np.bincount(codes, minlength=len(uniques))
+    multi = np.flatnonzero(counts >= 2)
+    if not len(multi):
+        return prior
+    rng = np.random.default_rng(seed)
+    fold_of = rng.integers(0, folds, len(uniques))
+    u_model = np.full(len(sub), np.nan)
+    params = _learner_params(model, X.shape[1])
+    for f in range(folds):
+        test = np.isin(codes, multi[fold_of[multi] == f])
+        train = fold_of[codes] != f
+        if not test.any() or train.sum() < 8:
+            continue
+        learner = XGBLearner(**params, seed=seed + 7 + f).fit(X[train], y[train])
+        corr = np.clip(learner.predict(X[test]), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)
+        u_model[test] = u_phys[test] + objective.log_utility(corr, np.ones(int(test.sum())))
+    phys_only = model_only = 0
+    gap = -math.log(1.0 - within)
+    for c in multi:
+        rows = np.flatnonzero((codes == c) & np.isfinite(u_model) & np.isfinite(u_true))
+        for a in range(len(rows)):
+            for b in range(a + 1, len(rows)):
+                i, j = rows[a], rows[b]
+                d = u_true[i] - u_true[j]
+                if abs(d) <= gap:
+                    continue
+                p_right = (u_phys[i] - u_phys[j]) * d > 0
+                m_right = (u_model[i] - u_model[j]) * d > 0
+                phys_only += int(p_right and not m_right)
+                model_only += int(m_right and not p_right)
+    return float((phys_only + prior * prior_pairs) / (phys_only + model_only + prior_pairs))
 
 
 def chance_to_solve(mu: np.ndarray, sigma: np.ndarray, p_ok: np.ndarray, group: np.ndarray, incumbent: np.ndarray,
@@ -353,4 +467,85 @@ def select_batch(scores: np.ndarray, X: np.ndarray, k: int, available: np.ndarra
         if spent + cost[i] <= budget_left + 1e-12:
             chosen.append(int(i))
             spent += cost[i]
+    return chosen
+
+
+# --- integrated variance reduction (uncertainty) ------------------------------------------------------------------
+
+MAX_REFERENCE = 2500  # pool points the integrated variance is summed over (a random subsample beyond this)
+MAX_CANDIDATES = 4000  # candidates scored per batch (a random subsample beyond this)
+
+
+def kernel_lengthscale(X: np.ndarray, share: float = 0.01, rng: np.random.Generator | None = None,
+                       sample: int = 1000) -> float:
+    """A kernel length scale for `X` (encoded configurations): the median distance from a point to its
+    ceil(share x n)-th nearest neighbour, so one measurement informs about `share` of the pool around it."""
+    n = len(X)
+    if n < 2 or X.shape[1] == 0:
+        return 1.0
+    rng = rng or np.random.default_rng(0)
+    idx = rng.choice(n, min(n, sample), replace=False)
+    k = int(min(n - 1, max(1, math.ceil(share * n))))
+    d = np.sqrt(((X[idx, None, :] - X[None, :, :]) ** 2).sum(-1))
+    kth = np.partition(d, k, axis=1)[:, k]  # column 0 is the point itself
+    ell = float(np.median(kth))
+    return ell if ell > 0 else 1.0
+
+
+def rbf(A: np.ndarray, B: np.ndarray, ell: float) -> np.ndarray:
+    """Gaussian kernel exp(-|a - b|^2 / (2 ell^2)) between the rows of A and B (float32)."""
+    if A.shape[1] == 0:
+        return np.ones((len(A), len(B)), dtype=np.float32)
+    d2 = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T
+    return np.exp(-np.maximum(d2, 0.0) / (2.0 * ell * ell)).astype(np.float32)
+
+
+def variance_reduction_batch(variance: np.ndarray, X: np.ndarray, k: int, available: np.ndarray,
+                             measured: np.ndarray | None = None, weight: np.ndarray | None = None,
+                             cost: np.ndarray | None = None, budget_left: float = math.inf,
+                             ell: float | None = None, seed: int = 0, p_ok: np.ndarray | None = None) -> list[int]:
+    """Up to `k` available candidates that most reduce the predictive variance summed over the untried pool
+    (integrated variance reduction, greedy batch). Each pool point j holds a remaining variance v_j (its
+    predictive variance x `weight`, e.g. its chance of running, already discounted near measured points); measuring
+    candidate i removes k(i, j) x v_j from every j (kernel k in the encoded space), so a pick's gain is the
+    variance it explains where the pool is dense and uncertain, and the next pick looks elsewhere: the batch is
+    diverse and representative by construction. Gain is per unit cost when `cost` is given; the summed cost stays
+    within `budget_left`; `p_ok` (a candidate's chance of running) scales what measuring it can teach."""
+    n = len(variance)
+    avail = np.flatnonzero(np.asarray(available, dtype=bool) & np.isfinite(variance))
+    if len(avail) == 0 or k <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    v = np.where(np.isfinite(variance), np.maximum(variance, 0.0), 0.0)
+    if weight is not None:
+        v = v * np.clip(np.nan_to_num(np.asarray(weight, dtype=float), nan=1.0), 0.0, None)
+    measured = np.zeros(n, dtype=bool) if measured is None else np.asarray(measured, dtype=bool)
+    ref = np.flatnonzero(~measured)
+    if len(ref) > MAX_REFERENCE:
+        ref = rng.choice(ref, MAX_REFERENCE, replace=False)
+    cands = avail if len(avail) <= MAX_CANDIDATES else rng.choice(avail, MAX_CANDIDATES, replace=False)
+    ell = float(ell) if ell else kernel_lengthscale(X, rng=rng)
+    vr = v[ref].astype(np.float64)
+    done = np.flatnonzero(measured)
+    for start in range(0, len(done), 2000):  # what is already measured explains its neighbourhood
+        Km = rbf(X[done[start:start + 2000]], X[ref], ell)
+        vr *= np.prod(1.0 - 0.95 * Km, axis=0)
+    K = rbf(X[cands], X[ref], ell)  # candidates x reference points
+    c = np.ones(len(cands)) if cost is None else np.maximum(np.asarray(cost, dtype=float)[cands], 1e-12)
+    if p_ok is not None:
+        c = c / np.clip(np.nan_to_num(np.asarray(p_ok, dtype=float)[cands], nan=1.0), 1e-3, 1.0)
+    chosen: list[int] = []
+    taken = np.zeros(len(cands), dtype=bool)
+    spent = 0.0
+    while len(chosen) < k:
+        gain = (K @ vr) / c
+        over = (spent + np.asarray(cost, dtype=float)[cands] > budget_left + 1e-12) if cost is not None else False
+        gain = np.where(taken | over, -np.inf, gain)
+        j = int(np.argmax(gain))
+        if not np.isfinite(gain[j]):
+            break
+        taken[j] = True
+        chosen.append(int(cands[j]))
+        spent += 0.0 if cost is None else float(np.asarray(cost, dtype=float)[cands[j]])
+        vr *= 1.0 - 0.95 * K[j]
     return chosen

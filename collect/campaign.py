@@ -7,13 +7,15 @@ the untried candidates with the strategy's acquisition (`random`; `uncertainty`:
 a random subsample of the untried candidates; `search`: the chance of solving a scenario), picks a diverse batch
 that fits the remaining budget (runs, or GPU-hours with each run's cost estimated by the physics: (makespan + start-up
 overhead) x GPUs), plans it in the ledger, dispatches it (`collect.dispatch`), and records every outcome as it comes.
-The first batch of `uncertainty` is a space-filling design (scrambled Sobol over the encoded valid set); `search`
-starts from the physics model's own picks (or from a design when an initial design size is given).
+The first batch of `uncertainty` -- and of `random`, its baseline -- is a space-filling design (scrambled Sobol over
+the encoded valid set); `search` starts from the physics model's own picks (or from a design when an initial design
+size is given).
 A campaign is identified by an id stored with its settings; restarting the same command resumes it from the store:
 done runs are never measured again, runs planned before a kill are finished first.
 
 A `PoolEvaluator` (replay campaigns) scores each iteration's model on the pool rows not measured yet and checks
-whether the best measured configuration of each scenario is within 3% of the pool's true best; it only reports,
+whether the best measured configuration of each scenario is within 3% of the pool's true best (and whether the one
+the campaign would recommend -- measured best, else the model's pick -- is); it only reports,
 the campaign's choices never read it.
 """
 
@@ -29,13 +31,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from collect.acquisition import Objective, Surrogate, resolve_objective, search_scores, select_batch, uncertainty_scores
+from collect.acquisition import (Objective, Surrogate, physics_ranking_weight, relative_variance, resolve_objective,
+                                 search_scores, select_batch, uncertainty_scores, variance_reduction_batch)
 from collect.dispatch import Job, Outcome
 from collect.ledger import Ledger
 from collect.sampler import CANDIDATE_COLUMNS, config_hashes, encode, initial_design
 from features.errors import InputError
 from features.schema import COLUMNS, conform
-from train.frames import float_column, physics
+from train.frames import float_column, physics, physics_answer
+from train.residual import nan_safe_log
 from train.targets import pred_cols
 
 STRATEGIES = ("random", "uncertainty", "search")
@@ -86,12 +90,22 @@ class CampaignSettings:
     design: str = "sobol"
     overhead_s: float | None = None  # start-up cost per run for GPU-hour budgets (None: by kind)
     members: int = 3  # bootstrap members of the surrogate's ensemble
-    subsample: int = 3  # uncertainty: each batch is chosen among (subsample x batch) random untried candidates
+    subsample: int = 3  # uncertainty "width": each batch is chosen among (subsample x batch) random untried candidates
+    # uncertainty: "variance" (integrated variance reduction over the untried pool) or "width" (widest intervals)
+    acquisition: str = "width"
+    # search: weight of the physics model's ranking of a scenario's configurations next to the learned model's
+    # (None: estimated from the campaign's measurements, out of scenario, see `acquisition.physics_ranking_weight`)
+    physics_weight: float | None = None
+    condition: bool = True  # search: condition each scenario's predictions on its measured configurations' errors
     model_params: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {self.strategy!r} (choose from {', '.join(STRATEGIES)})")
+        if self.physics_weight is not None and not 0.0 <= self.physics_weight <= 1.0:
+            raise InputError("physics_weight must be between 0 and 1")
+        if self.acquisition not in ("variance", "width"):
+            raise InputError(f"unknown uncertainty acquisition {self.acquisition!r} (variance or width)")
         if self.batch < 1:
             raise InputError("--batch must be at least 1")
         bad = [c for c in self.scenario if c not in CANDIDATE_COLUMNS]
@@ -199,6 +213,7 @@ class PoolEvaluator:
         util = objective.utility(float_column(self.phys, objective.target), float_column(self.phys, "num_gpus"))
         good = self.ok & np.isfinite(util)
         scen = scenario_ids(self.phys, scenario)
+        self.scen = scen
         per_config = pd.DataFrame({"h": self.hashes[good], "s": scen[good], "u": util[good]}) \
             .groupby(["s", "h"], sort=False)["u"].median().reset_index()
         self.config_utility = dict(zip(per_config["h"], per_config["u"]))
@@ -224,6 +239,26 @@ class PoolEvaluator:
             if use.any():
                 out[t] = float(np.median(np.abs(pred[use] / meas[use] - 1.0)))
         return out
+
+    def recommended_success(self, surrogate: Surrogate | None, measured: set[str]) -> float | None:
+        """Share of scenarios where the configuration the campaign would recommend -- the best by measured value where
+        measured, by the model's prediction elsewhere -- is within 3% of the pool's true best (a recommended
+        configuration that fails, e.g. runs out of memory, misses)."""
+        if surrogate is None or surrogate.model is None or not self.true_best:
+            return None
+        pred = surrogate.model.predict_arrays(self.phys).get(pred_cols(self.objective.target)[0])
+        if pred is None:
+            return None
+        u_pred = self.objective.utility(pred, float_column(self.phys, "num_gpus"))
+        frame = pd.DataFrame({"h": self.hashes, "s": self.scen, "u": u_pred})
+        frame = frame[np.isfinite(frame["u"])].groupby(["s", "h"], sort=False)["u"].median().reset_index()
+        is_measured = frame["h"].isin(measured).to_numpy()
+        u_meas = frame["h"].map(self.config_utility).to_numpy(dtype=float)
+        frame["u"] = np.where(is_measured, np.nan_to_num(u_meas, nan=-np.inf), frame["u"].to_numpy(dtype=float))
+        pick = frame.loc[frame.groupby("s")["u"].idxmax()]
+        hits = [self.config_utility.get(h, -np.inf) >= self.true_best[s] + self.tol - 1e-12
+                for s, h in zip(pick["s"], pick["h"]) if s in self.true_best]
+        return float(np.sum(hits) / len(self.true_best))
 
     def search_success(self, measured: set[str], min_configs: int = 1) -> dict[str, float]:
         """Share of scenarios (with at least `min_configs` good configurations) whose best measured configuration
@@ -285,7 +320,9 @@ class Campaign:
         self.index = {h: i for i, h in enumerate(self.cand["config_hash"])}
         self.scen = scenario_ids(self.cand, settings.scenario)
         self.num_gpus = float_column(self.cand, "num_gpus", 1.0)
+        self.log_physics = nan_safe_log(physics_answer(self.cand_phys, self.objective.target))
         self._utility: dict[str, float] = {}
+        self.last_physics_weight: float | None = None
 
     # --- settings stored with the campaign ---
     def _stored_settings(self) -> dict:
@@ -331,7 +368,7 @@ class Campaign:
                     left = budget.amount - self._spent(done)
                     if left <= 1e-9:
                         break
-                    batch = self._choose(runs, surrogate, left, iteration)
+                    batch = self._choose(runs, surrogate, left, iteration, measured_phys)
                     if not batch:
                         break
                     self.ledger.plan(self.campaign_id, batch)
@@ -389,6 +426,7 @@ class Campaign:
         if self.evaluator is not None:
             heldout = self.evaluator.heldout(surrogate, measured)
             best.update(self.evaluator.search_success(measured))
+            best["recommended_within_3pct"] = self.evaluator.recommended_success(surrogate, measured)
         cost = float(np.nansum(done["cost_gpu_h"].to_numpy(dtype=float))) if len(done) else 0.0
         return CurvePoint(iteration=iteration, runs=int(len(done)), ok_runs=int((done["status"] == "ok").sum()),
                           gpu_hours=cost, oof_median_ape=oof, heldout=heldout, best=best)
@@ -412,7 +450,8 @@ class Campaign:
             txt += f", best within 3% in {p.best['within_3pct']:.0%} of scenarios"
         return txt
 
-    def _choose(self, runs: pd.DataFrame, surrogate: Surrogate, left: float, iteration: int) -> list[dict]:
+    def _choose(self, runs: pd.DataFrame, surrogate: Surrogate, left: float, iteration: int,
+                measured_phys: pd.DataFrame | None = None) -> list[dict]:
         s = self.settings
         rng = np.random.default_rng([s.seed, iteration])
         tried = np.zeros(len(self.cand), dtype=bool)
@@ -426,10 +465,11 @@ class Campaign:
         k = int(min(s.batch, left)) if by_runs else s.batch
         cost = None if by_runs else self.cost
         budget_left = math.inf if by_runs else left
-        # uncertainty starts from a space-filling design; search exploits the physics from its first batch (a design
-        # spends runs on configurations no search would pick) unless an initial design size is asked for
-        first = not len(runs) and (s.strategy == "uncertainty" or s.init_runs > 0)
-        if s.strategy == "random":
+        # uncertainty (and random, its baseline: the same start) begins with a space-filling design; search exploits
+        # the physics from its first batch (a design spends runs on configurations no search would pick) unless an
+        # initial design size is asked for
+        first = not len(runs) and (s.strategy in ("uncertainty", "random") or s.init_runs > 0)
+        if s.strategy == "random" and not first:
             scores = rng.random(len(self.cand))
             picks = select_batch(scores, np.zeros((len(self.cand), 0)), k, available, cost, budget_left)
         elif first:
@@ -445,7 +485,19 @@ class Campaign:
             scores = np.zeros(len(self.cand))
         else:
             pred = surrogate.predict(self.cand_phys, self.X)
-            if s.strategy == "uncertainty":
+            if s.strategy == "uncertainty" and s.acquisition == "variance":
+                # integrated variance reduction: the batch that explains most predictive variance over the untried
+                # pool (each candidate's weighted by its chance of running), near measured points already explained
+                variance = relative_variance(pred, self.targets)
+                measured = np.zeros(len(self.cand), dtype=bool)
+                for h in runs.loc[runs["state"] == "done", "config_hash"]:
+                    if h in self.index:
+                        measured[self.index[h]] = True
+                picks = variance_reduction_batch(variance, self.X, k, available, measured=measured, weight=pred.p_ok,
+                                                 cost=cost, budget_left=budget_left, seed=s.seed * 1000 + iteration,
+                                                 p_ok=pred.p_ok)
+                scores = variance
+            elif s.strategy == "uncertainty":
                 # the widest calibrated intervals among a random subsample of the untried candidates: the picks stay
                 # representative (the widest of all are outliers whose errors teach little about the rest)
                 idx = np.flatnonzero(available)
@@ -454,8 +506,16 @@ class Campaign:
                 scores = uncertainty_scores(pred, self.targets, cost)
                 picks = select_batch(scores, self.X, k, shortlist, cost, budget_left)
             else:
+                weight = s.physics_weight
+                if weight is None:
+                    weight = physics_ranking_weight(surrogate, measured_phys, self.objective,
+                                                    scenario_ids(measured_phys, s.scenario)
+                                                    if measured_phys is not None else np.zeros(0), seed=s.seed)
+                self.last_physics_weight = weight
                 scores = search_scores(pred, self.objective, self.num_gpus, self.scen, self._incumbents(),
-                                       seed=s.seed * 1000 + iteration, within=WITHIN)
+                                       seed=s.seed * 1000 + iteration, within=WITHIN,
+                                       log_physics=self.log_physics, physics_weight=weight,
+                                       measured_utility=self._measured_utility() if s.condition else None)
                 picks = select_batch(scores, self.X, k, available, cost, budget_left, groups=self.scen)
         start = int(runs["seq"].max()) + 1 if len(runs) else 0
         out = []
@@ -465,6 +525,15 @@ class Campaign:
             out.append({"config_hash": h, "seq": start + j, "iteration": iteration, "config": config,
                         "run_id": f"{self.campaign_id}:{h}", "cost_gpu_h": float(self.cost[i]),
                         "score": float(scores[i]) if np.isfinite(scores[i]) else None})
+        return out
+
+    def _measured_utility(self) -> np.ndarray:
+        """Per candidate, its measured log utility (NaN: not measured or no good run)."""
+        out = np.full(len(self.cand), np.nan)
+        for h, u in self._utility.items():
+            i = self.index.get(h)
+            if i is not None:
+                out[i] = u
         return out
 
     def _incumbents(self) -> dict[str, float]:

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collect.acquisition import (Prediction, chance_to_solve, expected_improvement, resolve_objective, select_batch,
-                                 uncertainty_scores)
+from collect.acquisition import (Prediction, chance_to_solve, expected_improvement, kernel_lengthscale,
+                                 physics_ranking_weight, relative_variance, resolve_objective, search_scores,
+                                 select_batch, uncertainty_scores, variance_reduction_batch)
 from collect.campaign import Campaign, CampaignSettings, PoolEvaluator, parse_budget
 from collect.dispatch import BackendSpec, Job, SerialDispatcher, install_backend, load_pool, measure_job
 from collect.ledger import Ledger
@@ -202,6 +203,97 @@ def test_acquisition_units():
     assert select_batch(scores, X, 3, np.ones(4, bool), cost=np.array([1.0, 1.0, 1.0, 5.0]), budget_left=2.0) == [0, 2]
     groups = np.array(["a", "a", "a", "b"], dtype=object)
     assert select_batch(scores, np.zeros((4, 0)), 2, np.ones(4, bool), groups=groups) == [0, 3]
+
+
+def test_variance_reduction_batch_is_representative_and_diverse():
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0.2, 0.01, size=(60, 2))  # a dense cluster, a sparse one, and one far outlier
+    sparse = rng.normal(0.8, 0.01, size=(6, 2))
+    X = np.vstack([dense, sparse, [[5.0, 5.0]]])
+    ell = kernel_lengthscale(X, share=0.05)
+    assert 0 < ell < 1
+    var = np.ones(len(X))
+    var[-1] = 3.0  # the outlier is the most uncertain row, but explains nothing else
+    picks = variance_reduction_batch(var, X, 2, np.ones(len(X), bool), ell=0.1)
+    assert picks[0] < 60 and 60 <= picks[1] < 66  # the dense cluster first, then the other cluster, not a near-copy
+    # what is measured already explains its neighbourhood: the next pick goes elsewhere
+    measured = np.zeros(len(X), bool)
+    measured[:60] = True
+    picks = variance_reduction_batch(var, X, 1, ~measured, measured=measured, ell=0.1)
+    assert 60 <= picks[0] < 66
+    # a candidate that will probably fail teaches little; cost-aware: the budget bounds the batch
+    p_ok = np.ones(len(X))
+    p_ok[60:66] = 0.01
+    assert variance_reduction_batch(var, X, 1, ~measured, measured=measured, ell=0.1, p_ok=p_ok) == [66]
+    cost = np.full(len(X), 2.0)
+    assert len(variance_reduction_batch(var, X, 5, np.ones(len(X), bool), cost=cost, budget_left=4.0, ell=0.1)) == 2
+    assert variance_reduction_batch(var, X, 3, np.zeros(len(X), bool)) == []
+
+
+def test_relative_variance_and_physics_mixture_in_search():
+    pred = Prediction(log_point={"tpot_ms": np.zeros(3)}, log_lo={"tpot_ms": np.full(3, -0.2)},
+                      log_hi={"tpot_ms": np.array([0.2, 0.4, np.nan])}, p_ok=np.ones(3))
+    v = relative_variance(pred, ("tpot_ms",))
+    assert v[1] > v[0] and v[2] == v.max()
+    # one scenario: the learned model favours row 0 (measured already), physics favours row 2
+    obj = resolve_objective("throughput", "serving")
+    n = 3
+    pred = Prediction(log_point={"output_throughput": np.log([110.0, 100.0, 100.0])},
+                      log_lo={"output_throughput": np.full(n, -0.05)}, log_hi={"output_throughput": np.full(n, 0.05)},
+                      p_ok=np.ones(n))
+    scen = np.array(["s"] * n, dtype=object)
+    inc = {"s": float(np.log(110.0))}
+    log_phys = np.log([100.0, 100.0, 130.0])
+    plain = search_scores(pred, obj, np.ones(n), scen, inc, log_physics=log_phys, physics_weight=0.0)
+    mixed = search_scores(pred, obj, np.ones(n), scen, inc, log_physics=log_phys, physics_weight=0.5)
+    assert mixed[2] > plain[2] + 0.2 and mixed[2] > mixed[1]
+    # conditioning on measured errors: the model over-predicted the measured row 0 by 20%, so the untried rows of
+    # the scenario are probably over-predicted too, and a second try there is less likely to beat the incumbent
+    inc_low = {"s": float(np.log(110.0 * 0.8))}
+    measured_u = np.array([np.log(110.0 * 0.8), np.nan, np.nan])
+    raw = search_scores(pred, obj, np.ones(n), scen, inc_low)
+    cond = search_scores(pred, obj, np.ones(n), scen, inc_low, measured_utility=measured_u)
+    assert cond[1] < raw[1] and cond[2] < raw[2]
+    inc_high = {"s": float(np.log(110.0 * 1.2))}  # under-predicted: the others are probably better than they look
+    measured_u = np.array([np.log(110.0 * 1.2), np.nan, np.nan])
+    assert (search_scores(pred, obj, np.ones(n), scen, inc_high, measured_utility=measured_u)[1]
+            > search_scores(pred, obj, np.ones(n), scen, inc_high)[1])
+    with pytest.raises(InputError):
+        CampaignSettings(backend="replay", physics_weight=1.5)
+    with pytest.raises(InputError):
+        CampaignSettings(backend="replay", acquisition="nope")
+
+
+@needs_data
+def test_variance_acquisition_and_recommended_layouts(pool):
+    res = _campaign(pool, Store("sqlite://"), "uncertainty", budget="12", evaluator=True, acquisition="variance").run()
+    assert len(res.runs) == 12 and res.runs["config_hash"].is_unique
+    last = res.curve[-1].best
+    assert 0.0 <= last["recommended_within_3pct"] <= 1.0
+    first = _campaign(pool, Store("sqlite://"), "random", budget="4").run()
+    again = _campaign(pool, Store("sqlite://"), "uncertainty", budget="4").run()
+    assert set(first.runs["config_hash"]) == set(again.runs["config_hash"])  # random starts from the same design
+
+
+@needs_data
+def test_search_weighs_the_physics_ranking_by_out_of_scenario_evidence(pool):
+    obj = resolve_objective("throughput", "serving")
+    assert physics_ranking_weight(None, None, obj, np.zeros(0)) == 0.5  # no evidence: the prior
+    camp = _campaign(pool, Store("sqlite://"), "search", budget="16", evaluator=True)
+    res = camp.run()
+    assert len(res.runs) == 16 and 0.0 <= camp.last_physics_weight <= 1.0
+    fixed = _campaign(pool, Store("sqlite://"), "search", budget="8", physics_weight=0.0).run()
+    assert len(fixed.runs) == 8
+    # the weight is the physics' share of the pairs where exactly one ranking is right: a surrogate fitted on the
+    # measured rows gives a number in [0, 1], the prior when a scenario never has two measured configurations
+    measured = camp._load_measured(res.runs[res.runs["state"] == "done"])
+    sur = camp._fit(measured)
+    scen = np.array([str(i) for i in range(len(measured))], dtype=object)  # every row its own scenario: no pairs
+    assert physics_ranking_weight(sur, measured, obj, scen) == 0.5
+    from collect.campaign import scenario_ids
+
+    w = physics_ranking_weight(sur, measured, obj, scenario_ids(measured, SCENARIO))
+    assert 0.0 <= w <= 1.0
 
 
 def _cli(*args, **kw):
