@@ -128,6 +128,12 @@ class Predictor:
                     new[col] = np.where(use, have, fallback)
             else:
                 new.update(base)
+        # a tail latency is never below its mean: separately learned p99 models (trained on far fewer rows) are
+        # held to at least the mean's prediction and band
+        for p99, mean in (("ttft_p99_ms", "ttft_ms"), ("tpot_p99_ms", "tpot_ms")):
+            for suffix in ("", "_lo", "_hi"):
+                a, b = new[f"pred_{p99}{suffix}"], new[f"pred_{mean}{suffix}"]
+                new[f"pred_{p99}{suffix}"] = np.where(np.isfinite(a) & np.isfinite(b), np.maximum(a, b), a)
         out = pd.concat([out.drop(columns=[c for c in new if c in out.columns]), pd.DataFrame(new, index=out.index)], axis=1)
         return out
 

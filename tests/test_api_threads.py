@@ -128,3 +128,23 @@ def test_readme_scheduler_api_example_runs(capsys):
     exec(compile(code.group(1), "README.md:Scheduler API", "exec"), {"__name__": "readme_example"})
     out = capsys.readouterr().out
     assert "TTFT" in out and "TPOT" in out
+
+
+
+def test_tail_latency_is_never_below_its_mean():
+    """p99 predictions (learned on far fewer rows) are held to at least the mean's prediction and band."""
+    import itertools
+
+    import pandas as pd
+
+    from predictor import Predictor
+
+    rows = [{"kind": "serving", "model": m, "gpu": g, "tp": tp, "isl": 1000, "osl": 1000, "concurrency": c}
+            for m, g, tp, c in itertools.product(("llama-3.1-8b", "qwen2.5-32b"), ("h100", "h200"), (1, 2, 4),
+                                                 (1, 16, 64, 256))]
+    out = Predictor.load().predict_frame(pd.DataFrame(rows))
+    for p99, mean in (("ttft_p99_ms", "ttft_ms"), ("tpot_p99_ms", "tpot_ms")):
+        for sfx in ("", "_lo", "_hi"):
+            a, b = out[f"pred_{p99}{sfx}"].to_numpy(float), out[f"pred_{mean}{sfx}"].to_numpy(float)
+            ok = np.isfinite(a) & np.isfinite(b)
+            assert ok.any() and (a[ok] >= b[ok]).all()
