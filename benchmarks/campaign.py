@@ -108,7 +108,9 @@ def summarise(name: str, runs: list[dict], target: str, scenarios: int) -> dict:
         for k in grid:
             errs = [at_runs(r["curve"], k, lambda p: p["heldout"].get(target)) for r in mine]
             hits = [at_runs(r["curve"], k, lambda p: p["within_3pct"]) for r in mine]
-            med_curve[k] = (float(np.nanmedian(errs)), float(np.nanmedian(hits)))
+            rec = [at_runs(r["curve"], k, lambda p: p.get("recommended_within_3pct")) for r in mine]
+            med_curve[k] = (float(np.nanmedian(errs)), float(np.nanmedian(hits)),
+                            float(np.nanmedian(rec)) if np.isfinite(rec).any() else None)
         for f in FRACTIONS:
             k = int(round(f * n))
             errs = [at_runs(r["curve"], k, lambda p: p["heldout"].get(target)) for r in mine]
@@ -136,7 +138,7 @@ def summarise(name: str, runs: list[dict], target: str, scenarios: int) -> dict:
     if "random" in finals and "uncertainty" in finals:
         r_runs = max(finals["random"])
         r_err = finals["random"][r_runs][0]
-        reach = [k for k, (e, _) in sorted(finals["uncertainty"].items()) if e <= r_err]
+        reach = [k for k, (e, *_) in sorted(finals["uncertainty"].items()) if e <= r_err]
         need = reach[0] if reach else None
         checks["uncertainty_half_budget"] = {"random_final_runs": r_runs, "random_final_error": r_err,
                                              "uncertainty_runs_to_reach_it": need,
@@ -176,7 +178,10 @@ def figure(summaries: dict, path) -> None:
             ks = sorted(int(k) for k in v["curve"])
             x = [100.0 * k / s["configs"] for k in ks]
             axes[i, 0].plot(x, [100 * v["curve"][str(k)][0] for k in ks], marker="o", label=strategy)
-            axes[i, 1].plot(x, [100 * v["curve"][str(k)][1] for k in ks], marker="o", label=strategy)
+            line = axes[i, 1].plot(x, [100 * v["curve"][str(k)][1] for k in ks], marker="o", label=f"{strategy}: best measured")
+            if strategy == "search" and all(len(v["curve"][str(k)]) > 2 and v["curve"][str(k)][2] is not None for k in ks):
+                axes[i, 1].plot(x, [100 * v["curve"][str(k)][2] for k in ks], linestyle="--", color=line[0].get_color(),
+                                label=f"{strategy}: recommended")
         axes[i, 0].axhline(10, color="grey", linestyle=":", linewidth=1)
         axes[i, 0].set_title(f"{name}: median error of {s['target']} on unmeasured rows")
         axes[i, 0].set_ylabel("median APE %")
