@@ -14,9 +14,10 @@ A campaign is identified by an id stored with its settings; restarting the same 
 done runs are never measured again, runs planned before a kill are finished first.
 
 A `PoolEvaluator` (replay campaigns) scores each iteration's model on the pool rows not measured yet and checks
-whether the best measured configuration of each scenario is within 3% of the pool's true best (and whether the one
-the campaign would recommend -- measured best, else the model's pick -- is); it only reports,
-the campaign's choices never read it.
+whether the best measured configuration of each scenario is within 3% of the pool's true best -- the best configuration
+that ran: failed pool rows never count -- (and whether the one the campaign would recommend -- the best measured one
+that ran, else the model's pick among configurations its feasibility model does not expect to fail -- is, and the
+model's pick where predictions may overrule measurements); it only reports, the campaign's choices never read it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from collect.acquisition import (Objective, Surrogate, physics_ranking_weight, relative_variance, resolve_objective,
+from collect.acquisition import (Objective, Surrogate, physics_ranking_weight, recommend, relative_variance,
+                                 resolve_objective,
                                  search_scores, select_batch, uncertainty_scores, variance_reduction_batch)
 from collect.dispatch import Job, Outcome
 from collect.ledger import Ledger
@@ -240,10 +242,14 @@ class PoolEvaluator:
                 out[t] = float(np.median(np.abs(pred[use] / meas[use] - 1.0)))
         return out
 
-    def recommended_success(self, surrogate: Surrogate | None, measured: set[str]) -> float | None:
-        """Share of scenarios where the configuration the campaign would recommend -- the best by measured value where
-        measured, by the model's prediction elsewhere -- is within 3% of the pool's true best (a recommended
-        configuration that fails, e.g. runs out of memory, misses)."""
+    def recommended_success(self, surrogate: Surrogate | None, measured: set[str],
+                            p_ok: dict[str, float] | None = None, measured_first: bool = True) -> float | None:
+        """Share of scenarios where the configuration the campaign would recommend (`acquisition.recommend`: the best
+        measured one that ran, else the model's best pick among the configurations not predicted likely to fail,
+        `p_ok` per config hash from the campaign's feasibility model) is within 3% of the pool's true best (the best
+        configuration that ran); `measured_first=False`: measured and predicted values compete (the model may overrule a
+        measurement). A recommended configuration that fails, e.g. runs out of memory, misses. Only the
+        pool's true values of the recommended configurations are read, to score them."""
         if surrogate is None or surrogate.model is None or not self.true_best:
             return None
         pred = surrogate.model.predict_arrays(self.phys).get(pred_cols(self.objective.target)[0])
@@ -251,13 +257,14 @@ class PoolEvaluator:
             return None
         u_pred = self.objective.utility(pred, float_column(self.phys, "num_gpus"))
         frame = pd.DataFrame({"h": self.hashes, "s": self.scen, "u": u_pred})
-        frame = frame[np.isfinite(frame["u"])].groupby(["s", "h"], sort=False)["u"].median().reset_index()
+        frame = frame.groupby(["s", "h"], sort=False)["u"].median().reset_index()
         is_measured = frame["h"].isin(measured).to_numpy()
-        u_meas = frame["h"].map(self.config_utility).to_numpy(dtype=float)
-        frame["u"] = np.where(is_measured, np.nan_to_num(u_meas, nan=-np.inf), frame["u"].to_numpy(dtype=float))
-        pick = frame.loc[frame.groupby("s")["u"].idxmax()]
-        hits = [self.config_utility.get(h, -np.inf) >= self.true_best[s] + self.tol - 1e-12
-                for s, h in zip(pick["s"], pick["h"]) if s in self.true_best]
+        u_meas = np.where(is_measured, frame["h"].map(self.config_utility).to_numpy(dtype=float), np.nan)
+        p = frame["h"].map(p_ok).to_numpy(dtype=float) if p_ok is not None else None
+        pick = recommend(frame["s"].to_numpy(dtype=object), frame["u"].to_numpy(dtype=float), u_meas, is_measured, p,
+                         measured_first=measured_first)
+        hits = [self.config_utility.get(frame["h"].iloc[i], -np.inf) >= self.true_best[s] + self.tol - 1e-12
+                for s, i in pick.items() if s in self.true_best]
         return float(np.sum(hits) / len(self.true_best))
 
     def search_success(self, measured: set[str], min_configs: int = 1) -> dict[str, float]:
@@ -426,7 +433,12 @@ class Campaign:
         if self.evaluator is not None:
             heldout = self.evaluator.heldout(surrogate, measured)
             best.update(self.evaluator.search_success(measured))
-            best["recommended_within_3pct"] = self.evaluator.recommended_success(surrogate, measured)
+            p_ok = None
+            if surrogate.feasibility is not None:
+                p_ok = dict(zip(self.cand["config_hash"], surrogate.feasibility.p_ok(self.cand_phys, self.X)))
+            best["recommended_within_3pct"] = self.evaluator.recommended_success(surrogate, measured, p_ok)
+            best["model_pick_within_3pct"] = self.evaluator.recommended_success(surrogate, measured, p_ok,
+                                                                                measured_first=False)
         cost = float(np.nansum(done["cost_gpu_h"].to_numpy(dtype=float))) if len(done) else 0.0
         return CurvePoint(iteration=iteration, runs=int(len(done)), ok_runs=int((done["status"] == "ok").sum()),
                           gpu_hours=cost, oof_median_ape=oof, heldout=heldout, best=best)

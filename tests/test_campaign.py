@@ -385,3 +385,72 @@ def test_torch_step_campaign_on_cpu(tmp_path):
     assert set(rows["run_id"]) == set(res.runs["run_id"])
     scen = {(c["phase"], c["batch"], c["context"], c["tokens"]) for c in res.runs["config"]}
     assert len(scen) == 3  # search spreads its first batch over three shapes (scenarios), one TP choice each
+
+
+def _feasibility_frame(n_ok: int, n_failed: int, fits: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
+    """Measured rows on a 1-d configuration axis (batch): the small batches ran, the large ones failed."""
+    batch = np.arange(n_ok + n_failed, dtype=float)
+    frame = pd.DataFrame({"status": ["ok"] * n_ok + ["oom"] * n_failed, "f_feasible": float(fits), "batch": batch})
+    return frame, batch[:, None] / max(len(batch), 1)
+
+
+def test_feasibility_model_physics_prior_until_failures_are_seen():
+    from collect.acquisition import PRIOR_OK_FEASIBLE, PRIOR_OK_INFEASIBLE, FeasibilityModel
+
+    cand = pd.DataFrame({"f_feasible": [1.0, 0.0, np.nan]})
+    empty = FeasibilityModel().fit(cand.iloc[0:0].assign(status=pd.Series(dtype=str)), None)
+    p = empty.p_ok(cand, np.zeros((3, 1)))
+    assert p[0] == pytest.approx(PRIOR_OK_FEASIBLE) and p[1] == pytest.approx(PRIOR_OK_INFEASIBLE)
+    assert p[2] == pytest.approx(PRIOR_OK_FEASIBLE)  # unknown physics verdict: treated as fitting
+    # one failure among physics-feasible runs: no classifier yet, the feasible rate moves down from its prior
+    frame, enc = _feasibility_frame(5, 1)
+    m = FeasibilityModel().fit(frame, enc)
+    assert m.classifier is None and m.weight == 0.0
+    assert m.p_ok(cand, np.zeros((3, 1)))[0] < PRIOR_OK_FEASIBLE
+    assert m.p_ok(cand, np.zeros((3, 1)))[1] == pytest.approx(PRIOR_OK_INFEASIBLE)
+
+
+def test_feasibility_model_learns_where_runs_fail():
+    from collect.acquisition import FeasibilityModel
+
+    frame, enc = _feasibility_frame(12, 8)  # batches 0..11 ran, 12..19 failed (all physics-feasible)
+    m = FeasibilityModel(seed=0).fit(frame, enc)
+    assert m.classifier is not None and 0.5 < m.weight < 1.0
+    probe = pd.DataFrame({"f_feasible": [1.0, 1.0]})
+    p_small, p_large = m.p_ok(probe, np.array([[2.0], [18.0]]) / 20)
+    assert p_small > 0.7 > 0.3 > p_large
+    assert np.all((0.0 <= m.predict_proba(probe, np.array([[2.0], [18.0]]) / 20)) & (m.predict_proba(
+        probe, np.array([[2.0], [18.0]]) / 20) <= 1.0))
+
+
+def test_recommendation_never_goes_to_a_configuration_likely_to_fail():
+    from collect.acquisition import recommend
+
+    scen = np.array(["a", "a", "a", "b", "b", "c", "c"], dtype=object)
+    u_pred = np.array([3.0, 2.0, 1.0, 5.0, 4.0, 1.0, 2.0])
+    measured = np.array([False, False, True, False, False, True, False])
+    u_meas = np.array([np.nan, np.nan, 0.5, np.nan, np.nan, np.nan, np.nan])  # c's measured one failed
+    p_ok = np.array([0.2, 0.9, 1.0, 0.1, 0.3, 1.0, 0.1])
+    first = recommend(scen, u_pred, u_meas, measured, p_ok)
+    assert first["a"] == 2  # the best measured one that ran
+    assert first["b"] == 4  # nothing measured, every candidate likely to fail: the one most likely to run
+    assert first["c"] == 6  # the measured one failed: never recommended
+    mixed = recommend(scen, u_pred, u_meas, measured, p_ok, measured_first=False)
+    assert mixed["a"] == 1  # the predicted best (0) is likely to fail; the next prediction overrules the measurement
+    assert recommend(scen, u_pred, u_meas, measured, None, measured_first=False)["a"] == 0
+
+
+@needs_data
+def test_search_learns_feasibility_from_measured_statuses_only(pool):
+    camp = _campaign(pool, Store("sqlite://"), "search", budget="24", batch=8, evaluator=True)
+    res = camp.run()
+    measured = res.measured
+    feas = res.surrogate.feasibility
+    assert feas is not None
+    n_runs_ok = int((res.runs["status"] == "ok").sum())
+    assert feas.n_ok + feas.n_failed == len(measured) and feas.n_failed == int((measured["status"] != "ok").sum())
+    assert n_runs_ok <= feas.n_ok  # counted over the measured rows, failed runs included
+    p = res.surrogate.predict(camp.cand_phys, camp.X).p_ok
+    assert p.shape == (len(camp.cand),) and np.all((p >= 0) & (p <= 1))
+    last = res.curve[-1].best
+    assert 0.0 <= last["recommended_within_3pct"] <= 1.0 and 0.0 <= last["model_pick_within_3pct"] <= 1.0
