@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from features.errors import InputError
@@ -289,6 +289,8 @@ def test_invariants_pipeline_parallel(case, pp):
 # ---- invariants ------------------------------------------------------------------------------------------------
 @FAST
 @given(small_case(), st.integers(1, 3))
+@example({"isl": np.array([2]), "osl": np.array([1]), "kv_capacity_tokens": 2, "block_size": 1, "max_num_seqs": 1,
+          "max_num_batched_tokens": 8, "enable_chunked_prefill": False, "reserve_full_sequence": False}, 1)
 def test_invariants(case, dp):
     res = simulate(step_time_s=STEP, dp=dp, record_timeline=True, **case)
     n = len(case["isl"])
@@ -311,8 +313,10 @@ def test_invariants(case, dp):
     pre = res.request_preemptions > 0
     assert np.all(res.finish_s[pre] >= res.ttft_s[pre])
     assert res.preemptions == int(res.request_preemptions.sum())
-    # makespan covers the longest request's own decode at the fastest possible step
-    min_step = float(STEP(np.array([1]), np.array([1]), np.array([0]))[0])
+    # makespan covers one step per output token of the longest request, at the fastest possible non-empty step
+    # (one decode token, or a one-token prefill chunk: the first output token comes out of the prefill step)
+    min_step = min(float(STEP(np.array([1]), np.array([1]), np.array([0]))[0]),
+                   float(STEP(np.array([0]), np.array([0]), np.array([1]))[0]))
     assert res.makespan_s >= case["osl"].max() * min_step * (1 - 1e-12)
     assert np.all(res.queue_s >= -1e-12) and np.all(res.running_s > 0)
     assert res.steps == sum(p["steps"] for p in res.per_replica)
