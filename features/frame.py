@@ -51,6 +51,14 @@ def _num(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
     return pd.to_numeric(df[col], errors="coerce").fillna(default).to_numpy(dtype=float)
 
 
+def _text(df: pd.DataFrame, col: str, default: str = "", lower: bool = False) -> np.ndarray:
+    """A text column as an object array with `default` where missing (optionally lower-cased); each distinct value
+    is handled once, so it stays cheap on 100,000 rows."""
+    codes, uniques = pd.factorize(df[col].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
+    vals = [str(u).lower() if lower else str(u) for u in uniques]
+    return np.array(vals + [default], dtype=object)[codes]
+
+
 def _dtype_col(df: pd.DataFrame, col: str, default: str) -> np.ndarray:
     """Bytes per element of a dtype-name column (missing/`auto` = `default`); maps each distinct name once."""
     from features.specs import DTYPE_BYTES
@@ -83,11 +91,11 @@ def engine_kv_sizing(df: pd.DataFrame) -> dict[str, np.ndarray]:
             out[k] = _num(df, k, 0.0)
     if "detail" not in df.columns or all(k in df.columns for k in ENGINE_KV_SIZING):
         return out
-    det = df["detail"].astype("string")
-    has = (det.notna() & det.str.contains('"engine_config"', regex=False).fillna(False)).to_numpy(dtype=bool)
+    det = _text(df, "detail")
+    has = np.array(['"engine_config"' in d for d in det], dtype=bool) if len(det) else np.zeros(0, dtype=bool)
     for i in np.flatnonzero(has):
         try:
-            eff = json.loads(det.iloc[i]).get("engine_config") or {}
+            eff = json.loads(det[i]).get("engine_config") or {}
         except (ValueError, AttributeError):
             continue
         for k in ENGINE_KV_SIZING:
@@ -104,8 +112,8 @@ def _length_params(df: pd.DataFrame, mean_col: str, dist_col: str):
     """(mean, median, sigma, max) per row from the mean column and the distribution spec string."""
     mean = _num(df, mean_col, np.nan)
     median, sigma, top = mean.copy(), np.zeros(len(df)), mean.copy()
-    dist = df[dist_col].astype("string")
-    for spec, idx in pd.Series(np.arange(len(df))).groupby(dist.fillna("").to_numpy()).groups.items():
+    dist = _text(df, dist_col)
+    for spec, idx in pd.Series(np.arange(len(df))).groupby(dist).groups.items():
         if spec and spec.startswith("lognormal"):
             d = parse_length_dist(spec)
             median[idx], sigma[idx], top[idx] = d.median, d.sigma, d.max_tokens
@@ -131,7 +139,7 @@ def physics_frame(df: pd.DataFrame, cal: Calibration | None = None) -> pd.DataFr
     kv_auto = np.array([str(u).lower() == "auto" for u in kv_names] + [True], dtype=bool)[kv_codes]
     kdt = np.where(kv_auto, np.where(wdt <= 1.0, 2.0, wdt), _dtype_col(out, "kv_dtype", "bf16"))
     feats = _descriptor_features(model, gpu, layout, wdt, kdt)
-    kind = out["kind"].astype("string").fillna("").to_numpy()
+    kind = _text(out, "kind")
 
     cols: dict[str, np.ndarray] = {}
     regime = np.full(n, None, dtype=object)
@@ -231,7 +239,7 @@ def _serving_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottl
 
 def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottleneck) -> dict[str, np.ndarray]:
     n = len(out)
-    phase = out["phase"].astype("string").fillna("decode").to_numpy()
+    phase = _text(out, "phase", "decode")
     decode = phase == "decode"
     batch = _num(out, "batch", 1)
     ctx = _num(out, "context", 0)
@@ -241,7 +249,7 @@ def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottlene
     kv = np.where(decode, batch * ctx, 0.0)
     T = np.where(decode, 0.0, tokens)
     prefix = np.where(decode, 0.0, np.maximum(ctx - tokens, 0.0))
-    rope_kv = out["source"].astype("string").fillna("").isin(ROPE_KV_SOURCES).to_numpy(float)
+    rope_kv = np.isin(_text(out, "source"), list(ROPE_KV_SOURCES)).astype(float)
     t = stage_step_terms(model, gpu, layout, cal, d, kv, T, prefix, wdt, kdt, include_comm=False,
                          include_lm_head=False, include_overhead=False, rope_kv=rope_kv)
     lm = gemm_ms(np.maximum(d, 1), model.vocab_size / layout.tp, model.hidden_size, gpu, cal)
@@ -275,8 +283,8 @@ def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottlene
 def _op_physics(out, mask, model_unused, gpu, layout_unused, wdt, kdt_unused, cal, regime, bottleneck) -> dict[str, np.ndarray]:
     """op rows: GEMM (m, n, k in detail), decode attention, collectives (message_bytes, world_size)."""
     n = len(out)
-    op = out["op"].astype("string").fillna("").str.lower().to_numpy()
-    detail = out["detail"].astype("string").fillna("{}").to_numpy()
+    op = _text(out, "op", lower=True)
+    detail = _text(out, "detail", "{}")
     parsed = [json.loads(s) if m and s.startswith("{") else {} for s, m in zip(detail, mask)]
 
     def field(*keys, default=np.nan):
