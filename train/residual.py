@@ -9,6 +9,7 @@ the baselines in `train.baselines` differ only in the learner and in the feature
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -30,7 +31,7 @@ FAST_PATH_ROWS = 64  # up to this many rows per kind, learned corrections come f
 MAX_LOG_CORRECTION = 7.0  # a learned correction never moves physics by more than e^7 (~1,100x) either way
 
 
-class FrameModel:
+class FrameModel(ABC):
     """Shared machinery: one learner per target on one feature space per kind, calibrated intervals."""
 
     family: ClassVar[str] = "base"
@@ -78,9 +79,9 @@ class FrameModel:
         return type(self)(**{**self.get_params(), **params})
 
     # --- what subclasses choose -------------------------------------------------------------------------
+    @abstractmethod
     def make_learner(self, n_features: int, seed: int):
         """A fresh regressor for one target (None: no learner, the physics answer is the prediction)."""
-        raise NotImplementedError
 
     def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The frame with the columns this family reads (physics features by default)."""
