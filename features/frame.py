@@ -51,11 +51,18 @@ def _num(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
     return pd.to_numeric(df[col], errors="coerce").fillna(default).to_numpy(dtype=float)
 
 
+def _distinct(df: pd.DataFrame, col: str) -> tuple[np.ndarray, list[str]]:
+    """(codes, distinct values as text) of a text column; missing rows get code -1, so a table of one entry per
+    distinct value with the missing-row default appended is indexed by the codes directly."""
+    codes, uniques = pd.factorize(df[col].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
+    return codes, [str(u) for u in uniques]
+
+
 def _text(df: pd.DataFrame, col: str, default: str = "", lower: bool = False) -> np.ndarray:
     """A text column as an object array with `default` where missing (optionally lower-cased); each distinct value
     is handled once, so it stays cheap on 100,000 rows."""
-    codes, uniques = pd.factorize(df[col].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
-    vals = [str(u).lower() if lower else str(u) for u in uniques]
+    codes, uniques = _distinct(df, col)
+    vals = [u.lower() for u in uniques] if lower else uniques
     return np.array(vals + [default], dtype=object)[codes]
 
 
@@ -64,8 +71,8 @@ def _dtype_col(df: pd.DataFrame, col: str, default: str) -> np.ndarray:
     from features.specs import DTYPE_BYTES
 
     aliases = {"fp8_e4m3": "fp8", "auto": default, "mixed": "fp16"}
-    codes, uniques = pd.factorize(df[col].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
-    table = np.array([DTYPE_BYTES.get(aliases.get(str(u).lower(), str(u).lower()), DTYPE_BYTES[default])
+    codes, uniques = _distinct(df, col)
+    table = np.array([DTYPE_BYTES.get(aliases.get(u.lower(), u.lower()), DTYPE_BYTES[default])
                       for u in uniques] + [DTYPE_BYTES[default]], dtype=float)
     return table[codes]  # code -1 (missing) picks the appended default
 
@@ -92,7 +99,7 @@ def engine_kv_sizing(df: pd.DataFrame) -> dict[str, np.ndarray]:
     if "detail" not in df.columns or all(k in df.columns for k in ENGINE_KV_SIZING):
         return out
     det = _text(df, "detail")
-    has = np.array(['"engine_config"' in d for d in det], dtype=bool) if len(det) else np.zeros(0, dtype=bool)
+    has = np.array(['"engine_config"' in d for d in det], dtype=bool)
     for i in np.flatnonzero(has):
         try:
             eff = json.loads(det[i]).get("engine_config") or {}
@@ -135,8 +142,7 @@ def physics_frame(df: pd.DataFrame, cal: Calibration | None = None) -> pd.DataFr
     gpu = columnar_gpu(out["gpu"])
     layout = _layout(out)
     wdt = _dtype_col(out, "weight_dtype", "bf16")
-    kv_codes, kv_names = pd.factorize(out["kv_dtype"].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
-    kv_auto = np.array([str(u).lower() == "auto" for u in kv_names] + [True], dtype=bool)[kv_codes]
+    kv_auto = _text(out, "kv_dtype", "auto", lower=True) == "auto"
     kdt = np.where(kv_auto, np.where(wdt <= 1.0, 2.0, wdt), _dtype_col(out, "kv_dtype", "bf16"))
     feats = _descriptor_features(model, gpu, layout, wdt, kdt)
     kind = _text(out, "kind")
