@@ -79,10 +79,16 @@ def empty_frame() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
 
 
+def _to_float(s: pd.Series) -> np.ndarray:
+    """A float array of a numeric-looking column (missing or non-numeric = NaN)."""
+    if s.dtype.kind in "fiub" or str(s.dtype) in ("Int64", "Float64"):
+        return s.to_numpy(dtype=float, na_value=np.nan)
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
 def _to_int64(s: pd.Series) -> pd.arrays.IntegerArray:
     """A nullable Int64 array of a numeric-looking column (rounded; missing or non-numeric = NA), built directly."""
-    x = s.to_numpy(dtype=float, na_value=np.nan) if s.dtype.kind in "fiub" or str(s.dtype) == "Float64" \
-        else pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    x = _to_float(s)
     mask = ~np.isfinite(x)
     return pd.arrays.IntegerArray(np.where(mask, 0, np.round(x)).astype(np.int64), mask)
 
@@ -113,8 +119,7 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
         s = df[col]
         try:
             if dtype == "float64":
-                v = s.to_numpy(dtype=float, na_value=np.nan) if s.dtype.kind in "fiub" or str(s.dtype) in ("Int64", "Float64") \
-                    else pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+                v = _to_float(s)
             elif dtype == "Int64":
                 v = s.array if str(s.dtype) == "Int64" else _to_int64(s)
             elif dtype == "boolean":
