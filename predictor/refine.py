@@ -12,6 +12,7 @@ candidates do, so every mode is scored on the same footing.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from features.catalog import resolve_gpu, resolve_model
 from features.closed_batch import stage_time_fn, usable_kv_tokens
@@ -20,7 +21,7 @@ from features.memory import kv_capacity_tokens
 from features.scheduler import simulate
 from features.specs import EngineConfig, Layout
 from features.steptime import replica_step_ms
-from predictor.api import Predictor
+from predictor.api import Predictor, scenario_row
 from predictor.scoring import TARGETS, SearchContext
 
 
@@ -121,9 +122,6 @@ def refine_mixed(predictor: Predictor, ctx: SearchContext, r, seed: int) -> dict
 def _learned_speed(predictor: Predictor, ctx: SearchContext, layout: Layout, engine: EngineConfig) -> float:
     """Learned / physics TPOT of `layout` serving the search's workload as an aggregated engine (1.0 without a
     learned TPOT model): the factor `Predictor.predict(simulate=True)` applies to an aggregated simulation."""
-    from predictor.api import scenario_row
-    import pandas as pd
-
     wl = ctx.workload
     row = scenario_row(str(ctx.model), resolve_gpu(ctx.gpu).name, layout, wl, engine)
     r = predictor.predict_frame(pd.DataFrame([row])).iloc[0]
