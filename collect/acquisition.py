@@ -31,7 +31,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from features.errors import InputError
-from train.frames import FeatureSpace, float_column, physics_answer
+from train.frames import FeatureSpace, float_column, physics_answer, target_rows
 from train.learners import XGBLearner
 from train.residual import MAX_LOG_CORRECTION, ResidualModel, nan_safe_log
 from train.targets import ALL_TARGETS, KIND_OF_TARGET, pred_cols
@@ -175,8 +175,6 @@ class Surrogate:
 
 def residual_xy(space: FeatureSpace, frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
     """Feature matrix and log(measured / physics) of the rows usable for `target` (as ResidualModel builds them)."""
-    from train.frames import target_rows
-
     sub = frame[target_rows(frame, target)]
     X = space.matrix(sub)
     log_phys = nan_safe_log(physics_answer(sub, target))
@@ -406,8 +404,6 @@ def physics_ranking_weight(surrogate: "Surrogate | None", measured: pd.DataFrame
     space, model = surrogate.model.spaces_.get(kind), surrogate.model
     if space is None or t not in model.learners_:
         return prior
-    from train.frames import target_rows
-
     use = target_rows(measured, t) & measured["status"].astype("string").fillna("ok").eq("ok").to_numpy(bool)
     sub = measured[use]
     scen = np.asarray(scenario, dtype=object)[use]
