@@ -186,16 +186,20 @@ class _Scores:
         v = self.violation[i]
         return [feas] + [float(x) if np.isfinite(x) else 1e6 for x in v]
 
+    def meets(self, rows: np.ndarray) -> np.ndarray:
+        """Per row: feasible and within every SLO limit."""
+        return self.feasible[rows] & ((self.violation[rows] <= 0).all(axis=1) if self.violation.shape[1] else True)
+
     def pick(self, rows: np.ndarray) -> int:
         """The row that stands for a layout: the best meeting the SLO, else the least violating, else the first."""
         feas = self.feasible[rows]
-        viol = np.clip(self.violation[rows], 0.0, None).sum(axis=1) if self.violation.shape[1] else np.zeros(len(rows))
-        viol = np.where(np.isfinite(viol), viol, 1e6)
-        meets = feas & (viol <= 0)
+        meets = self.meets(rows)
         if meets.any():
             cand = rows[meets]
             return int(cand[np.argmin(np.where(np.isfinite(self.value[cand]), self.value[cand], np.inf))])
         if feas.any():
+            viol = np.clip(self.violation[rows], 0.0, None).sum(axis=1) if self.violation.shape[1] else np.zeros(len(rows))
+            viol = np.where(np.isfinite(viol), viol, 1e6)
             cand = rows[feas]
             return int(cand[np.argmin(viol[feas])])
         return int(rows[0])
@@ -376,9 +380,7 @@ class _ModeStudy:
     def best(self) -> float:
         """The best (minimised) value among the candidates this study scored that are feasible and meet the SLO."""
         rows = self._picked()
-        sc = self.scores
-        ok = sc.feasible[rows] & ((sc.violation[rows] <= 0).all(axis=1) if sc.violation.shape[1] else True)
-        vals = sc.value[rows][ok]
+        vals = self.scores.value[rows][self.scores.meets(rows)]
         return float(vals.min()) if len(vals) else np.inf
 
     def visited(self) -> np.ndarray:
