@@ -216,14 +216,16 @@ class FrameModel(ABC):
                     cal = self.calibration_.get(key) or IntervalCalibration(self.coverage)
                     bounds[key] = cal.terms(sub, keys)
             trusted = {t: bounds[t][0] > 0 for t in bounds}
-            corrections = self._corrections(kind, targets, space, sub, trusted)
+            logs: dict[str, np.ndarray] = {}  # log physics answers, each computed once per kind
+            corrections = self._corrections(kind, targets, space, sub, trusted, logs)
             for t in targets:
                 key = self._shared_source(t) or t
                 trust, lo_off, hi_off = bounds[key]
-                if key not in corrections:
-                    point = nan_safe_log(physics_answer(sub, t))  # no measurements of this target: physics
-                elif self.residual:
-                    point = nan_safe_log(physics_answer(sub, t)) + trust * corrections[key]
+                if self.residual or key not in corrections:
+                    if t not in logs:
+                        logs[t] = nan_safe_log(physics_answer(sub, t))
+                    # no measurements of this target: the physics answer
+                    point = logs[t] + trust * corrections[key] if key in corrections else logs[t]
                 else:
                     point = corrections[key]
                 vals = (np.exp(point), np.exp(point + lo_off), np.exp(point + hi_off))
@@ -237,16 +239,17 @@ class FrameModel(ABC):
         return out
 
     def _corrections(self, kind: str, targets, space: FeatureSpace | None, sub: pd.DataFrame,
-                     trusted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                     trusted: dict[str, np.ndarray], logs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per learned target of `kind`: the clipped log correction (residual families; 0 where not `trusted`,
-        which large batches skip computing) or the log prediction (other families)."""
+        which large batches skip computing) or the log prediction (other families). `logs` receives the log physics
+        answer of each learned target (residual families), for the caller to reuse."""
         learned = [t for t in targets if t in self.learners_]
         if not learned:
             return {}
         X = space.matrix(sub)
         if not self.residual:
             return {t: self.learners_[t].predict(X) for t in learned}
-        logs = {t: nan_safe_log(physics_answer(sub, t)) for t in learned}
+        logs.update({t: nan_safe_log(physics_answer(sub, t)) for t in learned})
         fast = self._fast_forest(kind, learned) if len(sub) <= FAST_PATH_ROWS else None
         if fast is not None:  # one vectorised walk over every target's trees
             Xe = np.empty((len(sub), X.shape[1] - 1 + len(learned)), dtype=np.float32)
