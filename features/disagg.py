@@ -143,7 +143,10 @@ def estimate_disaggregated(model: ModelSpec, gpu: GPUSpec, prefill: Layout, num_
             b = np.clip(inflow / replicas * osl * step(b), 1.0, cap_batch)
         batch = np.where(starved, np.minimum(b, batch), batch)
 
-    tpot = step(batch)
+    # the steady step, kept with its terms (ms) to explain it; same inputs as step(batch)
+    pp = decode.pp
+    t = stage_step_terms(model, gpu, decode, cal, batch / pp, batch * (isl + osl / 2.0) / pp, 0.0, 0.0, wdt, kdt)
+    tpot = pp * t.stage_ms
     decode_rate = replicas * batch / np.maximum(osl * tpot, 1e-9)  # requests per ms
     req_rate = np.minimum(decode_rate, feed)
     out_tps = req_rate * osl * 1e3
@@ -173,8 +176,6 @@ def estimate_disaggregated(model: ModelSpec, gpu: GPUSpec, prefill: Layout, num_
     first_s = (prefill_alone + x_ms) / 1e3
     makespan = np.where(closed, np.maximum(work_s + tail_s + first_s, first_s + longest * tpot_alone / 1e3), np.nan)
 
-    pp = decode.pp
-    t = stage_step_terms(model, gpu, decode, cal, batch / pp, batch * (isl + osl / 2.0) / pp, 0.0, 0.0, wdt, kdt)
     terms = explanatory_terms_ms(t, pp)
     hbm_util = (pp * w_d + kvb * batch * (isl + osl / 2.0)) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
 
