@@ -276,7 +276,7 @@ class FrameModel(ABC):
         cache = self.__dict__.setdefault("_fast", {})
         if kind not in cache:
             boosters = [getattr(self.learners_[t], "_booster", None) for t in learned]
-            ok = all(b is not None and type(self.learners_[t]).__name__ == "XGBLearner" for t, b in zip(learned, boosters))
+            ok = all(b is not None and type(self.learners_[t]) is XGBLearner for t, b in zip(learned, boosters))
             n_base = len(self.spaces_[kind].names) - 1
             cache[kind] = CompiledForest.from_boosters(boosters, n_base, per_booster_column=True) if ok else None
         return cache[kind]
