@@ -91,12 +91,9 @@ def engine_kv_sizing(df: pd.DataFrame) -> dict[str, np.ndarray]:
     `kv_cache_memory_bytes` (0 where not set). Taken from columns of those names when a frame has them, otherwise
     from `detail.engine_config` (the effective config real vLLM runs record; vLLM-CPU's `VLLM_CPU_KVCACHE_SPACE`
     shows there as kv_cache_memory_bytes). Only inputs of the engine, never the KV size it reported."""
-    n = len(df)
-    out = {k: np.zeros(n) for k in ENGINE_KV_SIZING}
-    for k in ENGINE_KV_SIZING:
-        if k in df.columns:
-            out[k] = _num(df, k, 0.0)
-    if "detail" not in df.columns or all(k in df.columns for k in ENGINE_KV_SIZING):
+    out = {k: _num(df, k, 0.0) if k in df.columns else np.zeros(len(df)) for k in ENGINE_KV_SIZING}
+    from_detail = [k for k in ENGINE_KV_SIZING if k not in df.columns]
+    if "detail" not in df.columns or not from_detail:
         return out
     det = _text(df, "detail")
     has = np.array(['"engine_config"' in d for d in det], dtype=bool)
@@ -105,9 +102,7 @@ def engine_kv_sizing(df: pd.DataFrame) -> dict[str, np.ndarray]:
             eff = json.loads(det[i]).get("engine_config") or {}
         except (ValueError, AttributeError):
             continue
-        for k in ENGINE_KV_SIZING:
-            if k in df.columns:
-                continue
+        for k in from_detail:
             try:
                 out[k][i] = max(float(eff.get(k) or 0.0), 0.0)
             except (TypeError, ValueError):
