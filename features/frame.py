@@ -16,8 +16,7 @@ import pandas as pd
 from features import comm
 from features.calibration import Calibration, default_calibration
 from features.catalog import parse_length_dist, resolve_gpu, resolve_model
-from features.memory import layers_per_stage
-from features.memory import active_params_per_token, kv_bytes_per_token, total_params
+from features.memory import active_params_per_token, kv_bytes_per_token, layers_per_stage, total_params
 from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS, conform
 from features.serving import EngineArrays, estimate_serving
 from features.specs import GPUSpec, Layout, ModelSpec
