@@ -137,12 +137,16 @@ class Router:
             raise InputError(f"slo needs some of {sorted(SLO_COLUMNS)}")
         key = ("maxc", model, gpu, tp, pp, ep, attention_dp, str(workload), isl, osl, tuple(sorted(slo.items())), limit)
 
-        def compute():
-            grid = np.unique(np.round(np.geomspace(1, limit, 64)).astype(np.int64))
-            curve = self.latency_curve(model, gpu, grid, tp, pp, ep, attention_dp, workload, isl, osl)
+        def meets(concurrencies) -> np.ndarray:
+            curve = self.latency_curve(model, gpu, concurrencies, tp, pp, ep, attention_dp, workload, isl, osl)
             ok = np.ones(len(curve), dtype=bool)
             for k, v in slo.items():
                 ok &= curve[k].to_numpy(dtype=float) <= v
+            return ok
+
+        def compute():
+            grid = np.unique(np.round(np.geomspace(1, limit, 64)).astype(np.int64))
+            ok = meets(grid)
             if not ok[0]:
                 return 0
             last = int(np.flatnonzero(~ok)[0]) if (~ok).any() else len(ok)
@@ -150,10 +154,7 @@ class Router:
             if last == len(ok):
                 return lo
             fine = np.arange(lo, hi + 1)
-            c2 = self.latency_curve(model, gpu, fine, tp, pp, ep, attention_dp, workload, isl, osl)
-            ok2 = np.ones(len(c2), dtype=bool)
-            for k, v in slo.items():
-                ok2 &= c2[k].to_numpy(dtype=float) <= v
+            ok2 = meets(fine)
             return int(fine[ok2].max()) if ok2.any() else lo
 
         return self._cached(key, compute)
