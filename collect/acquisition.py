@@ -281,6 +281,15 @@ def _fit_feasibility(measured: pd.DataFrame, encoded: np.ndarray | None, seed: i
 
 # --- acquisition scores --------------------------------------------------------------------------------------------
 
+def _relative_to_median(values: np.ndarray, missing: float) -> np.ndarray:
+    """`values` with every non-finite entry replaced by the largest finite one (`missing` when there is none),
+    divided by their median when it is positive."""
+    top = np.nanmax(values) if np.isfinite(values).any() else missing
+    v = np.where(np.isfinite(values), values, top)
+    mid = float(np.median(v))
+    return v / mid if mid > 0 else v
+
+
 def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndarray | None = None) -> np.ndarray:
     """Calibrated log-interval width, each target's relative to its median (rows without a prediction count as the
     widest) and averaged over the targets, times the chance the run succeeds, divided by its cost if given."""
@@ -288,11 +297,7 @@ def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndar
     for t in targets:
         if t not in pred.log_point:
             continue
-        w = 2.0 * Z80 * pred.log_sigma(t)
-        top = np.nanmax(w) if np.isfinite(w).any() else 2.0 * math.log(2.0)
-        w = np.where(np.isfinite(w), w, top)
-        mid = float(np.median(w))
-        widths.append(w / mid if mid > 0 else w)
+        widths.append(_relative_to_median(2.0 * Z80 * pred.log_sigma(t), 2.0 * math.log(2.0)))
     if not widths:
         n = len(pred.p_ok) if pred.p_ok is not None else 0
         return np.ones(n)
@@ -309,11 +314,7 @@ def relative_variance(pred: Prediction, targets: tuple[str, ...]) -> np.ndarray:
     for t in targets:
         if t not in pred.log_point:
             continue
-        s = pred.log_sigma(t)
-        top = np.nanmax(s) if np.isfinite(s).any() else PRIOR_LOG_SIGMA
-        s = np.where(np.isfinite(s), s, top)
-        mid = float(np.median(s))
-        parts.append((s / mid) ** 2 if mid > 0 else s ** 2)
+        parts.append(_relative_to_median(pred.log_sigma(t), PRIOR_LOG_SIGMA) ** 2)
     n = len(pred.p_ok) if pred.p_ok is not None else 0
     return np.mean(parts, axis=0) if parts else np.ones(n)
 
