@@ -108,7 +108,7 @@ def tune(model: FrameModel, frame: pd.DataFrame, n_trials: int, split: str = "mo
             progress(trial.number + 1, study.best_value)
 
     study.optimize(objective, n_trials=n_trials, callbacks=[callback])
-    return {**{k: v for k, v in model.get_params().items() if k in _param_names(space)}, **study.best_params}, study
+    return {**current, **study.best_params}, study
 
 
 def _param_names(space: Callable[[optuna.Trial], dict]) -> set[str]:
