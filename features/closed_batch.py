@@ -54,15 +54,31 @@ def simulate_deployment(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: 
     cal = cal or default_calibration()
     n = int(num_requests or workload.num_requests or max(workload.concurrency, 1) * 4)
     isl, osl = workload.sample(n, seed)
-    cap = usable_kv_tokens(kv_capacity_tokens(model, gpu, layout, engine), engine.block_size)
     arrival = None
     if workload.request_rate > 0:
         rng = np.random.default_rng(seed + 1)
         arrival = np.cumsum(rng.exponential(1.0 / workload.request_rate, size=n))
+    return simulate_requests(model, gpu, layout, engine, cal, isl, osl, arrival_s=arrival,
+                             concurrency=int(workload.concurrency), record_timeline=record_timeline)
+
+
+def simulate_requests(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, cal: Calibration,
+                      isl: np.ndarray, osl: np.ndarray, *, speed: float = 1.0, arrival_s: np.ndarray | None = None,
+                      concurrency: int = 0, record_timeline: bool = False) -> SimResult:
+    """Simulate exactly these requests on the deployment, on the physics step time (times `speed`, a learned
+    correction of the step speed; 1.0: the physics alone) and the KV cache the scheduler can hand out."""
+    step_time_s = stage_time_fn(model, gpu, layout, engine, cal)
+    if speed != 1.0:
+        base = step_time_s
+
+        def step_time_s(decode_seqs, decode_kv_tokens, prefill_tokens):
+            return speed * base(decode_seqs, decode_kv_tokens, prefill_tokens)
+
+    cap = usable_kv_tokens(kv_capacity_tokens(model, gpu, layout, engine), engine.block_size)
     return simulate(
-        isl, osl, step_time_s=stage_time_fn(model, gpu, layout, engine, cal), kv_capacity_tokens=cap, pp=int(layout.pp),
+        isl, osl, step_time_s=step_time_s, kv_capacity_tokens=cap, pp=int(layout.pp),
         block_size=engine.block_size, max_num_seqs=engine.max_num_seqs,
         max_num_batched_tokens=engine.max_num_batched_tokens, enable_chunked_prefill=engine.enable_chunked_prefill,
-        dp=int(layout.attention_replicas), arrival_s=arrival, concurrency=int(workload.concurrency),
+        dp=int(layout.attention_replicas), arrival_s=arrival_s, concurrency=concurrency,
         record_timeline=record_timeline,
     )

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import resolve_gpu, resolve_model
-from features.closed_batch import stage_time_fn, usable_kv_tokens
+from features.closed_batch import simulate_requests, stage_time_fn, usable_kv_tokens
 from features.disagg import kv_transfer_ms, pools_cross_nodes
 from features.memory import kv_capacity_tokens
 from features.scheduler import simulate
@@ -58,18 +58,8 @@ def _simulate_member(predictor: Predictor, ctx: SearchContext, layout: Layout, e
                      isl: np.ndarray, osl: np.ndarray):
     """One aggregated member on its exact requests (closed batch): the physics step time scaled by the member's
     learned speed correction, as `Predictor.predict(simulate=True)` scales an aggregated simulation."""
-    model, gpu, cal = resolve_model(ctx.model), resolve_gpu(ctx.gpu), predictor.calibration
-    speed = _learned_speed(predictor, ctx, layout, engine)
-    base = stage_time_fn(model, gpu, layout, engine, cal)
-
-    def step_time_s(decode_seqs, decode_kv_tokens, prefill_tokens):
-        return speed * base(decode_seqs, decode_kv_tokens, prefill_tokens)
-
-    cap = usable_kv_tokens(kv_capacity_tokens(model, gpu, layout, engine), engine.block_size)
-    return simulate(isl, osl, step_time_s=step_time_s, kv_capacity_tokens=cap, block_size=engine.block_size,
-                    max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens,
-                    enable_chunked_prefill=engine.enable_chunked_prefill, dp=int(layout.attention_replicas),
-                    pp=int(layout.pp))
+    return simulate_requests(resolve_model(ctx.model), resolve_gpu(ctx.gpu), layout, engine, predictor.calibration,
+                             isl, osl, speed=_learned_speed(predictor, ctx, layout, engine))
 
 
 def split_by_share(n: int, share: float) -> np.ndarray:
