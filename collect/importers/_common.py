@@ -266,16 +266,21 @@ def with_progress(items: list, enabled: bool, what: str):
             bar.advance(task)
 
 
+def drop_duplicate_rows(frame: pd.DataFrame, report: ImportReport) -> pd.DataFrame:
+    """`frame` (schema rows) without repeats of identical rows, which are counted in `report.duplicates`."""
+    from collect.store import content_hashes
+
+    if not len(frame):
+        return frame
+    dup = pd.Series(content_hashes(frame)).duplicated().to_numpy()
+    report.duplicates += int(dup.sum())
+    return frame.loc[~dup].reset_index(drop=True)
+
+
 def finish(frame: pd.DataFrame, report: ImportReport, final: bool = True) -> pd.DataFrame:
     """Conform to the schema and collapse identical rows (counted as duplicates); add the rows kept to the report
     and, for the last (or only) part of an import, check that every record read is accounted for."""
-    from collect.store import content_hashes
-
-    out = conform(frame.reset_index(drop=True))
-    if len(out):
-        dup = pd.Series(content_hashes(out)).duplicated().to_numpy()
-        report.duplicates += int(dup.sum())
-        out = out.loc[~dup].reset_index(drop=True)
+    out = drop_duplicate_rows(conform(frame.reset_index(drop=True)), report)
     report.rows_kept += len(out)
     if final:
         report.check_balance()

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from collect.importers._common import (ImportReport, NameResolver, detail_from_columns, dtype_name, finish, numeric,
-                                       read_csv_checked, read_parquet_checked, require_path, require_values,
-                                       row_keys, with_progress)
+from collect.importers._common import (ImportReport, NameResolver, detail_from_columns, drop_duplicate_rows,
+                                       dtype_name, finish, numeric, read_csv_checked, read_parquet_checked,
+                                       require_path, require_values, row_keys, with_progress)
 from features.errors import InputError
 
 SOURCE = "aiconfigurator"
@@ -408,12 +408,9 @@ def import_aiconfigurator(path: str | Path, ops: str = "sample", sample_every: i
                           progress: bool = False) -> tuple[pd.DataFrame, ImportReport]:
     """End-to-end rows and (per `ops`) op_perf rows of the aiconfigurator folder `path` in the schema, as one frame
     (identical rows across op tables collapsed too)."""
-    from collect.store import content_hashes
-
     stream, report = stream_aiconfigurator(path, ops=ops, sample_every=sample_every, progress=progress)
     frame = pd.concat([f for f in stream if len(f)], ignore_index=True)
-    dup = pd.Series(content_hashes(frame)).duplicated().to_numpy()
-    report.duplicates += int(dup.sum())
-    report.rows_kept -= int(dup.sum())
+    kept = drop_duplicate_rows(frame, report)
+    report.rows_kept -= len(frame) - len(kept)
     report.check_balance()
-    return frame.loc[~dup].reset_index(drop=True), report
+    return kept, report
