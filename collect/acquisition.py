@@ -373,7 +373,7 @@ def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, 
                                     math.log(1.0 - within), seed, samples)
     if log_physics is not None and physics_weight > 0:
         log_phys = np.asarray(log_physics, dtype=float)
-        corr = pd.Series(pred.log_point[t] - log_phys).groupby(pd.Series(scenario, dtype=object)).transform("mean")
+        corr = pd.Series(pred.log_point[t] - log_phys).groupby(groups).transform("mean")
         mu_phys = condition(objective.log_utility(log_phys + corr.to_numpy(dtype=float), num_gpus))
         alt = np.flatnonzero(np.isfinite(mu_phys))
         gain_phys = np.zeros(n)
