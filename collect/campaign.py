@@ -468,10 +468,7 @@ class Campaign:
                 measured_phys: pd.DataFrame | None = None) -> list[dict]:
         s = self.settings
         rng = np.random.default_rng([s.seed, iteration])
-        tried = np.zeros(len(self.cand), dtype=bool)
-        for h in runs["config_hash"]:
-            if h in self.index:
-                tried[self.index[h]] = True
+        tried = self._mask_of(runs["config_hash"])
         available = ~tried
         if not available.any():
             return []
@@ -503,10 +500,7 @@ class Campaign:
                 # integrated variance reduction: the batch that explains most predictive variance over the untried
                 # pool (each candidate's weighted by its chance of running), near measured points already explained
                 variance = relative_variance(pred, self.targets)
-                measured = np.zeros(len(self.cand), dtype=bool)
-                for h in runs.loc[runs["state"] == "done", "config_hash"]:
-                    if h in self.index:
-                        measured[self.index[h]] = True
+                measured = self._mask_of(runs.loc[runs["state"] == "done", "config_hash"])
                 picks = variance_reduction_batch(variance, self.X, k, available, measured=measured, weight=pred.p_ok,
                                                  cost=cost, budget_left=budget_left, seed=s.seed * 1000 + iteration,
                                                  p_ok=pred.p_ok)
@@ -540,6 +534,14 @@ class Campaign:
                         "run_id": f"{self.campaign_id}:{h}", "cost_gpu_h": float(self.cost[i]),
                         "score": float(scores[i]) if np.isfinite(scores[i]) else None})
         return out
+
+    def _mask_of(self, hashes) -> np.ndarray:
+        """Per candidate, whether its config hash is among `hashes`."""
+        mask = np.zeros(len(self.cand), dtype=bool)
+        for h in hashes:
+            if h in self.index:
+                mask[self.index[h]] = True
+        return mask
 
     def _measured_utility(self) -> np.ndarray:
         """Per candidate, its measured log utility (NaN: not measured or no good run)."""
