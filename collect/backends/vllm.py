@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from collect.modelfolder import hf_config_dict, stable_model_folder, write_model_folder
+from collect.modelfolder import hf_config_dict, stable_model_folder
 from collect.procs import free_port, start_group, stop_group, tail
 from features.catalog import resolve_gpu, resolve_model, resolve_workload
 from features.errors import InfeasibleError, InputError
