@@ -54,6 +54,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks._common import RESULTS, write_result  # noqa: E402
+from benchmarks.fidelity_noise import pair_diagnosis, session_spread  # noqa: E402
 
 BLOCK_SIZE = 32
 NUM_GPU_BLOCKS = 40  # vLLM keeps one as its null block: 39 usable
@@ -446,42 +447,78 @@ def state_mismatches(real_steps: list, timeline: np.ndarray) -> int | None:
     return int((real_state != timeline[:, 1:4]).any(axis=1).sum())
 
 
-def pooled_floor(eng: dict, res: dict, pool: list[Path], name: str) -> None:
-    """The real floor makespans over this session's repeats plus those of earlier sessions kept in `pool` folders
-    (same engine, requests and knobs; only repeats scheduled identically count), against the same simulation: more
-    repeats give a firmer floor and show how much the real ordering of near-tied settings moves between sessions."""
-    if not eng["runs"]:
-        return
-    extra: dict[int, list] = {}
-    sessions = 1
+def session_runs(res: dict, pool: list[Path], name: str) -> list[dict[int, list]]:
+    """Per session (this one first, then each `pool` folder holding `name` for the same requests): the repeats of
+    every max_num_seqs setting."""
+    ref = res["runs"][0][0]
+    out = [{reps[0]["max_num_seqs"]: list(reps) for reps in res["runs"] if reps}]
     for folder in pool:
         f = folder / name
         if not f.exists():
             continue
         old = json.loads(f.read_text())
-        used = False
-        for reps in old.get("runs", []):
-            if reps and reps[0]["isl"] == res["runs"][0][0]["isl"] and reps[0]["osl"] == res["runs"][0][0]["osl"]:
-                extra.setdefault(reps[0]["max_num_seqs"], []).extend(reps)
-                used = True
-        sessions += used
-    if sessions == 1:
+        runs = {reps[0]["max_num_seqs"]: list(reps) for reps in old.get("runs", [])
+                if reps and reps[0]["isl"] == ref["isl"] and reps[0]["osl"] == ref["osl"]}
+        if runs:
+            out.append(runs)
+    return out
+
+
+def floor_durations_s(repeats: list[dict], n_steps: int) -> np.ndarray | None:
+    """Per-step floor durations over the repeats scheduled in `n_steps` steps (None if none or not identical)."""
+    same = [r["steps"] for r in repeats if len(r["steps"]) == n_steps]
+    floor = floor_steps(same) if same else None
+    return None if floor is None else steps_array(floor)[:, WALL_DUR]
+
+
+def pooled_floor(eng: dict, res: dict, pool: list[Path], name: str) -> None:
+    """The real floor makespans over this session's repeats plus those of earlier sessions kept in `pool` folders
+    (same engine, requests and knobs; only repeats scheduled identically count), against the same simulation: more
+    repeats give a firmer floor and show how much the real ordering of near-tied settings moves between sessions.
+
+    Every pair of settings is also diagnosed (`benchmarks.fidelity_noise`): its real gap split into the steps both
+    runs take in identical scheduler state (a gap no step-time model can produce) and the others, and the gap of
+    each session's own floor (sessions with at least 2 repeats), to tell an engine effect from noise."""
+    if not eng["runs"]:
         return
-    rows = []
-    for reps, entry in zip([r for r in res["runs"] if r], eng["runs"]):
-        both = reps + extra.get(entry["max_num_seqs"], [])
-        same = [r for r in both if len(r["steps"]) == len(reps[0]["steps"])]
-        floor = floor_steps([r["steps"] for r in same])
-        if floor is None or "sim_floor_makespan_s" not in entry:
+    sessions = session_runs(res, pool, name)
+    if len(sessions) == 1:
+        return
+    rows, durs = [], []
+    for entry in eng["runs"]:
+        m, n_steps = entry["max_num_seqs"], entry["real"]["steps"]
+        reps = [r for s in sessions for r in s.get(m, [])]
+        dur = floor_durations_s(reps, n_steps)
+        if dur is None or "sim_floor_makespan_s" not in entry:
             return
-        session = [float(np.array(floor_steps([r["steps"] for r in [x]]))[-1, T_END]) for x in same]
-        rows.append({"max_num_seqs": entry["max_num_seqs"], "repeats": len(same),
-                     "real": {"pooled_floor_makespan_s": float(np.array(floor)[-1, T_END])},
+        per_session = [floor_durations_s(s[m], n_steps) for s in sessions
+                       if len([r for r in s.get(m, []) if len(r["steps"]) == n_steps]) >= 2]
+        same = [r for r in reps if len(r["steps"]) == n_steps]
+        rows.append({"max_num_seqs": m, "repeats": len(same),
+                     "real": {"pooled_floor_makespan_s": float(dur.sum())},
                      "sim_pooled_floor_makespan_s": entry["sim_floor_makespan_s"],
-                     "fastest_repeat_s": min(session)})
+                     "fastest_repeat_s": min(r["makespan_s"] for r in same),
+                     "session_floor_makespans_s": [float(d.sum()) if d is not None else None for d in per_session]})
+        durs.append((same[0]["steps"], dur, per_session, entry["sim_floor_step_s"]))
     for r in rows:
         r["err"] = r["sim_pooled_floor_makespan_s"] / r["real"]["pooled_floor_makespan_s"] - 1
-    eng["pooled"] = {"sessions": sessions, "runs": rows, "ordering": ordering(rows, "pooled_floor_makespan_s")}
+    order = ordering(rows, "pooled_floor_makespan_s")
+    pairs = []
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            (steps_a, fa, sa, ma), (steps_b, fb, sb, mb) = durs[i], durs[j]
+            d = pair_diagnosis(np.asarray(steps_a), np.asarray(steps_b), fa, fb, ma, mb)
+            gaps = [float(b.sum() / a.sum() - 1) for a, b in zip(sa, sb) if a is not None and b is not None]
+            d.update(session_spread(gaps, d["real_gap"]))
+            d["pair"] = [rows[i]["max_num_seqs"], rows[j]["max_num_seqs"]]
+            d["sim_gap"] = rows[j]["sim_pooled_floor_makespan_s"] / rows[i]["sim_pooled_floor_makespan_s"] - 1
+            d["order_agrees"] = bool(np.sign(d["sim_gap"]) == np.sign(d["real_gap"]))
+            pairs.append(d)
+    wrong = [p for p in pairs if not p["order_agrees"]]
+    order["pairs_disagree_strict"] = len(wrong)
+    order["disagreeing_pairs_within_noise"] = sum(bool(p["within_noise"]) for p in wrong)
+    order["identical_outside_noise"] = all(bool(p["within_noise"]) for p in wrong)
+    eng["pooled"] = {"sessions": len(sessions), "runs": rows, "ordering": order, "pairs": pairs}
 
 
 def analyse(eng: dict, res: dict) -> None:
@@ -498,7 +535,7 @@ def analyse(eng: dict, res: dict) -> None:
         real = real_metrics(reps)
         sim = simulate_run(reps[0], fit, res["usable_blocks"])
         cpu_sim = simulate_run(reps[0], cpu_fit, res["usable_blocks"], timeline=False) if cpu_fit else None
-        floor_sim = simulate_run(reps[0], floor_fit, res["usable_blocks"], timeline=False) if floor_fit else None
+        floor_sim = simulate_run(reps[0], floor_fit, res["usable_blocks"]) if floor_fit else None
         entry = {"max_num_seqs": reps[0]["max_num_seqs"], "repeats": len(reps), "real": real,
                  "sim": sim_metrics(sim), "check": compare(real, sim, cpu_sim, floor_sim),
                  "sim_makespan_s": sim.makespan_s, "raw": min(reps, key=lambda r: r["makespan_s"]),
@@ -508,6 +545,7 @@ def analyse(eng: dict, res: dict) -> None:
             entry["sim_cpu_makespan_s"] = cpu_sim.makespan_s
         if floor_sim is not None:
             entry["sim_floor_makespan_s"] = floor_sim.makespan_s
+            entry["sim_floor_step_s"] = np.diff(floor_sim.timeline[0][:, 0], prepend=0.0)  # per step, dropped on write
         eng["runs"].append(entry)
     eng["ordering"] = ordering(eng["runs"], "makespan_s")
     if cpu_fit:
@@ -578,6 +616,12 @@ def summarise(results: list[dict], t_all: float) -> dict:
         "pooled_sessions": {e["engine"]: e["pooled"]["sessions"] for e in results if e.get("pooled")},
         "pooled_floor_orderings_identical": sum(bool(e.get("pooled", {}).get("ordering", {}).get("identical"))
                                                 for e in results),
+        "pooled_floor_orderings_identical_outside_noise": sum(
+            bool(e.get("pooled", {}).get("ordering", {}).get("identical_outside_noise")) for e in results),
+        "pooled_pairs_disagree": sum(e.get("pooled", {}).get("ordering", {}).get("pairs_disagree_strict", 0)
+                                     for e in results),
+        "pooled_disagreeing_pairs_within_noise": sum(
+            e.get("pooled", {}).get("ordering", {}).get("disagreeing_pairs_within_noise", 0) for e in results),
         "pooled_floor_makespan_within_15pct": sum(abs(r["err"]) <= 0.15 for e in results
                                                   for r in e.get("pooled", {}).get("runs", [])),
         "floor_pairs_disagree_beyond_5pct": sum(e.get("floor_ordering", {}).get("pairs_disagree", 0)
@@ -641,6 +685,15 @@ def main(argv: list[str] | None = None) -> dict:
                           + ", ".join(f"{r['max_num_seqs']}: {r['real']['pooled_floor_makespan_s']:.2f} / "
                                       f"{r['sim_pooled_floor_makespan_s']:.2f} s ({r['err']:+.1%})" for r in po["runs"])
                           + f"; order real {po['ordering']['real']} sim {po['ordering']['sim']}")
+            for p in po["pairs"]:
+                if p["order_agrees"]:
+                    continue
+                g = p["real_gap_s"]
+                console.print(f"  pair {p['pair']}: real gap {p['real_gap']:+.2%} ({g['total_s'] * 1e3:+.0f} ms: "
+                              f"{g['identical_steps_s'] * 1e3:+.0f} ms on {p['identical_steps']} steps in identical "
+                              f"state, {g['differing_steps_s'] * 1e3:+.0f} ms on the others; sim "
+                              f"{p['sim_gap_s']['differing_steps_s'] * 1e3:+.0f} ms), sim {p['sim_gap']:+.2%}; "
+                              f"per-session gaps {p['session_gaps']} -> within noise: {p['within_noise']}")
     png = RESULTS / "scheduler_fidelity_timeline.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(results, png)
@@ -649,6 +702,7 @@ def main(argv: list[str] | None = None) -> dict:
         for r in eng["runs"]:
             r.pop("raw")
             r.pop("timeline")
+            r.pop("sim_floor_step_s", None)
     payload = {"workload": {"isl": isl, "osl": osl}, "block_size": BLOCK_SIZE, "num_gpu_blocks": NUM_GPU_BLOCKS,
                "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS, "max_model_len": MAX_MODEL_LEN,
                "repeats": args.repeats, "summary": summary, "engines": results, "plot": png.name}
