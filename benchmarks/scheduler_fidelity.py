@@ -265,7 +265,8 @@ def steps_array(steps: list) -> np.ndarray:
     a = np.array(steps, dtype=np.float64)
     wall = np.append(np.diff(a[:, T_START]), a[-1, T_END] - a[-1, T_START])
     cpu = np.append(np.diff(a[:, CPU_START]), np.nan)
-    cpu[-1] = np.nanmedian(cpu) if len(cpu) > 1 else wall[-1]
+    known = np.isfinite(cpu[:-1])  # the CPU clock is NaN in logs of the first version (see _with_cpu_column)
+    cpu[-1] = np.median(cpu[:-1][known]) if known.any() else (wall[-1] if len(cpu) == 1 else np.nan)
     return np.column_stack([a, wall, cpu])
 
 
@@ -447,20 +448,44 @@ def state_mismatches(real_steps: list, timeline: np.ndarray) -> int | None:
     return int((real_state != timeline[:, 1:4]).any(axis=1).sum())
 
 
-def session_runs(res: dict, pool: list[Path], name: str) -> list[dict[int, list]]:
+def _with_cpu_column(steps: list) -> list:
+    """Step rows as logged now: logs of this benchmark's first version (9 columns) lack the CPU clock (NaN)."""
+    if steps and len(steps[0]) == PREEMPTED:  # one column short: no CPU_START
+        return [row[:CPU_START] + [float("nan")] + row[CPU_START:] for row in steps]
+    return steps
+
+
+def session_runs(res: dict, pool: list[Path], name: str) -> list[tuple[dict[int, list], list[list[dict]]]]:
     """Per session (this one first, then each `pool` folder holding `name` for the same requests): the repeats of
-    every max_num_seqs setting."""
+    every max_num_seqs setting, and the session's calibration repeats."""
     ref = res["runs"][0][0]
-    out = [{reps[0]["max_num_seqs"]: list(reps) for reps in res["runs"] if reps}]
+    out = [({reps[0]["max_num_seqs"]: list(reps) for reps in res["runs"] if reps}, res.get("calibration", []))]
     for folder in pool:
         f = folder / name
         if not f.exists():
             continue
         old = json.loads(f.read_text())
-        runs = {reps[0]["max_num_seqs"]: list(reps) for reps in old.get("runs", [])
+        runs = {reps[0]["max_num_seqs"]: [{**r, "steps": _with_cpu_column(r["steps"])} for r in reps]
+                for reps in old.get("runs", [])
                 if reps and reps[0]["isl"] == ref["isl"] and reps[0]["osl"] == ref["osl"]}
+        cals = [[{**c, "steps": _with_cpu_column(c["steps"])} for c in cal] for cal in old.get("calibration", [])]
         if runs:
-            out.append(runs)
+            out.append((runs, cals))
+    return out
+
+
+def pooled_calibration(calibrations: list[list[dict]]) -> list[dict]:
+    """Each calibration batch (by batch size and lengths) at its per-step minimum over every repeat that ran it,
+    whatever the session: the calibration counterpart of the pooled floor of the runs."""
+    by_batch: dict[tuple, list[dict]] = {}
+    for cal in calibrations:
+        for c in cal:
+            by_batch.setdefault((c["batch"], c["isl"], c["osl"]), []).append(c)
+    out = []
+    for reps in by_batch.values():
+        steps = floor_steps([c["steps"] for c in reps])
+        if steps is not None:
+            out.append({**reps[0], "steps": steps, "repeats": len(reps)})
     return out
 
 
@@ -475,31 +500,36 @@ def pooled_floor(eng: dict, res: dict, pool: list[Path], name: str) -> None:
     """The real floor makespans over this session's repeats plus those of earlier sessions kept in `pool` folders
     (same engine, requests and knobs; only repeats scheduled identically count), against the same simulation: more
     repeats give a firmer floor and show how much the real ordering of near-tied settings moves between sessions.
+    The simulation it is compared with is calibrated the same way: on the per-step minimum of every session's
+    calibration repeats (sessions run at different machine speeds; a floor over all of them is the fastest).
 
     Every pair of settings is also diagnosed (`benchmarks.fidelity_noise`): its real gap split into the steps both
     runs take in identical scheduler state (a gap no step-time model can produce) and the others, and the gap of
     each session's own floor (sessions with at least 2 repeats), to tell an engine effect from noise."""
     if not eng["runs"]:
         return
-    sessions = session_runs(res, pool, name)
-    if len(sessions) == 1:
+    found = session_runs(res, pool, name)
+    if len(found) == 1:
         return
+    sessions = [runs for runs, _ in found]
+    fit = fit_step_time(pooled_calibration([cal for _, cals in found for cal in cals]))
     rows, durs = [], []
     for entry in eng["runs"]:
         m, n_steps = entry["max_num_seqs"], entry["real"]["steps"]
         reps = [r for s in sessions for r in s.get(m, [])]
         dur = floor_durations_s(reps, n_steps)
-        if dur is None or "sim_floor_makespan_s" not in entry:
+        if dur is None:
             return
+        sim = simulate_run(reps[0], fit, res["usable_blocks"])
         per_session = [floor_durations_s(s[m], n_steps) for s in sessions
                        if len([r for r in s.get(m, []) if len(r["steps"]) == n_steps]) >= 2]
         same = [r for r in reps if len(r["steps"]) == n_steps]
         rows.append({"max_num_seqs": m, "repeats": len(same),
                      "real": {"pooled_floor_makespan_s": float(dur.sum())},
-                     "sim_pooled_floor_makespan_s": entry["sim_floor_makespan_s"],
+                     "sim_pooled_floor_makespan_s": sim.makespan_s,
                      "fastest_repeat_s": min(r["makespan_s"] for r in same),
                      "session_floor_makespans_s": [float(d.sum()) if d is not None else None for d in per_session]})
-        durs.append((same[0]["steps"], dur, per_session, entry["sim_floor_step_s"]))
+        durs.append((same[0]["steps"], dur, per_session, np.diff(sim.timeline[0][:, 0], prepend=0.0)))
     for r in rows:
         r["err"] = r["sim_pooled_floor_makespan_s"] / r["real"]["pooled_floor_makespan_s"] - 1
     order = ordering(rows, "pooled_floor_makespan_s")
@@ -518,7 +548,7 @@ def pooled_floor(eng: dict, res: dict, pool: list[Path], name: str) -> None:
     order["pairs_disagree_strict"] = len(wrong)
     order["disagreeing_pairs_within_noise"] = sum(bool(p["within_noise"]) for p in wrong)
     order["identical_outside_noise"] = all(bool(p["within_noise"]) for p in wrong)
-    eng["pooled"] = {"sessions": len(sessions), "runs": rows, "ordering": order, "pairs": pairs}
+    eng["pooled"] = {"sessions": len(sessions), "fit": fit, "runs": rows, "ordering": order, "pairs": pairs}
 
 
 def analyse(eng: dict, res: dict) -> None:
@@ -535,7 +565,7 @@ def analyse(eng: dict, res: dict) -> None:
         real = real_metrics(reps)
         sim = simulate_run(reps[0], fit, res["usable_blocks"])
         cpu_sim = simulate_run(reps[0], cpu_fit, res["usable_blocks"], timeline=False) if cpu_fit else None
-        floor_sim = simulate_run(reps[0], floor_fit, res["usable_blocks"]) if floor_fit else None
+        floor_sim = simulate_run(reps[0], floor_fit, res["usable_blocks"], timeline=False) if floor_fit else None
         entry = {"max_num_seqs": reps[0]["max_num_seqs"], "repeats": len(reps), "real": real,
                  "sim": sim_metrics(sim), "check": compare(real, sim, cpu_sim, floor_sim),
                  "sim_makespan_s": sim.makespan_s, "raw": min(reps, key=lambda r: r["makespan_s"]),
@@ -545,7 +575,6 @@ def analyse(eng: dict, res: dict) -> None:
             entry["sim_cpu_makespan_s"] = cpu_sim.makespan_s
         if floor_sim is not None:
             entry["sim_floor_makespan_s"] = floor_sim.makespan_s
-            entry["sim_floor_step_s"] = np.diff(floor_sim.timeline[0][:, 0], prepend=0.0)  # per step, dropped on write
         eng["runs"].append(entry)
     eng["ordering"] = ordering(eng["runs"], "makespan_s")
     if cpu_fit:
@@ -702,7 +731,6 @@ def main(argv: list[str] | None = None) -> dict:
         for r in eng["runs"]:
             r.pop("raw")
             r.pop("timeline")
-            r.pop("sim_floor_step_s", None)
     payload = {"workload": {"isl": isl, "osl": osl}, "block_size": BLOCK_SIZE, "num_gpu_blocks": NUM_GPU_BLOCKS,
                "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS, "max_model_len": MAX_MODEL_LEN,
                "repeats": args.repeats, "summary": summary, "engines": results, "plot": png.name}

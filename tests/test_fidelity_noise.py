@@ -63,8 +63,8 @@ def test_gap_on_identical_steps_is_measured_noise():
 
 
 def test_session_spread():
-    assert session_spread([0.02, -0.03, 0.05], 0.016)["within_noise"] is True  # sign flips
-    assert session_spread([0.01, 0.09], 0.03)["within_noise"] is True  # under half the range (0.04)
-    r = session_spread([0.05, 0.06, 0.055], 0.055)
-    assert r["within_noise"] is False and r["sign_flips_between_sessions"] is False
+    r = session_spread([0.02, -0.03, 0.05], 0.016)
+    assert r["within_noise"] is True and r["sessions_with_pooled_sign"] == 2  # the sign flips between sessions
+    r = session_spread([0.01, 0.5, 0.02], 0.03)  # one wild session, but every session agrees on the sign
+    assert r["within_noise"] is False and r["sign_flips_between_sessions"] is False and r["half_range"] > 0.03
     assert session_spread([0.05], 0.05)["within_noise"] is None
