@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import lzma
 import os
 import sys
 import tempfile
@@ -462,16 +463,26 @@ def _with_cpu_column(steps: list) -> list:
     return steps
 
 
+def read_result(path: Path) -> dict | None:
+    """An engine's raw result as written (`result_*.json`) or as archived in the repository (`result_*.json.xz`,
+    data/vllm_cpu/fidelity_sessions/): None when neither exists."""
+    if path.exists():
+        return json.loads(path.read_text())
+    xz = path.with_name(path.name + ".xz")
+    if xz.exists():
+        return json.loads(lzma.decompress(xz.read_bytes()))
+    return None
+
+
 def session_runs(res: dict, pool: list[Path], name: str) -> list[tuple[dict[int, list], list[list[dict]]]]:
     """Per session (this one first, then each `pool` folder holding `name` for the same requests): the repeats of
     every max_num_seqs setting, and the session's calibration repeats."""
     ref = res["runs"][0][0]
     out = [({reps[0]["max_num_seqs"]: list(reps) for reps in res["runs"] if reps}, res.get("calibration", []))]
     for folder in pool:
-        f = folder / name
-        if not f.exists():
+        old = read_result(folder / name)
+        if old is None:
             continue
-        old = json.loads(f.read_text())
         runs = {reps[0]["max_num_seqs"]: [{**r, "steps": _with_cpu_column(r["steps"])} for r in reps]
                 for reps in old.get("runs", [])
                 if reps and reps[0]["isl"] == ref["isl"] and reps[0]["osl"] == ref["osl"]}
@@ -699,8 +710,8 @@ def main(argv: list[str] | None = None) -> dict:
             label = f"{model} TP{tp}"
             t = time.time()
             kept = work / f"result_{model}_tp{tp}.json"
-            if args.reuse and kept.exists():
-                res = json.loads(kept.read_text())
+            if args.reuse and read_result(kept) is not None:
+                res = read_result(kept)
                 isl, osl = res["runs"][0][0]["isl"], res["runs"][0][0]["osl"]
             else:
                 with console.status(f"real vLLM: {label}, max_num_seqs {list(sweep)} x {args.repeats} repeats..."):
