@@ -35,7 +35,8 @@ calibrated on the floor of every session's calibration repeats. Each pair of set
 (`benchmarks.fidelity_noise`): the real gap on the steps both runs take in identical scheduler state (no step-time
 model can produce it: measurement noise), the real and simulated gap on the other steps, and each session's own gap.
 The strict ordering is reported as is; beside it, the ordering "outside noise" excuses only disagreeing pairs whose
-real gap changes sign between sessions.
+real gap changes sign between sessions. The six sessions behind the committed result are archived in
+data/vllm_cpu/fidelity_sessions/ (its README has the command that reproduces the result from them).
 
 Run: `python -m benchmarks.scheduler_fidelity [--engines tiny-llama:1 tiny-llama:2 small-llama:1] [--quick]`
 (add `small-llama:2` for the larger shape at TP 2; slow on a loaded 2-core machine).
