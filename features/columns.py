@@ -105,3 +105,15 @@ def float_array(v: np.ndarray) -> np.ndarray:
     if v.dtype.kind in "fiub":
         return v.astype(float, copy=False)
     return np.asarray(pd.to_numeric(pd.Series(v, dtype=object), errors="coerce"), dtype=float)
+
+
+def n_rows(table) -> int:
+    """Rows of a pandas frame or a column table."""
+    return table.n if isinstance(table, Columns) else len(table)
+
+
+def text_array(v: np.ndarray, missing: str = "") -> np.ndarray:
+    """A text column array as objects with `missing` where a value is missing."""
+    v = np.asarray(v, dtype=object)
+    gaps = pd.isna(v)
+    return np.where(gaps, missing, v) if gaps.any() else v
