@@ -117,3 +117,24 @@ def text_array(v: np.ndarray, missing: str = "") -> np.ndarray:
     v = np.asarray(v, dtype=object)
     gaps = pd.isna(v)
     return np.where(gaps, missing, v) if gaps.any() else v
+
+
+class ChainColumns(Columns):
+    """Two column tables of the same rows read as one: a column of `first` wins over one of the same name."""
+
+    def __init__(self, first: Columns, second: Columns):
+        self._first, self._second = first, second
+        self.n = first.n
+
+    def __getitem__(self, col: str) -> np.ndarray:
+        return self._first[col] if col in self._first else self._second[col]
+
+    def __contains__(self, col) -> bool:
+        return col in self._first or col in self._second
+
+    def __iter__(self):
+        yield from self._first
+        yield from (c for c in self._second if c not in self._first)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -17,9 +17,9 @@ import pandas as pd
 from features import comm
 from features.calibration import Calibration, default_calibration
 from features.catalog import parse_length_dist, resolve_gpu, resolve_model
-from features.columns import Columns, FrameColumns, RowSubset, columns_of, float_array
+from features.columns import ChainColumns, Columns, FrameColumns, RowSubset, columns_of, float_array
 from features.memory import active_params_per_token, kv_bytes_per_token, layers_per_stage, total_params
-from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS, conform
+from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS, conform_arrays
 from features.serving import EngineArrays, estimate_serving
 from features.specs import GPUSpec, Layout, ModelSpec
 from features.steptime import decode_attention_ms, gemm_ms, stage_step_terms
@@ -166,29 +166,61 @@ PHYS_COLUMNS = tuple(f"phys_{t}" for t in SERVING_TARGETS + STEP_TARGETS + OP_TA
 
 def physics_frame(df: pd.DataFrame, cal: Calibration | None = None) -> pd.DataFrame:
     """Return `df` (conformed to the schema) with phys_* targets, f_* features, regime and bottleneck."""
-    cal = cal or default_calibration()
-    out = conform(df).reset_index(drop=True)
-    n = len(out)
-    if n == 0:
-        for c in PHYS_COLUMNS:
-            out[c] = np.nan
-        out["regime"] = pd.Series(dtype="string")
-        out["bottleneck"] = pd.Series(dtype="string")
-        return out
-    phys = physics_columns(FrameColumns(out), cal)
-    regime, bottleneck = phys.pop("regime"), phys.pop("bottleneck")
-    # every phys_ column exists (NaN where the row's kind has no such answer): those the input already had keep
-    # their place, the others come first among the new columns, then the features and answers in their order
-    placeholders = {c: np.full(n, np.nan) for c in PHYS_COLUMNS if c not in phys}
-    kept = out.drop(columns=[c for c in phys if c in out.columns])
-    kept_cols = set(kept.columns)
-    for c in [c for c in placeholders if c in kept_cols]:
-        kept[c] = placeholders.pop(c)
-    new = pd.DataFrame({**placeholders, **phys}, index=out.index)
-    out = pd.concat([kept, new], axis=1)
-    out["regime"] = pd.array(regime, dtype="string")
-    out["bottleneck"] = pd.array(bottleneck, dtype="string")
-    return out
+    return PhysicsParts.of(df, cal).frame()
+
+
+class PhysicsParts:
+    """A frame's physics before it is assembled into one frame: the conformed input (`kept`, without the columns
+    the physics replaces), the input as a column table (`inputs`), and the new columns in their final order
+    (`new`: phys_*, f_*, regime and bottleneck as object arrays). `physics_frame` is `PhysicsParts.of(df).frame()`;
+    `Predictor.predict_frame` adds its predictions first and builds the frame once."""
+
+    def __init__(self, kept: pd.DataFrame, inputs: Columns, new: dict[str, np.ndarray]):
+        self.kept, self.inputs, self.new = kept, inputs, new
+
+    @classmethod
+    def of(cls, df: pd.DataFrame, cal: Calibration | None = None) -> "PhysicsParts":
+        cal = cal or default_calibration()
+        arrays = conform_arrays(df)
+        n = len(df)
+        rest = df[[c for c in df.columns if c not in arrays]].reset_index(drop=True)
+        out = pd.concat([pd.DataFrame(arrays), rest], axis=1) if len(rest.columns) else pd.DataFrame(arrays)
+        inputs = ChainColumns(Columns({c: _plain_array(v) for c, v in arrays.items()}, n), FrameColumns(rest))
+        phys = physics_columns(inputs, cal) if n else {"regime": np.full(0, None, dtype=object),
+                                                        "bottleneck": np.full(0, None, dtype=object)}
+        regime, bottleneck = phys.pop("regime"), phys.pop("bottleneck")
+        # every phys_ column exists (NaN where the row's kind has no such answer): those the input already had keep
+        # their place, the others come first among the new columns, then the features and answers in their order
+        placeholders = {c: np.full(n, np.nan) for c in PHYS_COLUMNS if c not in phys}
+        kept = out.drop(columns=[c for c in phys if c in out.columns])
+        for c in [c for c in placeholders if c in kept.columns]:
+            kept[c] = placeholders.pop(c)
+        new = {**placeholders, **phys}
+        for c, v in (("regime", regime), ("bottleneck", bottleneck)):
+            if c in kept.columns:  # re-framing a physics frame: the column keeps its place
+                kept[c] = pd.array(v, dtype="string")
+            else:
+                new[c] = v
+        return cls(kept, inputs, new)
+
+    def table(self) -> Columns:
+        """The input and the physics as one column table (the physics wins where both have a column)."""
+        return ChainColumns(Columns(self.new, self.inputs.n), self.inputs)
+
+    def frame(self, extra: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+        """The physics frame, with `extra` columns (predictions) after the physics ones, replacing any of that name."""
+        extra = extra or {}
+        kept = self.kept.drop(columns=[c for c in extra if c in self.kept.columns])
+        new = {c: v for c, v in self.new.items() if c not in extra}
+        for c in ("regime", "bottleneck"):
+            if c in new:
+                new[c] = pd.array(new[c], dtype="string")
+        return pd.concat([kept, pd.DataFrame({**new, **extra}, index=kept.index)], axis=1)
+
+
+def _plain_array(v) -> np.ndarray:
+    """A conformed column as numpy (Int64/boolean arrays as float with NaN; text as objects)."""
+    return v if isinstance(v, np.ndarray) else v.to_numpy(dtype=float, na_value=np.nan)
 
 
 def physics_columns(cols: Columns, cal: Calibration | None = None) -> dict[str, np.ndarray]:

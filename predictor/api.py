@@ -16,7 +16,7 @@ from features.catalog import DATA_DIR, resolve_gpu, resolve_model, resolve_workl
 from features.closed_batch import simulate_deployment
 from features.errors import InputError
 from features.columns import Columns, FrameColumns, float_array
-from features.frame import physics_columns, physics_frame
+from features.frame import PhysicsParts, physics_columns, physics_frame
 from features.layouts import check_layout
 from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS
 from features.specs import EngineConfig, Layout, Workload
@@ -111,12 +111,16 @@ class Predictor:
     # --- vectorised --------------------------------------------------------------------------------------------
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Add pred_<target>, pred_<target>_lo/_hi (80% interval), regime and bottleneck to any measurement frame."""
-        phys = physics_frame(frame, self.calibration)
-        base = self.learned.prepare(phys) if self.learned is not None else phys  # (the same frame for physics families)
-        learned = self.learned.predict_arrays(base) if self.learned is not None else {}
-        new = final_predictions(FrameColumns(base), learned)
-        return pd.concat([base.drop(columns=[c for c in new if c in base.columns]), pd.DataFrame(new, index=base.index)],
-                         axis=1)
+        if self.learned is not None and not _reads_physics_columns(self.learned):  # a family with its own columns
+            base = self.learned.prepare(physics_frame(frame, self.calibration))
+            new = final_predictions(FrameColumns(base), self.learned.predict_arrays(base))
+            return pd.concat([base.drop(columns=[c for c in new if c in base.columns]),
+                              pd.DataFrame(new, index=base.index)], axis=1)
+        # the physics and the learned layer computed on numpy column tables; the frame is built once, at the end
+        parts = PhysicsParts.of(frame, self.calibration)
+        table = parts.table()
+        learned = self.learned.predict_arrays(table) if self.learned is not None else {}
+        return parts.frame(final_predictions(table, learned))
 
     def _predict_columns(self, cols: Columns) -> Columns:
         """`predict_frame` for a column table (a single scenario: no pandas on the way): the input columns, the
@@ -219,6 +223,13 @@ class Predictor:
             regime=str(r["regime"]), bottleneck=str(r["bottleneck"]), kv_capacity_tokens=_f(r["phys_kv_capacity_tokens"]),
             steady_batch=_f(r["f_batch"]), makespan_s=makespan, preemptions=preemptions, source=self.source,
             simulated=simulated, explanation=explanation)
+
+
+def _reads_physics_columns(learned) -> bool:
+    """True when the learned model reads the physics frame as it is (its `prepare` adds no columns)."""
+    from train.residual import FrameModel
+
+    return type(learned).prepare is FrameModel.prepare
 
 
 def final_predictions(phys: Columns, learned: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
