@@ -298,6 +298,18 @@ def _descriptor_features(model, gpu, layout, wdt, kdt) -> dict[str, np.ndarray]:
     }
 
 
+def _masked(mask: np.ndarray):
+    """v -> a float column of the rows: v (a scalar or per-row array) where `mask`, NaN elsewhere."""
+    n = len(mask)
+    if mask.all():  # every row (the usual case): a plain copy, no masking
+        def whole(v) -> np.ndarray:
+            out = np.empty(n)
+            out[:] = v
+            return out
+        return whole
+    return lambda v: np.where(mask, np.broadcast_to(np.asarray(v, dtype=float), (n,)), np.nan)
+
+
 def _serving_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottleneck) -> dict[str, np.ndarray]:
     n = _rows(out)
     isl, _, _, _ = _length_params(out, "isl", "isl_dist")
@@ -313,8 +325,7 @@ def _serving_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottl
                          _num(out, "request_rate", 0), np.where(np.isnan(osl_med), osl, osl_med), osl_sig,
                          np.where(np.isnan(osl_max), osl, osl_max))
 
-    def m(v):
-        return np.where(mask, np.broadcast_to(np.asarray(v, dtype=float), (n,)), np.nan)
+    m = _masked(mask)
 
     cols = {
         "phys_output_throughput": m(e.output_throughput), "phys_total_throughput": m(e.total_throughput),
@@ -350,8 +361,7 @@ def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottlene
                          include_lm_head=False, include_overhead=False, rope_kv=rope_kv)
     lm = gemm_ms(np.maximum(d, 1), model.vocab_size / layout.tp, model.hidden_size, gpu, cal)
 
-    def m(v):
-        return np.where(mask, np.broadcast_to(np.asarray(v, dtype=float), (n,)), np.nan)
+    m = _masked(mask)
 
     terms = {"weights": t.weight_read_ms, "kv_cache": t.kv_read_ms, "compute": t.compute_ms}
     stack = np.vstack([np.broadcast_to(v, (n,)) for v in terms.values()])
