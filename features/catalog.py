@@ -79,13 +79,22 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     raise UnknownNameError("model", name_or_path, list(model_catalog()))
 
 
+@functools.lru_cache(maxsize=None)
+def _gpu_aliases() -> dict[str, str]:
+    """Normalised GPU name or alias -> catalog name (the first GPU in catalog order that has it)."""
+    out: dict[str, str] = {}
+    for spec in gpu_catalog().values():
+        for label in (spec.name, *spec.aliases):
+            out.setdefault(_norm(label), spec.name)
+    return out
+
+
 def resolve_gpu(name: str) -> GPUSpec:
     """A catalog GPU name or one of its aliases."""
-    key = _norm(str(name))
     cat = gpu_catalog()
-    for spec in cat.values():
-        if key == _norm(spec.name) or key in {_norm(a) for a in spec.aliases}:
-            return spec
+    found = _gpu_aliases().get(_norm(str(name)))
+    if found is not None:
+        return cat[found]
     known = list(cat) + [a for s in cat.values() for a in s.aliases]
     raise UnknownNameError("GPU", str(name), known)
 

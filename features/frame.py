@@ -2,7 +2,8 @@
 
 `physics_frame(df)` adds `phys_<target>` (the physics answer for the row's kind), numeric `f_*` features
 (descriptors and every physics term) and `regime` / `bottleneck`. Specs become "columnar" (fields are per-row
-numpy arrays), so the same physics functions run once over all rows.
+numpy arrays), so the same physics functions run once over all rows. The work happens in `physics_columns`, on a
+column table of plain numpy arrays (`features.columns`): a frame is wrapped into one, a single scenario is one.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import pandas as pd
 from features import comm
 from features.calibration import Calibration, default_calibration
 from features.catalog import parse_length_dist, resolve_gpu, resolve_model
+from features.columns import ChainColumns, Columns, FrameColumns, RowSubset, columns_of, float_array
 from features.memory import active_params_per_token, kv_bytes_per_token, layers_per_stage, total_params
-from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS, conform
+from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS, conform_arrays
 from features.serving import EngineArrays, estimate_serving
 from features.specs import GPUSpec, Layout, ModelSpec
 from features.steptime import decode_attention_ms, gemm_ms, stage_step_terms
@@ -30,42 +32,78 @@ MODEL_NUMERIC = [f.name for f in fields(ModelSpec) if f.type in ("int", "bool")]
 GPU_NUMERIC = [f.name for f in fields(GPUSpec) if f.type in ("float", "int")]
 
 
-def columnar_model(names: pd.Series) -> ModelSpec:
+def _names(names) -> np.ndarray:
+    """Names as an object array with '' where missing (a pandas Series or a column array)."""
+    if isinstance(names, pd.Series):
+        return names.to_numpy(dtype=object, na_value="")
+    v = np.asarray(names, dtype=object)
+    missing = pd.isna(v)
+    return np.where(missing, "", v) if missing.any() else v
+
+
+def columnar_model(names) -> ModelSpec:
     """A ModelSpec whose numeric fields are arrays aligned with `names` (catalog names, HF ids or config paths)."""
-    codes, uniques = pd.factorize(names.to_numpy(dtype=object, na_value=""), sort=False)
+    codes, uniques = _factorize(_names(names), sentinel=False)
     specs = [resolve_model(u) for u in uniques]
-    cols = {f: np.array([getattr(s, f) for s in specs], dtype=float)[codes] for f in MODEL_NUMERIC}
-    return ModelSpec(name="<columnar>", **cols)
+    return ModelSpec(name="<columnar>", **_spec_fields(specs, MODEL_NUMERIC, codes))
 
 
-def columnar_gpu(names: pd.Series) -> GPUSpec:
+def columnar_gpu(names) -> GPUSpec:
     """A GPUSpec whose numeric fields are arrays aligned with `names`."""
-    codes, uniques = pd.factorize(names.to_numpy(dtype=object, na_value=""), sort=False)
+    codes, uniques = _factorize(_names(names), sentinel=False)
     specs = [resolve_gpu(u) for u in uniques]
-    cols = {f: np.array([getattr(s, f) for s in specs], dtype=float)[codes] for f in GPU_NUMERIC}
-    return GPUSpec(name="<columnar>", **cols)
+    return GPUSpec(name="<columnar>", **_spec_fields(specs, GPU_NUMERIC, codes))
 
 
-def _num(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
-    return pd.to_numeric(df[col], errors="coerce").fillna(default).to_numpy(dtype=float)
+def _spec_fields(specs: list, names: list[str], codes: np.ndarray) -> dict[str, np.ndarray]:
+    """Per field, the specs' values aligned with `codes` (one table of all fields, indexed once per field)."""
+    table = np.array([[getattr(s, f) for f in names] for s in specs], dtype=float)
+    if len(specs) == 1:  # one spec (a single scenario, a sweep of one model): no indexing needed
+        return {f: np.full(len(codes), table[0, j]) for j, f in enumerate(names)}
+    return {f: table[codes, j] for j, f in enumerate(names)}
 
 
-def _distinct(df: pd.DataFrame, col: str) -> tuple[np.ndarray, list[str]]:
+def _factorize(v: np.ndarray, sentinel: bool = True) -> tuple[np.ndarray, list]:
+    """pd.factorize, with a shortcut for one row (a single scenario)."""
+    if len(v) == 1:
+        x = v[0]
+        if sentinel and (x is None or (isinstance(x, float) and x != x)):
+            return np.array([-1]), []
+        return np.zeros(1, dtype=np.intp), [x]
+    codes, uniques = pd.factorize(v, use_na_sentinel=sentinel)
+    return codes, list(uniques)
+
+
+def _rows(cols: Columns) -> int:
+    return cols.n
+
+
+def _num(cols: Columns, col: str, default: float) -> np.ndarray:
+    """A numeric column as float64 with `default` where missing (or where the column is absent)."""
+    if col not in cols:
+        return np.full(_rows(cols), float(default))
+    x = float_array(cols[col])
+    return np.where(np.isnan(x), default, x)
+
+
+def _distinct(cols: Columns, col: str) -> tuple[np.ndarray, list[str]]:
     """(codes, distinct values as text) of a text column; missing rows get code -1, so a table of one entry per
     distinct value with the missing-row default appended is indexed by the codes directly."""
-    codes, uniques = pd.factorize(df[col].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
+    if col not in cols:
+        return np.full(_rows(cols), -1), []
+    codes, uniques = _factorize(np.asarray(cols[col], dtype=object))
     return codes, [str(u) for u in uniques]
 
 
-def _text(df: pd.DataFrame, col: str, default: str = "", lower: bool = False) -> np.ndarray:
+def _text(cols: Columns, col: str, default: str = "", lower: bool = False) -> np.ndarray:
     """A text column as an object array with `default` where missing (optionally lower-cased); each distinct value
     is handled once, so it stays cheap on 100,000 rows."""
-    codes, uniques = _distinct(df, col)
+    codes, uniques = _distinct(cols, col)
     vals = [u.lower() for u in uniques] if lower else uniques
     return np.array(vals + [default], dtype=object)[codes]
 
 
-def _dtype_col(df: pd.DataFrame, col: str, default: str) -> np.ndarray:
+def _dtype_col(df: Columns, col: str, default: str) -> np.ndarray:
     """Bytes per element of a dtype-name column (missing/`auto` = `default`); maps each distinct name once."""
     from features.specs import DTYPE_BYTES
 
@@ -76,8 +114,8 @@ def _dtype_col(df: pd.DataFrame, col: str, default: str) -> np.ndarray:
     return table[codes]  # code -1 (missing) picks the appended default
 
 
-def _layout(df: pd.DataFrame) -> Layout:
-    adp = df["attention_dp"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+def _layout(df: Columns) -> Layout:
+    adp = _num(df, "attention_dp", 0.0) != 0
     return Layout(tp=_num(df, "tp", 1).astype(int), pp=_num(df, "pp", 1).astype(int), dp=_num(df, "dp", 1).astype(int),
                   ep=_num(df, "ep", 1).astype(int), attention_dp=adp)
 
@@ -85,14 +123,15 @@ def _layout(df: pd.DataFrame) -> Layout:
 ENGINE_KV_SIZING = ("num_gpu_blocks_override", "kv_cache_memory_bytes")
 
 
-def engine_kv_sizing(df: pd.DataFrame) -> dict[str, np.ndarray]:
+def engine_kv_sizing(df: Columns | pd.DataFrame) -> dict[str, np.ndarray]:
     """Per row, the engine's explicit KV sizing it was run with: `num_gpu_blocks_override` and
     `kv_cache_memory_bytes` (0 where not set). Taken from columns of those names when a frame has them, otherwise
     from `detail.engine_config` (the effective config real vLLM runs record; vLLM-CPU's `VLLM_CPU_KVCACHE_SPACE`
     shows there as kv_cache_memory_bytes). Only inputs of the engine, never the KV size it reported."""
-    out = {k: _num(df, k, 0.0) if k in df.columns else np.zeros(len(df)) for k in ENGINE_KV_SIZING}
-    from_detail = [k for k in ENGINE_KV_SIZING if k not in df.columns]
-    if "detail" not in df.columns or not from_detail:
+    df = columns_of(df)
+    out = {k: _num(df, k, 0.0) for k in ENGINE_KV_SIZING}
+    from_detail = [k for k in ENGINE_KV_SIZING if k not in df]
+    if "detail" not in df or not from_detail:
         return out
     det = _text(df, "detail")
     has = np.array(['"engine_config"' in d for d in det], dtype=bool)
@@ -109,58 +148,115 @@ def engine_kv_sizing(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
-def _length_params(df: pd.DataFrame, mean_col: str, dist_col: str):
+def _length_params(df: Columns, mean_col: str, dist_col: str):
     """(mean, median, sigma, max) per row from the mean column and the distribution spec string."""
     mean = _num(df, mean_col, np.nan)
-    median, sigma, top = mean.copy(), np.zeros(len(df)), mean.copy()
-    dist = _text(df, dist_col)
-    for spec, idx in pd.Series(np.arange(len(df))).groupby(dist).groups.items():
+    median, sigma, top = mean.copy(), np.zeros(_rows(df)), mean.copy()
+    codes, uniques = _distinct(df, dist_col)
+    for j, spec in enumerate(uniques):
         if spec and spec.startswith("lognormal"):
             d = parse_length_dist(spec)
+            idx = codes == j
             median[idx], sigma[idx], top[idx] = d.median, d.sigma, d.max_tokens
     return mean, median, sigma, top
 
 
+PHYS_COLUMNS = tuple(f"phys_{t}" for t in SERVING_TARGETS + STEP_TARGETS + OP_TARGETS)
+
+
 def physics_frame(df: pd.DataFrame, cal: Calibration | None = None) -> pd.DataFrame:
     """Return `df` (conformed to the schema) with phys_* targets, f_* features, regime and bottleneck."""
-    cal = cal or default_calibration()
-    out = conform(df).reset_index(drop=True)
-    n = len(out)
-    for t in SERVING_TARGETS + STEP_TARGETS + OP_TARGETS:
-        out[f"phys_{t}"] = np.nan
-    if n == 0:
-        out["regime"] = pd.Series(dtype="string")
-        out["bottleneck"] = pd.Series(dtype="string")
-        return out
-    model = columnar_model(out["model"])
-    gpu = columnar_gpu(out["gpu"])
-    layout = _layout(out)
-    wdt = _dtype_col(out, "weight_dtype", "bf16")
-    kv_auto = _text(out, "kv_dtype", "auto", lower=True) == "auto"
-    kdt = np.where(kv_auto, np.where(wdt <= 1.0, 2.0, wdt), _dtype_col(out, "kv_dtype", "bf16"))
-    feats = _descriptor_features(model, gpu, layout, wdt, kdt)
-    kind = _text(out, "kind")
+    return PhysicsParts.of(df, cal).frame()
 
-    cols: dict[str, np.ndarray] = {}
+
+class PhysicsParts:
+    """A frame's physics before it is assembled into one frame: the conformed input (`kept`, without the columns
+    the physics replaces), the input as a column table (`inputs`), and the new columns in their final order
+    (`new`: phys_*, f_*, regime and bottleneck as object arrays). `physics_frame` is `PhysicsParts.of(df).frame()`;
+    `Predictor.predict_frame` adds its predictions first and builds the frame once."""
+
+    def __init__(self, kept: pd.DataFrame, inputs: Columns, new: dict[str, np.ndarray]):
+        self.kept, self.inputs, self.new = kept, inputs, new
+
+    @classmethod
+    def of(cls, df: pd.DataFrame, cal: Calibration | None = None) -> "PhysicsParts":
+        cal = cal or default_calibration()
+        arrays = conform_arrays(df)
+        n = len(df)
+        rest = df[[c for c in df.columns if c not in arrays]].reset_index(drop=True)
+        out = pd.concat([pd.DataFrame(arrays), rest], axis=1) if len(rest.columns) else pd.DataFrame(arrays)
+        inputs = ChainColumns(Columns({c: _plain_array(v) for c, v in arrays.items()}, n), FrameColumns(rest))
+        phys = physics_columns(inputs, cal) if n else {"regime": np.full(0, None, dtype=object),
+                                                        "bottleneck": np.full(0, None, dtype=object)}
+        regime, bottleneck = phys.pop("regime"), phys.pop("bottleneck")
+        # every phys_ column exists (NaN where the row's kind has no such answer): those the input already had keep
+        # their place, the others come first among the new columns, then the features and answers in their order
+        placeholders = {c: np.full(n, np.nan) for c in PHYS_COLUMNS if c not in phys}
+        kept = out.drop(columns=[c for c in phys if c in out.columns])
+        for c in [c for c in placeholders if c in kept.columns]:
+            kept[c] = placeholders.pop(c)
+        new = {**placeholders, **phys}
+        for c, v in (("regime", regime), ("bottleneck", bottleneck)):
+            if c in kept.columns:  # re-framing a physics frame: the column keeps its place
+                kept[c] = pd.array(v, dtype="string")
+            else:
+                new[c] = v
+        return cls(kept, inputs, new)
+
+    def table(self) -> Columns:
+        """The input and the physics as one column table (the physics wins where both have a column)."""
+        return ChainColumns(Columns(self.new, self.inputs.n), self.inputs)
+
+    def frame(self, extra: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+        """The physics frame, with `extra` columns (predictions) after the physics ones, replacing any of that name."""
+        extra = extra or {}
+        kept = self.kept.drop(columns=[c for c in extra if c in self.kept.columns])
+        new = {c: v for c, v in self.new.items() if c not in extra}
+        for c in ("regime", "bottleneck"):
+            if c in new:
+                new[c] = pd.array(new[c], dtype="string")
+        return pd.concat([kept, pd.DataFrame({**new, **extra}, index=kept.index)], axis=1)
+
+
+def _plain_array(v) -> np.ndarray:
+    """A conformed column as numpy (Int64/boolean arrays as float with NaN; text as objects)."""
+    return v if isinstance(v, np.ndarray) else v.to_numpy(dtype=float, na_value=np.nan)
+
+
+def physics_columns(cols: Columns, cal: Calibration | None = None) -> dict[str, np.ndarray]:
+    """The physics of every row of a conformed column table: the f_* features, the phys_* answers of each row's kind
+    (NaN for other kinds' targets) and `regime` / `bottleneck` (object arrays), one array per name."""
+    cal = cal or default_calibration()
+    n = cols.n
+    model = columnar_model(cols["model"])
+    gpu = columnar_gpu(cols["gpu"])
+    layout = _layout(cols)
+    wdt = _dtype_col(cols, "weight_dtype", "bf16")
+    kv_auto = _text(cols, "kv_dtype", "auto", lower=True) == "auto"
+    kdt = np.where(kv_auto, np.where(wdt <= 1.0, 2.0, wdt), _dtype_col(cols, "kv_dtype", "bf16"))
+    out: dict[str, np.ndarray] = _descriptor_features(model, gpu, layout, wdt, kdt)
+    kind = _text(cols, "kind")
+
     regime = np.full(n, None, dtype=object)
     bottleneck = np.full(n, None, dtype=object)
     for name, fn in (("serving", _serving_physics), ("step", _step_physics), ("op", _op_physics)):
         mask = kind == name
         if not mask.any():
             continue
+        if mask.all():  # one kind (the usual case): no row selection at all
+            part = fn(cols, mask, model, gpu, layout, wdt, np.asarray(kdt), cal, regime, bottleneck)
+            out.update(part)
+            continue
         idx = np.flatnonzero(mask)
-        sub = out.iloc[idx].reset_index(drop=True)
         r, b = np.full(len(idx), None, dtype=object), np.full(len(idx), None, dtype=object)
-        part = fn(sub, np.ones(len(idx), dtype=bool), _take(model, idx), _take(gpu, idx), _take(layout, idx), wdt[idx],
-                  np.asarray(kdt)[idx], cal, r, b)
+        part = fn(RowSubset(cols, idx), np.ones(len(idx), dtype=bool), _take(model, idx), _take(gpu, idx),
+                  _take(layout, idx), wdt[idx], np.asarray(kdt)[idx], cal, r, b)
         regime[idx], bottleneck[idx] = r, b
         for k, v in part.items():
-            col = cols.setdefault(k, np.full(n, np.nan))
+            col = out.setdefault(k, np.full(n, np.nan))
             col[idx] = v
-    new = pd.DataFrame({**feats, **cols}, index=out.index)
-    out = pd.concat([out.drop(columns=[c for c in new.columns if c in out.columns]), new], axis=1)
-    out["regime"] = pd.array(regime, dtype="string")
-    out["bottleneck"] = pd.array(bottleneck, dtype="string")
+    out["regime"] = regime
+    out["bottleneck"] = bottleneck
     return out
 
 
@@ -202,8 +298,20 @@ def _descriptor_features(model, gpu, layout, wdt, kdt) -> dict[str, np.ndarray]:
     }
 
 
+def _masked(mask: np.ndarray):
+    """v -> a float column of the rows: v (a scalar or per-row array) where `mask`, NaN elsewhere."""
+    n = len(mask)
+    if mask.all():  # every row (the usual case): a plain copy, no masking
+        def whole(v) -> np.ndarray:
+            out = np.empty(n)
+            out[:] = v
+            return out
+        return whole
+    return lambda v: np.where(mask, np.broadcast_to(np.asarray(v, dtype=float), (n,)), np.nan)
+
+
 def _serving_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottleneck) -> dict[str, np.ndarray]:
-    n = len(out)
+    n = _rows(out)
     isl, _, _, _ = _length_params(out, "isl", "isl_dist")
     osl, osl_med, osl_sig, osl_max = _length_params(out, "osl", "osl_dist")
     engine = EngineArrays(
@@ -217,8 +325,7 @@ def _serving_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottl
                          _num(out, "request_rate", 0), np.where(np.isnan(osl_med), osl, osl_med), osl_sig,
                          np.where(np.isnan(osl_max), osl, osl_max))
 
-    def m(v):
-        return np.where(mask, np.broadcast_to(np.asarray(v, dtype=float), (n,)), np.nan)
+    m = _masked(mask)
 
     cols = {
         "phys_output_throughput": m(e.output_throughput), "phys_total_throughput": m(e.total_throughput),
@@ -238,7 +345,7 @@ def _serving_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottl
 
 
 def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottleneck) -> dict[str, np.ndarray]:
-    n = len(out)
+    n = _rows(out)
     phase = _text(out, "phase", "decode")
     decode = phase == "decode"
     batch = _num(out, "batch", 1)
@@ -254,8 +361,7 @@ def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottlene
                          include_lm_head=False, include_overhead=False, rope_kv=rope_kv)
     lm = gemm_ms(np.maximum(d, 1), model.vocab_size / layout.tp, model.hidden_size, gpu, cal)
 
-    def m(v):
-        return np.where(mask, np.broadcast_to(np.asarray(v, dtype=float), (n,)), np.nan)
+    m = _masked(mask)
 
     terms = {"weights": t.weight_read_ms, "kv_cache": t.kv_read_ms, "compute": t.compute_ms}
     stack = np.vstack([np.broadcast_to(v, (n,)) for v in terms.values()])
@@ -282,7 +388,7 @@ def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottlene
 
 def _op_physics(out, mask, model_unused, gpu, layout_unused, wdt, kdt_unused, cal, regime, bottleneck) -> dict[str, np.ndarray]:
     """op rows: GEMM (m, n, k in detail), decode attention, collectives (message_bytes, world_size)."""
-    n = len(out)
+    n = _rows(out)
     op = _text(out, "op", lower=True)
     detail = _text(out, "detail", "{}")
     parsed = [json.loads(s) if m and s.startswith("{") else {} for s, m in zip(detail, mask)]

@@ -99,6 +99,16 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
     Columns outside the schema are kept at the end (features, predictions). `num_gpus` is filled from the layout.
     Built column by column into a dict and assembled once (fast for one row and for 100,000).
     """
+    out = pd.DataFrame(conform_arrays(df), index=df.index)
+    rest = [c for c in df.columns if c not in COLUMNS]
+    if rest:
+        out = pd.concat([out, df[rest]], axis=1)
+    return out
+
+
+def conform_arrays(df: pd.DataFrame) -> dict[str, object]:
+    """The schema columns of `conform(df)` as arrays (text as object arrays, Int64/boolean as pandas arrays), in
+    schema order, before any frame is built: callers that only compute on them skip pandas' text conversions."""
     n = len(df)
     cols: dict[str, object] = {}
     for col, dtype in COLUMNS.items():
@@ -139,14 +149,14 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
             else:
                 v = pd.array(pd.Series(v, index=df.index).fillna(DEFAULTS[col]), dtype=dtype)
         cols[col] = v
-    out = pd.DataFrame(cols, index=df.index)
-    missing_gpus = out["num_gpus"].isna()
+    gpus = pd.array(cols["num_gpus"], dtype="Int64")
+    missing_gpus = gpus.isna()
     if missing_gpus.any():
-        out.loc[missing_gpus, "num_gpus"] = (out["tp"] * out["pp"] * out["dp"])[missing_gpus]
-    rest = [c for c in df.columns if c not in COLUMNS]
-    if rest:
-        out = pd.concat([out, df[rest]], axis=1)
-    return out
+        layout = pd.array(cols["tp"], dtype="Int64") * pd.array(cols["pp"], dtype="Int64") * pd.array(cols["dp"], dtype="Int64")
+        gpus = gpus.copy()
+        gpus[missing_gpus] = layout[missing_gpus]
+        cols["num_gpus"] = gpus
+    return cols
 
 
 def _clean_text(v: np.ndarray) -> np.ndarray:

@@ -6,14 +6,14 @@ request-level simulation (`features.scheduler`) refines makespan, preemptions an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from features.calibration import Calibration
 from features.memory import kv_capacity_tokens, kv_bytes_per_token_per_gpu, weight_bytes_per_gpu
 from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec
-from features.steptime import replica_step_ms, stage_step_terms
+from features.steptime import StepTerms, replica_step_ms, stage_step_terms
 
 REGIMES = ("compute", "bandwidth", "capacity", "communication")
 
@@ -85,12 +85,17 @@ def dominant_term(terms: dict, shape) -> np.ndarray:
 
 def expected_max_osl(osl_mean, osl_median, osl_sigma, osl_max, n_requests):
     """Expected longest output among n requests: median·exp(σ·z) with z the (1 − 1/n) normal quantile, clipped."""
-    from scipy.stats import norm
+    from scipy.special import ndtri  # the standard normal quantile (scipy.stats.norm.ppf without its overhead)
 
     n = np.maximum(np.asarray(n_requests, dtype=float), 2.0)
-    z = norm.ppf(1.0 - 1.0 / n)
+    z = ndtri(1.0 - 1.0 / n)
     lognormal = np.minimum(np.asarray(osl_median) * np.exp(np.asarray(osl_sigma) * z), osl_max)
     return np.where(np.asarray(osl_sigma) > 0, lognormal, osl_mean)
+
+
+def _first(v, row_ndim: int):
+    """The first of the stacked evaluations of a term (a term that did not vary is returned as it is)."""
+    return v[0] if np.ndim(v) > row_ndim else v
 
 
 def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineArrays, cal: Calibration,
@@ -134,19 +139,42 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
             b = np.clip(rate / replicas * osl * step(b) / 1e3, 1.0, cap_batch)
         batch = np.where(open_loop, b, batch)
 
-    # the steady step, kept with its terms (ms) to explain it; same inputs as step(batch)
-    pp = layout.pp
-    t = stage_step_terms(model, gpu, layout, cal, batch / pp, batch * (isl + osl / 2.0) / pp,
-                         batch * isl / np.maximum(osl, 1.0) / pp, 0.0, engine.weight_dtype, engine.kv_dtype)
-    tpot = pp * t.stage_ms
-    prefill = replica_step_ms(model, gpu, layout, cal, 0.0, 0.0, isl, 0.0, engine.weight_dtype, engine.kv_dtype)
-    # steady state: a new request's prompt is chunked into the token budget left after the running decodes
+    # every step time the estimate needs, evaluated together in one pass over stacked inputs (a per-row call of
+    # the step physics costs the same for 1 row as for 1,000, so six calls on one row cost six times one):
+    # 0 the steady step, kept with its terms (ms) to explain it, same inputs as step(batch); 1 a lone prefill of
+    # the prompt; 2 a prompt chunk beside the other running decodes; 3 the opening burst of prompts; 4 one
+    # sequence alone; 5 the fullest steady batch
     mnbt = np.asarray(engine.max_num_batched_tokens, dtype=float)
     others = np.maximum(batch - 1, 0)
     chunk = np.maximum(mnbt - others, 1.0)
+    wave = np.minimum(np.ceil(demand), cap_batch)
+    burst_tokens = np.minimum(mnbt, wave * isl)
+    fullest = np.maximum(batch, np.minimum(cap_batch, np.ceil(demand)))
+    ones = np.ones_like(batch)
+    zero = np.zeros_like(batch)
+    pp = layout.pp
+    decode = (batch, zero, others, zero, ones, fullest)
+    kv = (batch * (isl + osl / 2.0), zero, others * (isl + osl / 2), zero, ones * (isl + osl / 2.0),
+          fullest * (isl + osl / 2.0))
+    prefill_tokens = (batch * isl / np.maximum(osl, 1.0), isl, np.minimum(isl, chunk), burst_tokens,
+                      ones * isl / np.maximum(osl, 1.0), fullest * isl / np.maximum(osl, 1.0))
+    shape = np.broadcast_shapes(*(np.shape(v) for v in decode + kv + prefill_tokens), np.shape(pp))
+
+    def stack(values) -> np.ndarray:
+        out = np.empty((len(values),) + shape)
+        for i, v in enumerate(values):
+            out[i] = v
+        return out
+
+    terms6 = stage_step_terms(model, gpu, layout, cal, stack(decode) / pp, stack(kv) / pp, stack(prefill_tokens) / pp,
+                              0.0, engine.weight_dtype, engine.kv_dtype)
+    step6 = pp * terms6.stage_ms
+    t = StepTerms(**{f.name: _first(getattr(terms6, f.name), len(shape)) for f in fields(StepTerms)})
+    tpot = step6[0]
+    prefill = step6[1]
+    # steady state: a new request's prompt is chunked into the token budget left after the running decodes
     n_chunks = np.ceil(isl / chunk)
-    ttft_base = n_chunks * replica_step_ms(model, gpu, layout, cal, others, others * (isl + osl / 2),
-                                           np.minimum(isl, chunk), 0.0, engine.weight_dtype, engine.kv_dtype)
+    ttft_base = n_chunks * step6[2]
     ttft_base = np.maximum(ttft_base, prefill)
     completion_rate = batch / np.maximum(osl * tpot, 1e-9)  # requests per ms per replica
     waiting = np.maximum(demand - batch, 0.0)
@@ -155,10 +183,7 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     wait_p99 = waiting / completion_rate
     # requests that arrive together (a closed batch, or the opening burst of a fixed-concurrency run): the first
     # wave's prompts are prefilled back to back in chunks of the token budget; the k-th waits for k prompts
-    wave = np.minimum(np.ceil(demand), cap_batch)
-    burst_tokens = np.minimum(mnbt, wave * isl)
-    per_token = replica_step_ms(model, gpu, layout, cal, 0.0, 0.0, burst_tokens, 0.0, engine.weight_dtype,
-                                engine.kv_dtype) / burst_tokens
+    per_token = step6[3] / burst_tokens
     first_mean = np.maximum(per_token * (wave * isl + isl) / 2.0, ttft_base)
     first_max = np.maximum(per_token * wave * isl, ttft_base)
     later = np.maximum(demand - wave, 0.0)
@@ -175,7 +200,7 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     osl_med = osl if osl_median is None else np.asarray(osl_median, dtype=float)
     osl_top = osl if osl_max is None else np.asarray(osl_max, dtype=float)
     longest = expected_max_osl(osl, osl_med, osl_sigma, osl_top, np.maximum(nreq, 1))
-    tpot_alone = step(np.ones_like(batch))
+    tpot_alone = step6[4]
     work_s = demand * osl * tpot / batch / 1e3
     # the tail: the longest request runs alone at the end of a closed batch for the part it outlives the rest
     tail_s = np.maximum(longest - osl, 0.0) * tpot_alone / 1e3 * 0.5
@@ -197,6 +222,6 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     feasible = cap >= min_tokens
     reason = np.where(wbytes > gpu.memory_gb * 1e9 * np.asarray(engine.gpu_memory_utilization),
                       "weights do not fit in GPU memory", np.where(feasible, "", "no room for the KV cache of one request"))
-    tpot_p99 = step(np.maximum(batch, np.minimum(cap_batch, np.ceil(demand))))  # the fullest steady batch
+    tpot_p99 = step6[5]  # the fullest steady batch
     return ServingEstimate(cap, wbytes, kvb, batch, b_kv, demand, tpot, ttft, ttft_p99, tpot_p99, out_tps, total_tps,
                            req_tps, makespan, prefill, hbm_util, terms, regime, bottleneck, feasible, reason)

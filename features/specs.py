@@ -6,6 +6,8 @@ Units are in the names: `_bytes`, `_gb` (1e9 bytes), `_gbps` (1e9 bytes/s), `_tf
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -152,6 +154,17 @@ class Layout:
         return "x".join(parts)
 
 
+@functools.lru_cache(maxsize=256)
+def _clipped_lognormal_mean(median: float, sigma: float, min_tokens: int, max_tokens: int) -> float:
+    """Mean of a lognormal length distribution clipped to [min_tokens, max_tokens], on a 4096-point quantile grid
+    (cached: workloads are a handful of distributions, and a single prediction should not recompute it)."""
+    q = (np.arange(4096) + 0.5) / 4096
+    from scipy.stats import norm
+
+    x = np.clip(median * np.exp(sigma * norm.ppf(q)), min_tokens, max_tokens)
+    return float(x.mean())
+
+
 @dataclass(frozen=True)
 class LengthDist:
     """A token-length distribution: `fixed` (all = median) or `lognormal` (median, sigma of log), clipped."""
@@ -167,11 +180,7 @@ class LengthDist:
         """Mean of the clipped distribution (closed form ignored for clipping: computed numerically)."""
         if self.kind == "fixed":
             return float(min(max(self.median, self.min_tokens), self.max_tokens))
-        q = (np.arange(4096) + 0.5) / 4096
-        from scipy.stats import norm
-
-        x = np.clip(self.median * np.exp(self.sigma * norm.ppf(q)), self.min_tokens, self.max_tokens)
-        return float(x.mean())
+        return _clipped_lognormal_mean(self.median, self.sigma, self.min_tokens, self.max_tokens)
 
     def spec(self) -> str:
         if self.kind == "fixed":

@@ -15,7 +15,8 @@ from features.calibration import Calibration, default_calibration
 from features.catalog import DATA_DIR, resolve_gpu, resolve_model, resolve_workload
 from features.closed_batch import simulate_deployment
 from features.errors import InputError
-from features.frame import physics_frame
+from features.columns import Columns, FrameColumns, float_array
+from features.frame import PhysicsParts, physics_columns, physics_frame
 from features.layouts import check_layout
 from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS
 from features.specs import EngineConfig, Layout, Workload
@@ -110,32 +111,23 @@ class Predictor:
     # --- vectorised --------------------------------------------------------------------------------------------
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Add pred_<target>, pred_<target>_lo/_hi (80% interval), regime and bottleneck to any measurement frame."""
-        phys = physics_frame(frame, self.calibration)
-        out = self.learned.predict(phys) if self.learned is not None else phys
-        # every target has a prediction: the learned one where a model for it was trained, else the physics
-        # answer with its held-out 80% band (data/physics_uncertainty.json)
-        unc = physics_uncertainty()
-        new = {}
-        for t in ALL_TARGETS:
-            p = phys[f"phys_{t}"].to_numpy(dtype=float)
-            lo_q, hi_q = unc.get(t, (np.nan, np.nan))
-            base = {f"pred_{t}": p, f"pred_{t}_lo": p * np.exp(lo_q), f"pred_{t}_hi": p * np.exp(hi_q)}
-            if f"pred_{t}" in out.columns:
-                learned = out[f"pred_{t}"].to_numpy(dtype=float)
-                use = np.isfinite(learned)
-                for col, fallback in base.items():
-                    have = out[col].to_numpy(dtype=float) if col in out.columns else np.full(len(out), np.nan)
-                    new[col] = np.where(use, have, fallback)
-            else:
-                new.update(base)
-        # a tail latency is never below its mean: separately learned p99 models (trained on far fewer rows) are
-        # held to at least the mean's prediction and band
-        for p99, mean in (("ttft_p99_ms", "ttft_ms"), ("tpot_p99_ms", "tpot_ms")):
-            for suffix in ("", "_lo", "_hi"):
-                a, b = new[f"pred_{p99}{suffix}"], new[f"pred_{mean}{suffix}"]
-                new[f"pred_{p99}{suffix}"] = np.where(np.isfinite(a) & np.isfinite(b), np.maximum(a, b), a)
-        out = pd.concat([out.drop(columns=[c for c in new if c in out.columns]), pd.DataFrame(new, index=out.index)], axis=1)
-        return out
+        if self.learned is not None and not _reads_physics_columns(self.learned):  # a family with its own columns
+            base = self.learned.prepare(physics_frame(frame, self.calibration))
+            new = final_predictions(FrameColumns(base), self.learned.predict_arrays(base))
+            return pd.concat([base.drop(columns=[c for c in new if c in base.columns]),
+                              pd.DataFrame(new, index=base.index)], axis=1)
+        # the physics and the learned layer computed on numpy column tables; the frame is built once, at the end
+        parts = PhysicsParts.of(frame, self.calibration)
+        table = parts.table()
+        learned = self.learned.predict_arrays(table) if self.learned is not None else {}
+        return parts.frame(final_predictions(table, learned))
+
+    def _predict_columns(self, cols: Columns) -> Columns:
+        """`predict_frame` for a column table (a single scenario: no pandas on the way): the input columns, the
+        physics, and every pred_<target>, _lo, _hi, as one column table."""
+        phys = Columns({**cols, **physics_columns(cols, self.calibration)}, cols.n)
+        learned = self.learned.predict_arrays(phys) if self.learned is not None else {}
+        return Columns({**phys, **final_predictions(phys, learned)}, cols.n)
 
     # --- single configuration ----------------------------------------------------------------------------------
     def predict(self, model: str, gpu: str, tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1,
@@ -180,14 +172,14 @@ class Predictor:
         engine = replace(engine, weight_dtype=engine.weight_dtype or model.native_dtype)
         check_layout(model, gpu, layout, engine, min_tokens=int(min(wl.isl.max_tokens, wl.isl.median * 4)) + 1)
         row = scenario_row(model_name, gpu.name, layout, wl, engine)
-        df = self.predict_frame(pd.DataFrame([row]))
-        r = df.iloc[0]
+        pred = self._predict_columns(scenario_columns(row))
+        r = {c: pred[c][0] for c in pred}
         targets = {t: {"value": _f(r[f"pred_{t}"]), "lo": _f(r[f"pred_{t}_lo"]), "hi": _f(r[f"pred_{t}_hi"])}
                    for t in SERVING_TARGETS if np.isfinite(_f(r[f"pred_{t}"]))}
         makespan = targets.get("makespan_s", {}).get("value")
         preemptions = None
         simulated = False
-        explanation = {k.replace("f_term_", "").replace("_ms", "") + "_ms": _f(r[k]) for k in df.columns if k.startswith("f_term_")}
+        explanation = {k.replace("f_term_", "").replace("_ms", "") + "_ms": _f(r[k]) for k in r if k.startswith("f_term_")}
         explanation.update(hbm_bandwidth_utilisation=_f(r["f_hbm_bw_util"]), batch_limit_kv=_f(r["f_batch_limit_kv"]),
                            weight_gb_per_gpu=_f(r["f_weight_bytes_per_gpu"]) / 1e9)
         if simulate is None:
@@ -233,11 +225,62 @@ class Predictor:
             simulated=simulated, explanation=explanation)
 
 
+def _reads_physics_columns(learned) -> bool:
+    """True when the learned model reads the physics frame as it is (its `prepare` adds no columns)."""
+    from train.residual import FrameModel
+
+    return type(learned).prepare is FrameModel.prepare
+
+
+def final_predictions(phys: Columns, learned: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every target's pred_<target>, _lo, _hi: the learned one where a model for it was trained (`learned`, or a
+    pred_ column the input already had), else the physics answer with its held-out 80% band
+    (data/physics_uncertainty.json)."""
+    unc = physics_uncertainty()
+    n = phys.n
+
+    def column(col: str) -> np.ndarray:
+        if col in learned:
+            return np.asarray(learned[col], dtype=float)
+        return float_array(phys[col]) if col in phys else np.full(n, np.nan)
+
+    new = {}
+    for t in ALL_TARGETS:
+        p = column(f"phys_{t}")
+        lo_q, hi_q = unc.get(t, (np.nan, np.nan))
+        base = {f"pred_{t}": p, f"pred_{t}_lo": p * np.exp(lo_q), f"pred_{t}_hi": p * np.exp(hi_q)}
+        if f"pred_{t}" in learned or f"pred_{t}" in phys:
+            use = np.isfinite(column(f"pred_{t}"))
+            for col, fallback in base.items():
+                new[col] = np.where(use, column(col), fallback)
+        else:
+            new.update(base)
+    # a tail latency is never below its mean: separately learned p99 models (trained on far fewer rows) are
+    # held to at least the mean's prediction and band
+    for p99, mean in (("ttft_p99_ms", "ttft_ms"), ("tpot_p99_ms", "tpot_ms")):
+        for suffix in ("", "_lo", "_hi"):
+            a, b = new[f"pred_{p99}{suffix}"], new[f"pred_{mean}{suffix}"]
+            new[f"pred_{p99}{suffix}"] = np.where(np.isfinite(a) & np.isfinite(b), np.maximum(a, b), a)
+    return new
+
+
 def _f(v) -> float:
     try:
         return float(v)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def scenario_columns(row: dict) -> Columns:
+    """A scenario row as a column table of one-element arrays, read as `conform` + `FrameColumns` read a frame of
+    it (numbers and flags as float, text as objects, None where missing)."""
+    arrays = {}
+    for col, v in row.items():
+        if v is None or isinstance(v, str):
+            arrays[col] = np.array([v], dtype=object)
+        else:
+            arrays[col] = np.array([float(v)])
+    return Columns(arrays, 1)
 
 
 def scenario_row(model: str, gpu: str, layout: Layout, wl: Workload, engine: EngineConfig) -> dict:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from features.columns import Columns, columns_of, float_array
 from features.errors import InputError
 from features.schema import conform
 from train.targets import PHYSICS_TARGETS, phys_col
@@ -53,6 +54,9 @@ def target_rows(frame: pd.DataFrame, target: str, need_physics: bool = True) -> 
 
 def float_column(frame: pd.DataFrame, col: str, default: float = np.nan) -> np.ndarray:
     """A column as float64 (missing or absent = `default`), without pandas' slower coercion paths."""
+    if isinstance(frame, Columns):  # a column table (numpy arrays)
+        out = float_array(frame[col]) if col in frame else np.full(frame.n, default)
+        return out if np.isnan(default) else np.where(np.isnan(out), default, out)
     if col not in frame.columns:
         return np.full(len(frame), default)
     s = frame[col]
@@ -111,23 +115,26 @@ class FeatureSpace:
 
     def matrix(self, frame: pd.DataFrame) -> np.ndarray:
         """float32 matrix of the features (missing = NaN); the log-physics column is left NaN for the caller."""
-        n = len(frame)
+        cols = columns_of(frame)  # a pandas frame or a column table
+        n = cols.n
         X = np.full((n, len(self.names)), np.nan, dtype=np.float32)
         if self.numeric:
-            missing = set(self.numeric).difference(frame.columns)
+            missing = [c for c in self.numeric if c not in cols]
             if missing:
                 raise InputError(
                     f"the model needs feature columns this version of features does not produce ({sorted(missing)[0]}"
                     ", ...); retrain it with `layoutcast train`"
                 )
-            X[:, : len(self.numeric)] = frame.reindex(columns=self.numeric).to_numpy(dtype=np.float32, na_value=np.nan)
+            for j, c in enumerate(self.numeric):
+                X[:, j] = float_array(cols[c])
         j = len(self.numeric)
         for c, vocab in self.categories.items():
-            if c in frame.columns:
+            if c in cols:
+                values = np.asarray(cols[c], dtype=object)
                 if n <= 64:  # a few rows: plain lookups beat factorising
-                    X[:, j] = [vocab.get(v, np.nan) if isinstance(v, str) else np.nan for v in frame[c].tolist()]
+                    X[:, j] = [vocab.get(v, np.nan) if isinstance(v, str) else np.nan for v in values]
                 else:
-                    codes, uniques = pd.factorize(frame[c].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
+                    codes, uniques = pd.factorize(values, use_na_sentinel=True)
                     lookup = np.array([vocab.get(u, np.nan) if isinstance(u, str) else np.nan for u in uniques]
                                       + [np.nan], dtype=np.float32)
                     X[:, j] = lookup[codes]  # code -1 (missing) picks the trailing NaN

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from features.columns import columns_of, n_rows, text_array
 from train.splits import layout_code
 
 NOVELTY_DIMS = ("model", "gpu", "layout")
@@ -38,13 +39,14 @@ def conformal_offsets(residuals: np.ndarray, coverage: float = 0.8) -> tuple[flo
 
 def row_novelty(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The key of each row along every novelty dimension (model name, GPU name, layout code)."""
+    cols = columns_of(frame)  # a pandas frame or a column table
     out = {}
     for dim in ("model", "gpu"):
-        if dim in frame.columns:
-            out[dim] = frame[dim].to_numpy(dtype=object, na_value="")
+        if dim in cols:
+            out[dim] = text_array(cols[dim])
         else:
-            out[dim] = np.full(len(frame), "", dtype=object)
-    out["layout"] = layout_code(frame)
+            out[dim] = np.full(cols.n, "", dtype=object)
+    out["layout"] = layout_code(cols)
     return out
 
 
@@ -93,7 +95,7 @@ class IntervalCalibration:
     def terms(self, frame: pd.DataFrame, keys: dict[str, np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-row (trust in the learned correction, lower, upper log offsets); `keys`: `row_novelty(frame)`."""
-        n = len(frame)
+        n = n_rows(frame)
         if not self.offsets:
             w = self.prior_log_halfwidth
             return np.ones(n), np.full(n, -w), np.full(n, w)

@@ -15,6 +15,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import pandas as pd
 
+from features.columns import Columns, RowSubset, columns_of
 from train.frames import CATEGORICAL_COLUMNS, FeatureSpace, float_column, physics, physics_answer, target_rows
 from train.fastpath import CompiledForest
 from train.intervals import (NOVELTY_DIMS, IntervalCalibration, best_shrink, conformal_offsets, largest_group_shift,
@@ -195,18 +196,21 @@ class FrameModel(ABC):
                                    transfer=self.transfer_novelty, group_shift=shifts), report
 
     # --- prediction -------------------------------------------------------------------------------------
-    def predict_arrays(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """`pred_<target>`, `_lo`, `_hi` arrays (NaN on rows of other kinds) for every kind present in `frame`."""
-        frame = self.prepare(frame)
-        n = len(frame)
-        kinds = frame["kind"].to_numpy(dtype=object)
+    def predict_arrays(self, frame: pd.DataFrame | Columns) -> dict[str, np.ndarray]:
+        """`pred_<target>`, `_lo`, `_hi` arrays (NaN on rows of other kinds) for every kind present in `frame`: a
+        measurement frame, or a column table that already holds the physics (`features.frame.physics_columns`)."""
+        if isinstance(frame, Columns) and type(self).prepare is not FrameModel.prepare:
+            frame = pd.DataFrame({c: frame[c] for c in frame})  # families with their own columns (descriptors)
+        cols = frame if isinstance(frame, Columns) else columns_of(self.prepare(frame))
+        n = cols.n
+        kinds = np.asarray(cols["kind"], dtype=object)
         out: dict[str, np.ndarray] = {}
         for kind, targets in PHYSICS_TARGETS.items():
             mask = kinds == kind
             if not mask.any():
                 continue
             whole = bool(mask.all())
-            sub = frame if whole else frame[mask]
+            sub = cols if whole else RowSubset(cols, np.flatnonzero(mask))
             space = self.spaces_.get(kind)
             keys = row_novelty(sub) if self.calibration_ else None
             bounds: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -238,7 +242,7 @@ class FrameModel(ABC):
                         out[col] = full
         return out
 
-    def _corrections(self, kind: str, targets, space: FeatureSpace | None, sub: pd.DataFrame,
+    def _corrections(self, kind: str, targets, space: FeatureSpace | None, sub: Columns,
                      trusted: dict[str, np.ndarray], logs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per learned target of `kind`: the clipped log correction (residual families; 0 where not `trusted`,
         which large batches skip computing) or the log prediction (other families). `logs` receives the log physics
@@ -250,9 +254,9 @@ class FrameModel(ABC):
         if not self.residual:
             return {t: self.learners_[t].predict(X) for t in learned}
         logs.update({t: nan_safe_log(physics_answer(sub, t)) for t in learned})
-        fast = self._fast_forest(kind, learned) if len(sub) <= FAST_PATH_ROWS else None
+        fast = self._fast_forest(kind, learned) if sub.n <= FAST_PATH_ROWS else None
         if fast is not None:  # one vectorised walk over every target's trees
-            Xe = np.empty((len(sub), X.shape[1] - 1 + len(learned)), dtype=np.float32)
+            Xe = np.empty((sub.n, X.shape[1] - 1 + len(learned)), dtype=np.float32)
             Xe[:, : X.shape[1] - 1] = X[:, :-1]
             for j, t in enumerate(learned):
                 Xe[:, X.shape[1] - 1 + j] = logs[t]
@@ -266,7 +270,7 @@ class FrameModel(ABC):
                 if need is None or need.all():
                     raw[t] = self.learners_[t].predict(X)
                 else:  # rows the correction does not carry to (unseen GPU with one GPU in training, say)
-                    raw[t] = np.zeros(len(sub))
+                    raw[t] = np.zeros(sub.n)
                     if need.any():
                         raw[t][need] = self.learners_[t].predict(X[need])
         return {t: np.clip(r, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION) for t, r in raw.items()}

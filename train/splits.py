@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.columns import columns_of
 from features.errors import InputError
 
 SPLITS = ("random", "model", "gpu", "layout")
@@ -13,17 +14,19 @@ LAYOUT_COLUMNS = ("tp", "pp", "dp", "ep", "attention_dp")
 
 def layout_code(frame: pd.DataFrame) -> np.ndarray:
     """One int64 per row naming its parallel layout (tp, pp, dp, ep < 1000 each; attention-DP as a flag); fast."""
-    code = np.zeros(len(frame), dtype=np.int64)
+    cols = columns_of(frame)  # a pandas frame or a column table
+    code = np.zeros(cols.n, dtype=np.int64)
     for i, col in enumerate(LAYOUT_COLUMNS):
         default = 0.0 if col == "attention_dp" else 1.0
-        if col not in frame.columns:
-            vals = np.full(len(frame), default)
+        if col not in cols:
+            vals = np.full(cols.n, default)
         else:
+            raw = cols[col]
             try:
-                vals = frame[col].to_numpy(dtype=float, na_value=np.nan)
+                vals = np.asarray(raw, dtype=float)
             except (TypeError, ValueError):
-                vals = pd.to_numeric(frame[col].astype("string").str.lower().replace({"true": "1", "false": "0"}),
-                                     errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+                text = pd.Series(raw, dtype="string").str.lower().replace({"true": "1", "false": "0"})
+                vals = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
             vals = np.where(np.isnan(vals), default, vals)
         code += np.clip(vals, 0, 999).astype(np.int64) * (1000**i)
     return code
