@@ -80,7 +80,7 @@ def row_strata(frame: pd.DataFrame) -> np.ndarray:
     """The stratum of each row (its data source; "" where unknown)."""
     if STRATUM_COLUMN not in frame.columns:
         return np.full(len(frame), "", dtype=object)
-    return frame[STRATUM_COLUMN].astype("string").fillna("").to_numpy(dtype=object)
+    return frame[STRATUM_COLUMN].to_numpy(dtype=object, na_value="")
 
 
 def row_novelty(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -153,16 +153,23 @@ class IntervalCalibration:
             return np.ones(n), np.full(n, -w), np.full(n, w)
         keys = keys if keys is not None else {}
         strata = self._strata_codes(frame, keys) if (self.strata or self.seen_strata or self.physics_offsets) else None
-        per_grouping = {g: self._row_offsets(self.offsets[g], self.strata.get(g, {}), strata, n) for g in self.offsets}
-        widest = (np.minimum.reduce([o[0] for o in per_grouping.values()]),
-                  np.maximum.reduce([o[1] for o in per_grouping.values()]))
-        lo, hi = (a.copy() for a in per_grouping.get("random", widest))
-        trusts = {g: np.full(n, v) for g, v in self.shrink.items()}
-        trust = trusts["random"].copy() if "random" in trusts else np.ones(n)
+        cache: dict = {}
+
+        def offsets_of(g: str) -> tuple[np.ndarray, np.ndarray]:  # per-row offsets of a grouping, made on demand
+            if g not in cache:
+                if g == "widest":
+                    parts = [offsets_of(k) for k in self.offsets]
+                    cache[g] = (np.minimum.reduce([o[0] for o in parts]), np.maximum.reduce([o[1] for o in parts]))
+                else:
+                    cache[g] = self._row_offsets(self.offsets[g], self.strata.get(g, {}), strata, n)
+            return cache[g]
+
+        lo, hi = (a.copy() for a in offsets_of("random" if "random" in self.offsets else "widest"))
+        trust = np.full(n, self.shrink.get("random", 1.0))
         if self.seen:
             for k, v in row_novelty(frame).items() if not all(d in keys for d in NOVELTY_DIMS) else ():
                 keys[k] = v
-            least_trust = np.minimum.reduce(list(trusts.values())) if trusts else np.ones(n)
+            least_trust = min(self.shrink.values(), default=1.0)
             physics_only = np.zeros(n, dtype=bool)  # rows novel along a dimension no grouping could calibrate
             for dim in NOVELTY_DIMS:
                 seen = self.seen.get(dim)
@@ -172,22 +179,23 @@ class IntervalCalibration:
                 if not unseen.any():
                     continue
                 if dim in self.offsets:
-                    (d_lo, d_hi), d_trust = per_grouping[dim], trusts.get(dim, np.ones(n))
+                    (d_lo, d_hi), d_trust = offsets_of(dim), self.shrink.get(dim, 1.0)
                 elif dim in self.uncalibrated and dim in self.transfer:
                     shift = max(self.group_shift.values(), default=0.0)
+                    w_lo, w_hi = offsets_of("widest")
                     # independent error sources: widths add in quadrature
-                    (d_lo, d_hi), d_trust = (-np.hypot(widest[0], shift), np.hypot(widest[1], shift)), least_trust
+                    (d_lo, d_hi), d_trust = (-np.hypot(w_lo, shift), np.hypot(w_hi, shift)), least_trust
                 elif dim in self.uncalibrated:  # one group in training: no evidence how the correction carries over
                     p_lo, p_hi = self._physics_widths(strata, n)
                     lo[unseen], hi[unseen], trust[unseen] = p_lo[unseen], p_hi[unseen], 0.0
                     physics_only[unseen] = True
                     continue
                 else:
-                    (d_lo, d_hi), d_trust = widest, least_trust
+                    (d_lo, d_hi), d_trust = offsets_of("widest"), least_trust
                 upd = unseen & ~physics_only
                 lo[upd] = np.minimum(lo[upd], d_lo[upd])
                 hi[upd] = np.maximum(hi[upd], d_hi[upd])
-                trust[upd] = np.minimum(trust[upd], d_trust[upd])
+                trust[upd] = np.minimum(trust[upd], d_trust)
         if self.seen_strata and strata is not None:  # a data set never seen in training: at least the prior width
             codes, uniques = strata
             new = np.array([u not in self.seen_strata and u not in QUERY_STRATA for u in uniques], dtype=bool)[codes]
@@ -199,7 +207,12 @@ class IntervalCalibration:
     def _strata_codes(frame: pd.DataFrame, keys: dict) -> tuple[np.ndarray, np.ndarray]:
         """(codes, unique strata) of the rows, factorised once per frame and shared through `keys`."""
         if "stratum_codes" not in keys:
-            codes, uniques = pd.factorize(row_strata(frame), use_na_sentinel=False)
+            if len(frame) <= 64:  # a few rows: plain lookups beat factorising
+                index: dict[str, int] = {}
+                codes = np.array([index.setdefault(v, len(index)) for v in row_strata(frame).tolist()], dtype=np.intp)
+                uniques = np.array(list(index), dtype=object)
+            else:
+                codes, uniques = pd.factorize(row_strata(frame), use_na_sentinel=False)
             keys["stratum_codes"] = (codes, np.asarray(uniques, dtype=object))
         return keys["stratum_codes"]
 
