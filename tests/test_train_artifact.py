@@ -117,3 +117,13 @@ def test_finite_positive_on_every_catalog_model_gpu_and_valid_layout(trained):
             v = out[col].to_numpy(float)[has_physics]
             assert np.isfinite(v).all() and (v > 0).all(), col
         assert (out[f"pred_{t}_lo"] <= out[f"pred_{t}"]).all() and (out[f"pred_{t}"] <= out[f"pred_{t}_hi"]).all()
+
+
+def test_serving_correction_reads_the_layout_only_through_physics(trained):
+    """Raw layout numbers act as layout identifiers in serving rows (they do not carry to unseen layouts)."""
+    from train.residual import LAYOUT_DESCRIPTORS
+
+    names = trained[0].feature_names
+    assert not set(LAYOUT_DESCRIPTORS) & set(names["serving"])
+    assert "f_term_communication_ms" in names["serving"] or "f_weight_bytes_per_gpu" in names["serving"]
+    assert "f_tp" in names["step"]  # in step rows TP is the shard shape of the timed kernels

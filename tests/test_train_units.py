@@ -239,3 +239,51 @@ def test_balanced_subsample_keeps_small_sources_whole():
     keep = balanced_subsample(idx, groups, 1000, seed=0)
     assert len(keep) == 1000 and set(range(10_000, 10_050)) <= set(keep.tolist())
     np.testing.assert_array_equal(keep, balanced_subsample(idx, groups, 1000, seed=0))
+
+
+def test_offsets_per_source_and_unseen_data_sets():
+    from train.intervals import stratum_offsets
+
+    rng = np.random.default_rng(0)
+    resid = np.concatenate([rng.normal(0, 0.02, 400), rng.normal(0, 0.4, 400)])
+    src = np.array(["probe"] * 400 + ["engine"] * 400, dtype=object)
+    by_src = stratum_offsets(resid, src, 0.8)
+    assert by_src["probe"][1] < 0.05 < 0.4 < by_src["engine"][1]  # each source its own width
+    assert "tiny" not in stratum_offsets(resid[:10], np.array(["tiny"] * 10, dtype=object), 0.8)  # too few: pooled
+    cal = IntervalCalibration(0.8, {"random": conformal_offsets(resid, 0.8)}, strata={"random": by_src},
+                              seen_strata=frozenset({"probe", "engine"}))
+    df = pd.DataFrame({"source": ["probe", "engine", "other-data-set", "prediction"]})
+    lo, hi = cal.bounds(df)
+    assert (lo[0], hi[0]) == pytest.approx(by_src["probe"]) and (lo[1], hi[1]) == pytest.approx(by_src["engine"])
+    assert hi[2] >= math.log(2) and lo[2] <= -math.log(2)  # a data set training never saw: at least the prior
+    assert (lo[3], hi[3]) == pytest.approx(cal.offsets["random"])  # a query row: the pooled width
+
+
+def test_few_held_out_groups_widen_by_their_largest_shift():
+    from train.intervals import stratum_offsets
+
+    rng = np.random.default_rng(1)
+    resid = np.concatenate([rng.normal(0.5, 0.05, 200), rng.normal(-0.1, 0.05, 200)])
+    src = np.array(["s"] * 400, dtype=object)
+    plain = stratum_offsets(resid, src, 0.8)["s"]
+    two = stratum_offsets(resid, src, 0.8, groups=np.array(["a"] * 200 + ["b"] * 200, dtype=object))["s"]
+    assert two[1] == pytest.approx(math.hypot(plain[1], 0.5), abs=0.02) and two[0] < plain[0]
+    many = stratum_offsets(resid, src, 0.8, groups=np.array(list("abcd") * 100, dtype=object))["s"]
+    assert many == plain  # enough groups: their spread is in the quantile already
+    unknown = stratum_offsets(resid, src, 0.8, groups=np.array([None] * 400, dtype=object))["s"]
+    assert unknown == plain  # groups predicted without their source in training do not count
+
+
+def test_physics_only_rows_get_the_physics_error_width():
+    cal = IntervalCalibration(0.8, {"random": (-0.02, 0.02), "model": (-0.1, 0.1)},
+                              {"model": frozenset({"a"}), "gpu": frozenset({"h200"}), "layout": frozenset()},
+                              shrink={"random": 1.0, "model": 0.3}, uncalibrated=("gpu",),
+                              physics_offsets={"*": (-0.2, 0.3), "probe": (-0.05, 0.06)},
+                              seen_strata=frozenset({"probe", "other"}))
+    df = pd.DataFrame({"model": ["a", "a", "a"], "gpu": ["b300", "b300", "h200"], "tp": 1,
+                       "source": ["probe", "other", "probe"]})
+    cal.seen["layout"] = frozenset(layout_code(df).tolist())
+    trust, lo, hi = cal.terms(df)
+    assert trust[0] == trust[1] == 0.0
+    assert (lo[0], hi[0]) == (-0.05, 0.06) and (lo[1], hi[1]) == (-0.2, 0.3)  # its source's, else the pooled
+    assert (trust[2], lo[2], hi[2]) == (1.0, -0.02, 0.02)

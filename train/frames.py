@@ -88,11 +88,12 @@ class FeatureSpace:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, numeric_prefix: str = FEATURE_PREFIX, with_log_physics: bool = True,
-                   categorical: tuple[str, ...] = CATEGORICAL_COLUMNS):
-        """Learn the feature list (numeric columns that vary) and the category vocabularies of training rows."""
+                   categorical: tuple[str, ...] = CATEGORICAL_COLUMNS, exclude: tuple[str, ...] = ()):
+        """Learn the feature list (numeric columns that vary, less `exclude`) and the category vocabularies of
+        training rows."""
         numeric = []
         for c in frame.columns:
-            if not c.startswith(numeric_prefix):
+            if not c.startswith(numeric_prefix) or c in exclude:
                 continue
             v = pd.to_numeric(frame[c], errors="coerce") if frame[c].dtype == object else frame[c]
             if not (pd.api.types.is_numeric_dtype(v) or pd.api.types.is_bool_dtype(v)):

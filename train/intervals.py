@@ -3,6 +3,13 @@
 A row whose model, GPU and layout were all seen in training gets the width calibrated on random held-out
 folds; a row with an unseen model (or GPU, or layout) gets the width calibrated on folds that held whole
 models (GPUs, layouts) out, so the nominal coverage holds for the kind of extrapolation actually asked for.
+
+Offsets are also calibrated per stratum (the row's data source), where a source has enough held-out residuals:
+sources measure different quantities with very different error (GPU probes of one decoder layer within a few
+percent, engine iterations of a whole forward pass off by tens of percent), and one pooled width would be too
+wide for the first and far too narrow for the second. A row of a data set no training row came from gets at
+least the prior width: nothing in training says how far such a measurement can be off. Query rows (no source, or
+the predictor's "prediction") get the pooled offsets.
 """
 
 from __future__ import annotations
@@ -17,6 +24,11 @@ from features.columns import columns_of, n_rows, text_array
 from train.splits import layout_code
 
 NOVELTY_DIMS = ("model", "gpu", "layout")
+STRATUM_COLUMN = "source"  # offsets are calibrated per value of this column (Mondrian conformal)
+QUERY_STRATA = ("", "prediction")  # rows that ask for a prediction rather than record a data set's measurement
+MIN_STRATUM_RESIDUALS = 30  # fewer held-out residuals than this: the stratum uses the pooled offsets
+MIN_STRATUM_GROUPS = 3  # fewer held-out groups than this in a stratum: its largest group shift widens its offsets
+MIN_GROUP_ROWS = 5  # a held-out group counts (and its shift is measured) from this many residuals
 
 
 def conformal_offsets(residuals: np.ndarray, coverage: float = 0.8) -> tuple[float, float]:
@@ -35,6 +47,41 @@ def conformal_offsets(residuals: np.ndarray, coverage: float = 0.8) -> tuple[flo
     lo = r[max(k_lo, 1) - 1]
     hi = r[min(k_hi, n) - 1]
     return (min(float(lo), 0.0), max(float(hi), 0.0))
+
+
+def stratum_offsets(residuals: np.ndarray, strata: np.ndarray, coverage: float = 0.8,
+                    groups: np.ndarray | None = None, min_rows: int = MIN_STRATUM_RESIDUALS
+                    ) -> dict[str, tuple[float, float]]:
+    """Conformal offsets per stratum (sorted by name) for every stratum with at least `min_rows` finite residuals.
+
+    `groups`: the held-out group of each residual (model, GPU, layout). A stratum whose residuals come from fewer
+    than `MIN_STRATUM_GROUPS` groups says little about how far a further group can shift as a whole (a quantile
+    over two groups is mostly those two groups' offsets), so its largest group shift is added in quadrature.
+    """
+    r = np.asarray(residuals, dtype=float)
+    strata = np.asarray(strata, dtype=object)
+    out = {}
+    for key in sorted({str(k) for k in strata.tolist()}):
+        sel = (strata == key) & np.isfinite(r)
+        if sel.sum() < min_rows:
+            continue
+        lo, hi = conformal_offsets(r[sel], coverage)
+        if groups is not None:  # (groups of None are left out)
+            g = np.asarray(groups, dtype=object)[sel]
+            known = np.array([v is not None for v in g.tolist()], dtype=bool)
+            _, sizes = np.unique(g[known].astype(str), return_counts=True)
+            if (sizes >= MIN_GROUP_ROWS).sum() < MIN_STRATUM_GROUPS:
+                shift = largest_group_shift(r[sel][known], g[known].astype(str))
+                lo, hi = -math.hypot(lo, shift), math.hypot(hi, shift)
+        out[key] = (lo, hi)
+    return out
+
+
+def row_strata(frame: pd.DataFrame) -> np.ndarray:
+    """The stratum of each row (its data source; "" where unknown)."""
+    if STRATUM_COLUMN not in frame.columns:
+        return np.full(len(frame), "", dtype=object)
+    return frame[STRATUM_COLUMN].to_numpy(dtype=object, na_value="")
 
 
 def row_novelty(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -74,7 +121,8 @@ class IntervalCalibration:
     the conformal offsets of what is left; plus the keys seen in training, which say each row's novelty.
 
     A row whose novelty no grouping could calibrate (training data with one GPU only, say) gets the physics answer
-    (no trust in the correction) with the prior width: the data cannot say how far such a row can be off.
+    (no trust in the correction) with the width of the physics answer's own errors on the training rows of its
+    stratum (the prior width when those are unknown).
     """
 
     coverage: float = 0.8
@@ -91,6 +139,12 @@ class IntervalCalibration:
     # within-group spread, so it widens the widest offsets in quadrature
     group_shift: dict[str, float] = field(default_factory=dict)
     prior_log_halfwidth: float = math.log(2.0)  # no calibration data at all, or novelty none could calibrate
+    # per grouping, per stratum (data source) with enough held-out residuals: that stratum's own offsets
+    strata: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # offsets of log(measured / physics) on the training rows, per stratum and pooled ("*"): the width of rows
+    # that get the physics answer (empty: the prior width)
+    physics_offsets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    seen_strata: frozenset = frozenset()  # strata of the training rows (empty: strata not tracked)
 
     def terms(self, frame: pd.DataFrame, keys: dict[str, np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,46 +153,86 @@ class IntervalCalibration:
         if not self.offsets:
             w = self.prior_log_halfwidth
             return np.ones(n), np.full(n, -w), np.full(n, w)
-        base = self.offsets.get("random") or self._widest(self.offsets)
-        lo, hi = np.full(n, base[0]), np.full(n, base[1])
+        keys = keys if keys is not None else {}
+        strata = self._strata_codes(frame, keys) if (self.strata or self.seen_strata or self.physics_offsets) else None
+        cache: dict = {}
+
+        def offsets_of(g: str) -> tuple[np.ndarray, np.ndarray]:  # per-row offsets of a grouping, made on demand
+            if g not in cache:
+                if g == "widest":
+                    parts = [offsets_of(k) for k in self.offsets]
+                    cache[g] = (np.minimum.reduce([o[0] for o in parts]), np.maximum.reduce([o[1] for o in parts]))
+                else:
+                    cache[g] = self._row_offsets(self.offsets[g], self.strata.get(g, {}), strata, n)
+            return cache[g]
+
+        lo, hi = (a.copy() for a in offsets_of("random" if "random" in self.offsets else "widest"))
         trust = np.full(n, self.shrink.get("random", 1.0))
-        if not self.seen:
-            return trust, lo, hi
-        keys = keys if keys is not None else row_novelty(frame)
-        widest = self._widest(self.offsets)
-        least_trust = min(self.shrink.values(), default=1.0)
-        physics_only = np.zeros(n, dtype=bool)  # rows novel along a dimension no grouping could calibrate
-        for dim in NOVELTY_DIMS:
-            seen = self.seen.get(dim)
-            if seen is None:
-                continue
-            if n <= 64:
-                unseen = np.array([k not in seen for k in keys[dim]], dtype=bool)
-            else:  # factorised once per frame, shared by every target's calibration
-                if (dim, "factorized") not in keys:
-                    keys[(dim, "factorized")] = pd.factorize(keys[dim], use_na_sentinel=False)
-                codes, uniques = keys[(dim, "factorized")]
-                unseen = np.array([u not in seen for u in uniques], dtype=bool)[codes]
-            if not unseen.any():
-                continue
-            if dim in self.offsets:
-                (d_lo, d_hi), d_trust = self.offsets[dim], self.shrink.get(dim, 1.0)
-            elif dim in self.uncalibrated and dim in self.transfer:
-                shift = max(self.group_shift.values(), default=0.0)
-                # independent error sources: widths add in quadrature
-                (d_lo, d_hi), d_trust = (-math.hypot(widest[0], shift), math.hypot(widest[1], shift)), least_trust
-            elif dim in self.uncalibrated:  # one group in training: no evidence how anything carries over
-                w = self.prior_log_halfwidth
-                lo[unseen], hi[unseen], trust[unseen] = -w, w, 0.0
-                physics_only[unseen] = True
-                continue
-            else:
-                (d_lo, d_hi), d_trust = widest, least_trust
-            upd = unseen & ~physics_only
-            lo[upd] = np.minimum(lo[upd], d_lo)
-            hi[upd] = np.maximum(hi[upd], d_hi)
-            trust[upd] = np.minimum(trust[upd], d_trust)
+        if self.seen:
+            for k, v in row_novelty(frame).items() if not all(d in keys for d in NOVELTY_DIMS) else ():
+                keys[k] = v
+            least_trust = min(self.shrink.values(), default=1.0)
+            physics_only = np.zeros(n, dtype=bool)  # rows novel along a dimension no grouping could calibrate
+            for dim in NOVELTY_DIMS:
+                seen = self.seen.get(dim)
+                if seen is None:
+                    continue
+                unseen = _unseen(keys, dim, seen, n)
+                if not unseen.any():
+                    continue
+                if dim in self.offsets:
+                    (d_lo, d_hi), d_trust = offsets_of(dim), self.shrink.get(dim, 1.0)
+                elif dim in self.uncalibrated and dim in self.transfer:
+                    shift = max(self.group_shift.values(), default=0.0)
+                    w_lo, w_hi = offsets_of("widest")
+                    # independent error sources: widths add in quadrature
+                    (d_lo, d_hi), d_trust = (-np.hypot(w_lo, shift), np.hypot(w_hi, shift)), least_trust
+                elif dim in self.uncalibrated:  # one group in training: no evidence how the correction carries over
+                    p_lo, p_hi = self._physics_widths(strata, n)
+                    lo[unseen], hi[unseen], trust[unseen] = p_lo[unseen], p_hi[unseen], 0.0
+                    physics_only[unseen] = True
+                    continue
+                else:
+                    (d_lo, d_hi), d_trust = offsets_of("widest"), least_trust
+                upd = unseen & ~physics_only
+                lo[upd] = np.minimum(lo[upd], d_lo[upd])
+                hi[upd] = np.maximum(hi[upd], d_hi[upd])
+                trust[upd] = np.minimum(trust[upd], d_trust)
+        if self.seen_strata and strata is not None:  # a data set never seen in training: at least the prior width
+            codes, uniques = strata
+            new = np.array([u not in self.seen_strata and u not in QUERY_STRATA for u in uniques], dtype=bool)[codes]
+            lo[new] = np.minimum(lo[new], -self.prior_log_halfwidth)
+            hi[new] = np.maximum(hi[new], self.prior_log_halfwidth)
         return trust, lo, hi
+
+    @staticmethod
+    def _strata_codes(frame: pd.DataFrame, keys: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, unique strata) of the rows, factorised once per frame and shared through `keys`."""
+        if "stratum_codes" not in keys:
+            if len(frame) <= 64:  # a few rows: plain lookups beat factorising
+                index: dict[str, int] = {}
+                codes = np.array([index.setdefault(v, len(index)) for v in row_strata(frame).tolist()], dtype=np.intp)
+                uniques = np.array(list(index), dtype=object)
+            else:
+                codes, uniques = pd.factorize(row_strata(frame), use_na_sentinel=False)
+            keys["stratum_codes"] = (codes, np.asarray(uniques, dtype=object))
+        return keys["stratum_codes"]
+
+    @staticmethod
+    def _row_offsets(pooled: tuple[float, float], by_stratum: dict[str, tuple[float, float]],
+                     strata: tuple[np.ndarray, np.ndarray] | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row (lower, upper) offsets: the row's stratum's own where calibrated, else the pooled ones."""
+        if strata is None or not by_stratum:
+            return np.full(n, pooled[0]), np.full(n, pooled[1])
+        codes, uniques = strata
+        table = np.array([by_stratum.get(u, pooled) for u in uniques], dtype=float).reshape(-1, 2)
+        return table[codes, 0], table[codes, 1]
+
+    def _physics_widths(self, strata: tuple[np.ndarray, np.ndarray] | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row offsets of the physics answer (its training errors; the prior width where unknown)."""
+        w = self.prior_log_halfwidth
+        pooled = self.physics_offsets.get("*", (-w, w))
+        return self._row_offsets(pooled, {k: v for k, v in self.physics_offsets.items() if k != "*"}, strata, n)
 
     def bounds(self, frame: pd.DataFrame, keys: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per-row (lower, upper) log offsets to add to the point prediction."""
@@ -148,6 +242,7 @@ class IntervalCalibration:
         """Seen keys as sorted tuples: set order varies between processes, and artifacts must be reproducible."""
         state = dict(self.__dict__)
         state["seen"] = {dim: tuple(sorted(keys, key=str)) for dim, keys in self.seen.items()}
+        state["seen_strata"] = tuple(sorted(self.seen_strata, key=str))
         return state
 
     def __setstate__(self, state):
@@ -156,6 +251,9 @@ class IntervalCalibration:
         state.setdefault("uncalibrated", ())
         state.setdefault("transfer", ())
         state.setdefault("group_shift", {})
+        state.setdefault("strata", {})
+        state.setdefault("physics_offsets", {})
+        state["seen_strata"] = frozenset(state.get("seen_strata", ()))
         self.__dict__.update(state)
 
     @staticmethod
@@ -163,7 +261,17 @@ class IntervalCalibration:
         return (min(o[0] for o in offsets.values()), max(o[1] for o in offsets.values()))
 
 
-def largest_group_shift(residuals: np.ndarray, groups: np.ndarray, min_rows: int = 5) -> float:
+def _unseen(keys: dict, dim: str, seen: frozenset, n: int) -> np.ndarray:
+    """Rows whose key along `dim` was not seen in training (factorised once per frame for large frames)."""
+    if n <= 64:
+        return np.array([k not in seen for k in keys[dim]], dtype=bool)
+    if (dim, "factorized") not in keys:
+        keys[(dim, "factorized")] = pd.factorize(keys[dim], use_na_sentinel=False)
+    codes, uniques = keys[(dim, "factorized")]
+    return np.array([u not in seen for u in uniques], dtype=bool)[codes]
+
+
+def largest_group_shift(residuals: np.ndarray, groups: np.ndarray, min_rows: int = MIN_GROUP_ROWS) -> float:
     """The largest |median residual| of one group (groups with at least `min_rows` rows; 0 when none)."""
     r = pd.Series(np.asarray(residuals, dtype=float)).groupby(np.asarray(groups))
     med = r.median()[r.size() >= min_rows]

@@ -19,7 +19,7 @@ from features.columns import Columns, RowSubset, columns_of
 from train.frames import CATEGORICAL_COLUMNS, FeatureSpace, float_column, physics, physics_answer, target_rows
 from train.fastpath import CompiledForest
 from train.intervals import (NOVELTY_DIMS, IntervalCalibration, best_shrink, conformal_offsets, largest_group_shift,
-                             row_novelty, seen_keys)
+                             row_novelty, row_strata, seen_keys, stratum_offsets)
 from train.learners import XGBLearner
 from train.splits import group_key, split_folds
 from train.targets import PHYSICS_TARGETS, pred_cols
@@ -29,6 +29,7 @@ CALIBRATION_GROUPINGS = ("random", "model", "gpu", "layout")
 # obey the same identities, so the learned correction of output_throughput applies to them unchanged
 SHARED_RESIDUAL = {"total_throughput": "output_throughput", "request_throughput": "output_throughput"}
 FAST_PATH_ROWS = 64  # up to this many rows per kind, learned corrections come from the compiled forest
+LAYOUT_DESCRIPTORS = ("f_tp", "f_pp", "f_dp", "f_ep", "f_attention_dp", "f_num_gpus")
 MAX_LOG_CORRECTION = 7.0  # a learned correction never moves physics by more than e^7 (~1,100x) either way
 
 
@@ -39,6 +40,7 @@ class FrameModel(ABC):
     transfer_novelty: tuple[str, ...] = ()  # (instance attribute; class default for models pickled before it)
     residual: ClassVar[bool] = True  # learn log(measured / physics); False: learn log(measured) directly
     feature_prefix: ClassVar[str] = "f_"
+    excluded_features: ClassVar[dict[str, tuple[str, ...]]] = {}  # per kind: feature columns never read
     categorical: ClassVar[tuple[str, ...]] = CATEGORICAL_COLUMNS
     defaults: ClassVar[dict] = {}
 
@@ -104,7 +106,8 @@ class FrameModel(ABC):
             any_rows = np.logical_or.reduce(list(masks.values()))
             if any_rows.sum() < self.min_rows:
                 continue
-            space = FeatureSpace.from_frame(frame[any_rows], self.feature_prefix, self.residual, self.categorical)
+            space = FeatureSpace.from_frame(frame[any_rows], self.feature_prefix, self.residual, self.categorical,
+                                           self.excluded_features.get(kind, ()))
             self.spaces_[kind] = space
             for t in targets:
                 if masks[t].sum() < self.min_rows:
@@ -162,13 +165,14 @@ class FrameModel(ABC):
         """Out-of-fold predictions under each grouping give that grouping's trust in the learned correction
         (residual families) and the conformal offsets of the remaining error."""
         offsets, shrink, uncalibrated, report, shifts = {}, {}, [], {"n": int(len(y))}, {}
+        strata, by_stratum = row_strata(sub), {}
         for grouping in self.calibration:
             folds = split_folds(sub, grouping, self.inner_folds, self.seed)
             if not folds:
                 if grouping in NOVELTY_DIMS:
                     uncalibrated.append(grouping)
                 continue
-            truth, preds, labels = [], [], []
+            truth, preds, labels, held_strata, in_train = [], [], [], [], []
             keys = group_key(sub, grouping).to_numpy(dtype=object)
             for k, (tr, te) in enumerate(folds):
                 learner = self.make_learner(X.shape[1], self.seed + 1 + k)
@@ -179,10 +183,16 @@ class FrameModel(ABC):
                 truth.append(y[te])
                 preds.append(pred)
                 labels.append(keys[te])
+                held_strata.append(strata[te])
+                in_train.append(np.isin(strata[te], strata[tr]))
             truth, preds, labels = np.concatenate(truth), np.concatenate(preds), np.concatenate(labels)
+            held_strata, in_train = np.concatenate(held_strata), np.concatenate(in_train)
             shrink[grouping] = best_shrink(truth, preds) if self.residual and self.shrink else 1.0
             resid = truth - shrink[grouping] * preds
             offsets[grouping] = conformal_offsets(resid, self.coverage)
+            # group shifts only of groups whose source the fold's training rows had (as at prediction time)
+            by_stratum[grouping] = stratum_offsets(resid, held_strata, self.coverage,
+                                                   None if grouping == "random" else np.where(in_train, labels, None))
             if grouping != "random":
                 shifts[grouping] = largest_group_shift(resid, labels)
             ape = np.abs(np.exp(-resid) - 1.0)
@@ -192,8 +202,13 @@ class FrameModel(ABC):
                 report[f"oof_{grouping}_trust"] = shrink[grouping]
         if not offsets and self.make_learner(X.shape[1], self.seed) is None:
             offsets["random"] = conformal_offsets(y, self.coverage)  # physics alone: its residuals as they are
+        physics_offsets = {}
+        if self.residual:  # y is log(measured / physics): the physics answer's own errors, for physics-only rows
+            physics_offsets = {"*": conformal_offsets(y, self.coverage), **stratum_offsets(y, strata, self.coverage)}
         return IntervalCalibration(self.coverage, offsets, seen_keys(sub), shrink, tuple(uncalibrated),
-                                   transfer=self.transfer_novelty, group_shift=shifts), report
+                                   transfer=self.transfer_novelty, group_shift=shifts, strata=by_stratum,
+                                   physics_offsets=physics_offsets,
+                                   seen_strata=frozenset(str(v) for v in strata.tolist())), report
 
     # --- prediction -------------------------------------------------------------------------------------
     def predict_arrays(self, frame: pd.DataFrame | Columns) -> dict[str, np.ndarray]:
@@ -306,6 +321,12 @@ class ResidualModel(FrameModel):
     """
 
     family = "residual-xgb"
+    # in serving rows the raw layout numbers name a whole deployment rather than describe it: trees split on them
+    # as group identifiers (with plain TP1 held out, TP=1 in training was only DP/EP layouts whose TTFT physics
+    # misses by e^4, and the held-out TP1 rows got that correction). The serving correction reads the layout only
+    # through the physics terms it shapes (weights and KV per GPU, communication time, batch limits), which carry
+    # over to layouts not in training. In step rows TP is the shard shape of the timed kernels: kept.
+    excluded_features = {"serving": LAYOUT_DESCRIPTORS}
     defaults = {
         "n_estimators": 60, "max_depth": 6, "learning_rate": 0.15, "min_child_weight": 1.0, "subsample": 0.8,
         "colsample_bytree": 0.8, "reg_lambda": 1.0, "reg_alpha": 0.0, "monotone_phys": 1,
