@@ -93,6 +93,29 @@ def expected_max_osl(osl_mean, osl_median, osl_sigma, osl_max, n_requests):
     return np.where(np.asarray(osl_sigma) > 0, lognormal, osl_mean)
 
 
+def refill_step_ms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibration, batch, isl, osl, max_batched_tokens,
+                   weight_dtype="bf16", kv_dtype="bf16"):
+    """Mean time between two tokens of a replica that keeps `batch` sequences running by admitting a new request
+    whenever one finishes (fixed concurrency, or a steady arrival rate).
+
+    Each decode step completes batch / osl requests on average, and each replacement's prompt is prefilled in
+    chunks of the token budget left next to the running decodes, inside decode steps. So the mean step is the
+    decode-only step plus, per step, batch / osl prompts times the extra cost of their chunk steps. Steps with a
+    whole chunk are compute-bound while decode-only steps stream weights: averaging the step time over the two
+    (rather than timing one step with the prompt tokens spread evenly over all steps, which hides them under the
+    weight streaming) is what makes TPOT grow with concurrency as vLLM's does.
+    """
+    b = np.asarray(batch, dtype=float)
+    isl = np.asarray(isl, dtype=float)
+    osl = np.maximum(np.asarray(osl, dtype=float), 1.0)
+    kv = b * (isl + osl / 2.0)
+    chunk = np.minimum(isl, np.maximum(np.asarray(max_batched_tokens, dtype=float) - b, 1.0))
+    n_chunks = np.ceil(isl / np.maximum(chunk, 1.0))
+    decode = replica_step_ms(model, gpu, layout, cal, b, kv, 0.0, 0.0, weight_dtype, kv_dtype)
+    with_chunk = replica_step_ms(model, gpu, layout, cal, b, kv, chunk, 0.0, weight_dtype, kv_dtype)
+    return decode + b / osl * n_chunks * np.maximum(with_chunk - decode, 0.0)
+
+
 def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineArrays, cal: Calibration,
                      isl, osl, num_requests=0, concurrency=0, request_rate=0.0, osl_median=None, osl_sigma=0.0,
                      osl_max=None) -> ServingEstimate:
@@ -122,12 +145,22 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     cap_batch = np.maximum(1.0, np.minimum(mns, b_kv))
     batch = np.maximum(1.0, np.minimum(cap_batch, np.ceil(demand)))
 
-    def step(b):
-        T = b * isl / np.maximum(osl, 1.0)  # chunked prefill work amortised over each request's decode steps
-        return replica_step_ms(model, gpu, layout, cal, b, b * (isl + osl / 2.0), T, 0.0, engine.weight_dtype, engine.kv_dtype)
-
     # request rate: the batch in flight follows Little's law, B = rate_per_replica × osl × TPOT(B)
     open_loop = (rate > 0) & (nreq <= 0) & (conc <= 0)
+    # finished requests are replaced while others decode (fixed concurrency with more requests than it, or a rate):
+    # their prompts run as whole chunks inside decode steps (`refill_step_ms`); a closed batch prefills up front
+    refill = open_loop | ((conc > 0) & ((nreq <= 0) | (nreq > conc)))
+    mnbt = np.asarray(engine.max_num_batched_tokens, dtype=float)
+
+    def step(b):
+        T = b * isl / np.maximum(osl, 1.0)  # chunked prefill work amortised over each request's decode steps
+        amortised = replica_step_ms(model, gpu, layout, cal, b, b * (isl + osl / 2.0), T, 0.0, engine.weight_dtype,
+                                    engine.kv_dtype)
+        if not np.any(refill):
+            return amortised
+        return np.where(refill, refill_step_ms(model, gpu, layout, cal, b, isl, osl, mnbt, engine.weight_dtype,
+                                               engine.kv_dtype), amortised)
+
     if np.any(open_loop):
         b = np.ones_like(batch)
         for _ in range(12):
@@ -139,9 +172,10 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     t = stage_step_terms(model, gpu, layout, cal, batch / pp, batch * (isl + osl / 2.0) / pp,
                          batch * isl / np.maximum(osl, 1.0) / pp, 0.0, engine.weight_dtype, engine.kv_dtype)
     tpot = pp * t.stage_ms
+    if np.any(refill):
+        tpot = np.where(refill, step(batch), tpot)
     prefill = replica_step_ms(model, gpu, layout, cal, 0.0, 0.0, isl, 0.0, engine.weight_dtype, engine.kv_dtype)
     # steady state: a new request's prompt is chunked into the token budget left after the running decodes
-    mnbt = np.asarray(engine.max_num_batched_tokens, dtype=float)
     others = np.maximum(batch - 1, 0)
     chunk = np.maximum(mnbt - others, 1.0)
     n_chunks = np.ceil(isl / chunk)
