@@ -98,6 +98,41 @@ def _first(v, row_ndim: int):
     return v[0] if np.ndim(v) > row_ndim else v
 
 
+def refill_chunk_tokens(batch, isl, max_batched_tokens):
+    """Prompt tokens of a replacement request prefilled in one step beside `batch` running decodes (the token budget
+    left by the decodes, at most the whole prompt)."""
+    return np.minimum(isl, np.maximum(np.asarray(max_batched_tokens, dtype=float) - batch, 1.0))
+
+
+def refill_mean_step_ms(decode_ms, with_chunk_ms, batch, isl, osl, max_batched_tokens):
+    """Mean step of a replica that keeps `batch` sequences running by admitting a new request whenever one finishes,
+    from its decode-only step and its step carrying one prompt chunk (`refill_chunk_tokens`).
+
+    Each decode step completes batch / osl requests on average, and each replacement's prompt is prefilled in
+    n_chunks chunk steps. Steps with a whole chunk are compute-bound while decode-only steps stream weights:
+    averaging over the two (rather than spreading the prompt tokens evenly over all steps, which hides them under
+    the weight streaming) is what makes TPOT grow with concurrency as vLLM's does."""
+    b = np.asarray(batch, dtype=float)
+    isl = np.asarray(isl, dtype=float)
+    osl = np.maximum(np.asarray(osl, dtype=float), 1.0)
+    n_chunks = np.ceil(isl / np.maximum(refill_chunk_tokens(b, isl, max_batched_tokens), 1.0))
+    return decode_ms + b / osl * n_chunks * np.maximum(with_chunk_ms - decode_ms, 0.0)
+
+
+def refill_step_ms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibration, batch, isl, osl, max_batched_tokens,
+                   weight_dtype="bf16", kv_dtype="bf16"):
+    """Mean time between two tokens of a replica refilled as requests finish (fixed concurrency, or a steady
+    arrival rate): `refill_mean_step_ms` of the replica's decode-only step and its step with one prompt chunk."""
+    b = np.asarray(batch, dtype=float)
+    isl = np.asarray(isl, dtype=float)
+    osl = np.asarray(osl, dtype=float)
+    kv = b * (isl + np.maximum(osl, 1.0) / 2.0)
+    chunk = refill_chunk_tokens(b, isl, max_batched_tokens)
+    decode = replica_step_ms(model, gpu, layout, cal, b, kv, 0.0, 0.0, weight_dtype, kv_dtype)
+    with_chunk = replica_step_ms(model, gpu, layout, cal, b, kv, chunk, 0.0, weight_dtype, kv_dtype)
+    return refill_mean_step_ms(decode, with_chunk, b, isl, osl, max_batched_tokens)
+
+
 def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineArrays, cal: Calibration,
                      isl, osl, num_requests=0, concurrency=0, request_rate=0.0, osl_median=None, osl_sigma=0.0,
                      osl_max=None) -> ServingEstimate:
@@ -127,12 +162,23 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     cap_batch = np.maximum(1.0, np.minimum(mns, b_kv))
     batch = np.maximum(1.0, np.minimum(cap_batch, np.ceil(demand)))
 
-    def step(b):
-        T = b * isl / np.maximum(osl, 1.0)  # chunked prefill work amortised over each request's decode steps
-        return replica_step_ms(model, gpu, layout, cal, b, b * (isl + osl / 2.0), T, 0.0, engine.weight_dtype, engine.kv_dtype)
-
     # request rate: the batch in flight follows Little's law, B = rate_per_replica × osl × TPOT(B)
     open_loop = (rate > 0) & (nreq <= 0) & (conc <= 0)
+    # finished requests are replaced while others decode (fixed concurrency with more requests than it, or a rate):
+    # their prompts run as whole chunks inside decode steps (`refill_step_ms`); a closed batch prefills up front
+    refill = open_loop | ((conc > 0) & ((nreq <= 0) | (nreq > conc)))
+    any_refill = bool(np.any(refill))
+    mnbt = np.asarray(engine.max_num_batched_tokens, dtype=float)
+
+    def step(b):
+        T = b * isl / np.maximum(osl, 1.0)  # chunked prefill work amortised over each request's decode steps
+        amortised = replica_step_ms(model, gpu, layout, cal, b, b * (isl + osl / 2.0), T, 0.0, engine.weight_dtype,
+                                    engine.kv_dtype)
+        if not any_refill:
+            return amortised
+        return np.where(refill, refill_step_ms(model, gpu, layout, cal, b, isl, osl, mnbt, engine.weight_dtype,
+                                               engine.kv_dtype), amortised)
+
     if np.any(open_loop):
         b = np.ones_like(batch)
         for _ in range(12):
@@ -143,8 +189,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     # the step physics costs the same for 1 row as for 1,000, so six calls on one row cost six times one):
     # 0 the steady step, kept with its terms (ms) to explain it, same inputs as step(batch); 1 a lone prefill of
     # the prompt; 2 a prompt chunk beside the other running decodes; 3 the opening burst of prompts; 4 one
-    # sequence alone; 5 the fullest steady batch
-    mnbt = np.asarray(engine.max_num_batched_tokens, dtype=float)
+    # sequence alone; 5 the fullest steady batch; with refilled rows also 6-11: the decode-only step and the step with
+    # one prompt chunk at the steady batch, one sequence and the fullest batch (`refill_mean_step_ms`)
     others = np.maximum(batch - 1, 0)
     chunk = np.maximum(mnbt - others, 1.0)
     wave = np.minimum(np.ceil(demand), cap_batch)
@@ -158,6 +204,13 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
           fullest * (isl + osl / 2.0))
     prefill_tokens = (batch * isl / np.maximum(osl, 1.0), isl, np.minimum(isl, chunk), burst_tokens,
                       ones * isl / np.maximum(osl, 1.0), fullest * isl / np.maximum(osl, 1.0))
+    refill_batches = (batch, ones, fullest)
+    if any_refill:
+        for bb in refill_batches:
+            bb_kv = bb * (isl + np.maximum(osl, 1.0) / 2.0)
+            decode += (bb, bb)
+            kv += (bb_kv, bb_kv)
+            prefill_tokens += (zero, refill_chunk_tokens(bb, isl, mnbt))
     shape = np.broadcast_shapes(*(np.shape(v) for v in decode + kv + prefill_tokens), np.shape(pp))
 
     def stack(values) -> np.ndarray:
@@ -170,7 +223,12 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
                               0.0, engine.weight_dtype, engine.kv_dtype)
     step6 = pp * terms6.stage_ms
     t = StepTerms(**{f.name: _first(getattr(terms6, f.name), len(shape)) for f in fields(StepTerms)})
-    tpot = step6[0]
+    tpot, tpot_alone, tpot_fullest = step6[0], step6[4], step6[5]
+    if any_refill:
+        refilled = [refill_mean_step_ms(step6[6 + 2 * i], step6[7 + 2 * i], bb, isl, osl, mnbt)
+                    for i, bb in enumerate(refill_batches)]
+        tpot, tpot_alone, tpot_fullest = (np.where(refill, r, a) for r, a in
+                                          zip(refilled, (tpot, tpot_alone, tpot_fullest)))
     prefill = step6[1]
     # steady state: a new request's prompt is chunked into the token budget left after the running decodes
     n_chunks = np.ceil(isl / chunk)
@@ -200,7 +258,6 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     osl_med = osl if osl_median is None else np.asarray(osl_median, dtype=float)
     osl_top = osl if osl_max is None else np.asarray(osl_max, dtype=float)
     longest = expected_max_osl(osl, osl_med, osl_sigma, osl_top, np.maximum(nreq, 1))
-    tpot_alone = step6[4]
     work_s = demand * osl * tpot / batch / 1e3
     # the tail: the longest request runs alone at the end of a closed batch for the part it outlives the rest
     tail_s = np.maximum(longest - osl, 0.0) * tpot_alone / 1e3 * 0.5
@@ -222,6 +279,6 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     feasible = cap >= min_tokens
     reason = np.where(wbytes > gpu.memory_gb * 1e9 * np.asarray(engine.gpu_memory_utilization),
                       "weights do not fit in GPU memory", np.where(feasible, "", "no room for the KV cache of one request"))
-    tpot_p99 = step6[5]  # the fullest steady batch
+    tpot_p99 = tpot_fullest  # the fullest steady batch
     return ServingEstimate(cap, wbytes, kvb, batch, b_kv, demand, tpot, ttft, ttft_p99, tpot_p99, out_tps, total_tps,
                            req_tps, makespan, prefill, hbm_util, terms, regime, bottleneck, feasible, reason)
