@@ -78,10 +78,11 @@ def stratum_offsets(residuals: np.ndarray, strata: np.ndarray, coverage: float =
 
 
 def row_strata(frame: pd.DataFrame) -> np.ndarray:
-    """The stratum of each row (its data source; "" where unknown)."""
-    if STRATUM_COLUMN not in frame.columns:
-        return np.full(len(frame), "", dtype=object)
-    return frame[STRATUM_COLUMN].to_numpy(dtype=object, na_value="")
+    """The stratum of each row (its data source; "" where unknown); a pandas frame or a column table."""
+    cols = columns_of(frame)
+    if STRATUM_COLUMN not in cols:
+        return np.full(cols.n, "", dtype=object)
+    return text_array(cols[STRATUM_COLUMN])
 
 
 def row_novelty(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -209,7 +210,7 @@ class IntervalCalibration:
     def _strata_codes(frame: pd.DataFrame, keys: dict) -> tuple[np.ndarray, np.ndarray]:
         """(codes, unique strata) of the rows, factorised once per frame and shared through `keys`."""
         if "stratum_codes" not in keys:
-            if len(frame) <= 64:  # a few rows: plain lookups beat factorising
+            if n_rows(frame) <= 64:  # a few rows: plain lookups beat factorising
                 index: dict[str, int] = {}
                 codes = np.array([index.setdefault(v, len(index)) for v in row_strata(frame).tolist()], dtype=np.intp)
                 uniques = np.array(list(index), dtype=object)
