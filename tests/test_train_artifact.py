@@ -119,11 +119,15 @@ def test_finite_positive_on_every_catalog_model_gpu_and_valid_layout(trained):
         assert (out[f"pred_{t}_lo"] <= out[f"pred_{t}"]).all() and (out[f"pred_{t}"] <= out[f"pred_{t}_hi"]).all()
 
 
-def test_serving_correction_reads_the_layout_only_through_physics(trained):
-    """Raw layout numbers act as layout identifiers in serving rows (they do not carry to unseen layouts)."""
-    from train.residual import LAYOUT_DESCRIPTORS
+def test_serving_layout_numbers_can_be_left_out(trained, measurements):
+    """The shipped model reads the raw layout numbers; opting out (`excluded_features`) leaves the serving
+    correction to read the layout only through physics, while step rows keep TP (the timed kernels' shard shape)."""
+    from train.residual import LAYOUT_DESCRIPTORS, ResidualModel
 
-    names = trained[0].feature_names
+    assert "f_tp" in trained[0].feature_names["serving"]
+    model = ResidualModel(seed=1, **FAST)
+    model.excluded_features = {"serving": LAYOUT_DESCRIPTORS}
+    names = model.fit(measurements).feature_names
     assert not set(LAYOUT_DESCRIPTORS) & set(names["serving"])
     assert "f_term_communication_ms" in names["serving"] or "f_weight_bytes_per_gpu" in names["serving"]
-    assert "f_tp" in names["step"]  # in step rows TP is the shard shape of the timed kernels
+    assert "f_tp" in names["step"]
