@@ -1,6 +1,6 @@
 """Column tables: the columns of a measurement frame as plain numpy arrays, without pandas in the hot path.
 
-The physics (`features.frame.physics_columns`) and the learned layer (`train.residual.FrameModel.predict_columns`)
+The physics (`features.frame.physics_columns`) and the learned layer (`train.residual.FrameModel.predict_arrays`)
 read their inputs through these: a pandas frame is wrapped once (`FrameColumns`, each column converted on first
 access), a single scenario is a `Columns` of one-element arrays (no DataFrame at all: pandas costs milliseconds per
 call on one row), and the rows of one kind are a `RowSubset` that takes only the columns actually read.
@@ -9,6 +9,7 @@ Numbers are float64 (NaN where missing), flags float (1/0, NaN where missing), t
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 
 import numpy as np
@@ -35,53 +36,56 @@ class Columns(Mapping):
         return len(self._arrays)
 
 
-class FrameColumns(Columns):
+class _LazyColumns(Columns):
+    """A column table whose arrays are made from a source on first access (and kept); membership, order and
+    width are the source's."""
+
+    def __init__(self, names, n: int):
+        self._names = names
+        self._arrays = {}
+        self.n = int(n)
+
+    @abstractmethod
+    def _load(self, col: str) -> np.ndarray:
+        """The array of `col`, made from the source."""
+
+    def __getitem__(self, col: str) -> np.ndarray:
+        v = self._arrays.get(col)
+        if v is None:
+            v = self._arrays[col] = self._load(col)
+        return v
+
+    def __contains__(self, col) -> bool:
+        return col in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class FrameColumns(_LazyColumns):
     """The columns of a pandas frame, each converted to numpy on first access (and kept)."""
 
     def __init__(self, frame: pd.DataFrame):
+        super().__init__(frame.columns, len(frame))
         self._frame = frame
-        self._arrays = {}
-        self.n = len(frame)
 
-    def __getitem__(self, col: str) -> np.ndarray:
-        v = self._arrays.get(col)
-        if v is None:
-            v = self._arrays[col] = series_array(self._frame[col])
-        return v
-
-    def __contains__(self, col) -> bool:
-        return col in self._frame.columns
-
-    def __iter__(self):
-        return iter(self._frame.columns)
-
-    def __len__(self) -> int:
-        return len(self._frame.columns)
+    def _load(self, col: str) -> np.ndarray:
+        return series_array(self._frame[col])
 
 
-class RowSubset(Columns):
+class RowSubset(_LazyColumns):
     """Rows `idx` of another column table, each column taken on first access (a wide frame is never copied)."""
 
     def __init__(self, base: Columns, idx: np.ndarray):
+        super().__init__(base, len(idx))
         self._base = base
         self._idx = idx
-        self._arrays = {}
-        self.n = len(idx)
 
-    def __getitem__(self, col: str) -> np.ndarray:
-        v = self._arrays.get(col)
-        if v is None:
-            v = self._arrays[col] = self._base[col][self._idx]
-        return v
-
-    def __contains__(self, col) -> bool:
-        return col in self._base
-
-    def __iter__(self):
-        return iter(self._base)
-
-    def __len__(self) -> int:
-        return len(self._base)
+    def _load(self, col: str) -> np.ndarray:
+        return self._base[col][self._idx]
 
 
 def series_array(s: pd.Series) -> np.ndarray:

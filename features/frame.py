@@ -191,11 +191,11 @@ class PhysicsParts:
         regime, bottleneck = phys.pop("regime"), phys.pop("bottleneck")
         # every phys_ column exists (NaN where the row's kind has no such answer): those the input already had keep
         # their place, the others come first among the new columns, then the features and answers in their order
-        placeholders = {c: np.full(n, np.nan) for c in PHYS_COLUMNS if c not in phys}
+        nan_columns = {c: np.full(n, np.nan) for c in PHYS_COLUMNS if c not in phys}
         kept = out.drop(columns=[c for c in phys if c in out.columns])
-        for c in [c for c in placeholders if c in kept.columns]:
-            kept[c] = placeholders.pop(c)
-        new = {**placeholders, **phys}
+        for c in [c for c in nan_columns if c in kept.columns]:
+            kept[c] = nan_columns.pop(c)
+        new = {**nan_columns, **phys}
         for c, v in (("regime", regime), ("bottleneck", bottleneck)):
             if c in kept.columns:  # re-framing a physics frame: the column keeps its place
                 kept[c] = pd.array(v, dtype="string")
