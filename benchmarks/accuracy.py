@@ -47,6 +47,8 @@ FAMILY_ORDER = ("residual-xgb", "physics", "descriptor-xgb", "residual-rf", "res
 BASELINE_PARAMS = {"residual-rf": {"n_estimators": 60}, "residual-mlp": {"max_steps": 800}}
 MIN_CELL_ROWS = 100  # a target with fewer held-out rows than this is listed, not judged (e.g. 37 rows of one CPU run)
 TORCH_PROBE = REPO / "data" / "torch_probe"
+# the leave-GPU-out pair: the same grid and method on both cards (the H100's default grid adds repeated points)
+TORCH_PROBE_PAIR_FILES = ("h100_default_grid.csv", "h100_dense_grid.csv", "h200_dense_grid.csv")
 PAIR_KIND = "step-torch-probe"  # leave-GPU-out on one GPU's torch-probe layer rows vs the other's
 PAIR_DIRECTIONS = (("h200", "h100-sxm"), ("h100-sxm", "h200"))
 STEP_KEY = ["gpu", "model", "tp", "phase", "batch", "context", "tokens"]
@@ -81,9 +83,12 @@ def balanced_sample(frame: pd.DataFrame, max_rows: int, seed: int, by: str = "so
 
 
 def torch_probe_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(every torch-probe row as measured, its `step` rows with repeated points merged): the H100 ran the default
-    grid and the dense grid, which share 309 points (0.2% apart); each point counts once, at its median."""
-    raw = pd.concat([pd.read_csv(p, low_memory=False) for p in sorted(TORCH_PROBE.glob("*.csv"))], ignore_index=True)
+    """(every row of the pair's torch-probe files as measured, its `step` rows with repeated points merged): the H100
+    ran the default grid and the dense grid, which share 309 points (0.2% apart); each point counts once, at its
+    median. Only TORCH_PROBE_PAIR_FILES count: later files measured on one card alone (h200_models_grid.csv: models
+    the H100 never ran) would make one direction leave-GPU-and-model-out and feed one side's calibration only."""
+    raw = pd.concat([pd.read_csv(TORCH_PROBE / name, low_memory=False) for name in TORCH_PROBE_PAIR_FILES],
+                    ignore_index=True)
     raw = raw[raw["status"].fillna("ok") == "ok"].reset_index(drop=True)
     step = raw[raw["kind"] == "step"]
     first = step.drop_duplicates(STEP_KEY).set_index(STEP_KEY)
@@ -105,7 +110,8 @@ def step_gpu_pair(families: list[str], seed: int, err: Console) -> tuple[list[di
         rows, rope_ops = probe_rows_from_schema(raw[raw["gpu"] == train_gpu])
         cal = fit_calibration(rows, None, gpu=train_gpu, rope_ops=rope_ops,
                               provenance={"fitted_for": f"benchmarks/accuracy.py {split}",
-                                          "rows": f"data/torch_probe/*.csv, gpu {train_gpu} only"})
+                                          "rows": f"data/torch_probe/ {', '.join(TORCH_PROBE_PAIR_FILES)}: "
+                                                  f"gpu {train_gpu} only"})
         info["calibration"][split] = {k: v for k, v in cal.to_json().items() if isinstance(v, float)}
         framed = physics_frame(step, cal)
         framed = framed[usable_rows(framed)].reset_index(drop=True)

@@ -105,6 +105,31 @@ def test_built_stack_has_sharded_weight_shapes():
     assert shapes[1]["wo"] == (64, 64) and shapes[2]["wo"] == (32, 64)
 
 
+def test_plain_mlp_shard_weights_and_ffn_by_hand(backend):
+    """A 2-matrix MLP model (phi-2 style: up, GELU, down) is built and counted without a gate; head dim 80 runs."""
+    plain = ModelSpec(**{**TINY.__dict__, "name": "tiny-plain", "ffn_matrices": 2})
+    s1, s2 = ts.shard_layer(plain, 1), ts.shard_layer(plain, 2)
+    assert (s1.ffn_matrices, s1.ffn_in, s2.ffn_in) == (2, 128, 64)
+    # QKV 64x128 + O 64x64 + up 64x128 + down 128x64
+    assert s1.weight_params == 8192 + 4096 + 8192 + 8192 == 28672
+    assert ts.step_includes(s1)[-4:-1] == ["up_gemm", "gelu_tanh", "down_gemm"]
+    assert ts.step_includes(ts.shard_layer(TINY, 1))[-4:-1] == ["gate_up_gemm", "silu_mul", "down_gemm"]
+    stack = ts.DecoderStack(s1, 1, "cpu", torch.float32, seed=3)
+    layer = stack.layers[0]
+    assert tuple(layer["wgu"].shape) == (64, 128) and tuple(layer["wdown"].shape) == (128, 64)
+    x = stack.random(5, 64)
+    h = torch.nn.functional.rms_norm(x, (64,), layer["ln2"], stack.eps)
+    ref = x + torch.nn.functional.gelu(h @ layer["wgu"], approximate="tanh") @ layer["wdown"]
+    torch.testing.assert_close(stack._ffn(x, layer), ref)
+    assert ts.model_op_grid(plain, 1, (2,), (8,)).gemm[2].n == 128  # the up GEMM, not a fused gate-up
+    hd80 = ModelSpec(**{**plain.__dict__, "name": "tiny-hd80", "hidden_size": 160, "num_heads": 2, "num_kv_heads": 2,
+                        "head_dim": 80})
+    df = backend.measure_model(hd80, 1, ts.StepGrid(batches=(2,), contexts=(16,), prefill_tokens=(8,)))
+    assert_ok_rows(df, "layer_ms")
+    detail = json.loads(df["detail"].iloc[0]) if isinstance(df["detail"].iloc[0], str) else df["detail"].iloc[0]
+    assert detail["ffn_matrices"] == 2 and detail["head_dim"] == 80 and detail["includes"][-3:-1] == ["gelu_tanh", "down_gemm"]
+
+
 def test_moe_shard_routing_bytes_and_flops_by_hand():
     s = ts.shard_moe(TINY_MOE, ep=2)
     assert (s.local_experts, s.expert_ffn, s.shared_ffn, s.expert_params) == (2, 32, 32, 3 * 64 * 32)

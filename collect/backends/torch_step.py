@@ -1,10 +1,11 @@
 """Torch step/op backend: times sharded Llama-style decoder layers, GEMMs, attention, RoPE, KV append, MoE blocks.
 
-Reproduces the method of the project's GPU probe (`shared/data/gpu_probe/README.md`) and adds RoPE and KV append
-to the decode step: random weights scaled by 0.02, a stack of `layers_timed` distinct layers with the model's shapes
-sharded for tensor parallelism, CUDA graphs + CUDA events on a GPU (median of replays after warm-ups), wall-clock
-medians on a CPU. Every finished measurement becomes one schema row (`features.schema`) handed to a sink at once,
-so an interrupted collection keeps what it finished.
+Reproduces the method of the project's GPU probe (`shared/data/gpu_probe/README.md`) and adds RoPE and KV append to
+the decode step: random weights scaled by 0.02, a stack of `layers_timed` distinct layers with the model's shapes
+sharded for tensor parallelism (a gated SiLU FFN, or up-GELU-down for 2-matrix MLPs such as phi-2's), CUDA graphs +
+CUDA events on a GPU (median of replays after warm-ups), wall-clock medians on a CPU. Every finished measurement
+becomes one schema row (`features.schema`) handed to a sink at once, so an interrupted collection keeps what it
+finished.
 
 Units: `_bytes`, `_ms`, `flops` (floating-point operations, not a rate). torch is imported on first use, so that
 importing this module (for its CLI helpers) stays cheap.
@@ -49,6 +50,8 @@ MEMORY_FRACTION = 0.9  # a configuration is measured only if model shard + KV fi
 MOE_ROW_ALIGN = 16  # each expert's token group is padded to a multiple of this (grouped GEMM alignment)
 DECODE_INCLUDES = ("rmsnorm", "qkv_gemm", "rope", "kv_append", "attention", "o_gemm", "residual", "rmsnorm",
                    "gate_up_gemm", "silu_mul", "down_gemm", "residual")
+PLAIN_MLP_INCLUDES = ("rmsnorm", "qkv_gemm", "rope", "kv_append", "attention", "o_gemm", "residual", "rmsnorm",
+                      "up_gemm", "gelu_tanh", "down_gemm", "residual")
 MOE_INCLUDES = ("grouped_gate_up_gemm", "silu_mul", "grouped_down_gemm", "shared_expert")
 
 _DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -69,6 +72,12 @@ class LayerShard:
     vocab: int  # lm_head columns on this rank
     tp: int
     kv_replicated: bool  # the model has fewer KV heads than tp: each rank keeps one (replicated) KV head
+    ffn_matrices: int = 3  # 3: gated FFN (gate, up, down; SiLU-mul); 2: plain MLP (up, GELU, down), as phi-2
+
+    @property
+    def ffn_in(self) -> int:
+        """Output width of the FFN's first GEMM: gate and up fused (2 x ffn) when gated, up alone (ffn) otherwise."""
+        return (self.ffn_matrices - 1) * self.ffn
 
     @property
     def q_dim(self) -> int:
@@ -89,8 +98,13 @@ class LayerShard:
 
     @property
     def weight_params(self) -> int:
-        """GEMM weights of one layer shard (QKV, O, gate-up, down); norm vectors are not counted, as in the probe."""
-        return self.hidden * self.qkv_out + self.q_dim * self.hidden + 3 * self.hidden * self.ffn
+        """GEMM weights of one layer shard (QKV, O, gate-up or up, down); norm vectors are not counted, as in the probe."""
+        return self.hidden * self.qkv_out + self.q_dim * self.hidden + self.ffn_matrices * self.hidden * self.ffn
+
+
+def step_includes(shard: "LayerShard") -> list[str]:
+    """What one timed decoder layer of `shard` runs, in order (the gated or the plain-MLP FFN)."""
+    return list(PLAIN_MLP_INCLUDES if shard.ffn_matrices == 2 else DECODE_INCLUDES)
 
 
 def shard_layer(model: ModelSpec, tp: int) -> LayerShard:
@@ -124,6 +138,7 @@ def shard_layer(model: ModelSpec, tp: int) -> LayerShard:
         vocab=-(-model.vocab_size // tp),
         tp=tp,
         kv_replicated=replicated,
+        ffn_matrices=model.ffn_matrices,
     )
 
 
@@ -345,7 +360,7 @@ def probe_op_grid() -> OpGrid:
 def model_op_grid(model: ModelSpec, tp: int, batches: Sequence[int], contexts: Sequence[int]) -> OpGrid:
     """The ops of `model`'s TP shard: its four layer GEMMs and lm_head at m = batches, attention, KV append, RoPE."""
     s = shard_layer(model, tp)
-    nk = ((s.qkv_out, s.hidden), (s.hidden, s.q_dim), (2 * s.ffn, s.hidden), (s.hidden, s.ffn), (s.vocab, s.hidden))
+    nk = ((s.qkv_out, s.hidden), (s.hidden, s.q_dim), (s.ffn_in, s.hidden), (s.hidden, s.ffn), (s.vocab, s.hidden))
     return OpGrid(
         gemm=tuple(GemmShape(m, n, k) for n, k in nk for m in batches),
         attn=tuple(AttnShape(b, c, s.kv_heads, s.group, s.head_dim) for b in batches for c in contexts),
@@ -634,7 +649,7 @@ class DecoderStack:
                 "wqkv": self._weight(s.hidden, s.qkv_out),
                 "wo": self._weight(s.q_dim, s.hidden),
                 "ln2": torch.ones(s.hidden, device=device, dtype=dtype),
-                "wgu": self._weight(s.hidden, 2 * s.ffn),
+                "wgu": self._weight(s.hidden, s.ffn_in),
                 "wdown": self._weight(s.ffn, s.hidden),
             }
             for _ in range(layers)
@@ -702,7 +717,10 @@ class DecoderStack:
 
         h = F.rms_norm(x, (self.shard.hidden,), L["ln2"], self.eps)
         gu = h @ L["wgu"]
-        act = F.silu(gu[:, : self.shard.ffn]) * gu[:, self.shard.ffn :]
+        if self.shard.ffn_matrices == 2:
+            act = F.gelu(gu, approximate="tanh")
+        else:
+            act = F.silu(gu[:, : self.shard.ffn]) * gu[:, self.shard.ffn :]
         return x + act @ L["wdown"]
 
     def decode(self, x: "torch.Tensor", st: StepState) -> "torch.Tensor":
@@ -1039,6 +1057,7 @@ class TorchStepBackend:
             "layers_timed": layers, "ms_min": t.min_ms, "ms_max": t.max_ms, "replays": t.replays,
             "warmup": t.warmup, "graph": t.graph, "hidden": shard.hidden, "heads": shard.heads,
             "kv_heads": shard.kv_heads, "head_dim": shard.head_dim, "ffn": shard.ffn, "qkv_out": shard.qkv_out,
+            "ffn_matrices": shard.ffn_matrices,
             "kv_replicated": shard.kv_replicated, "weight_bytes_layer": layer_weight_bytes(shard, self.elem_bytes),
         }
 
@@ -1057,7 +1076,7 @@ class TorchStepBackend:
             flops_layer=decode_flops(shard, batch, context),
             lm_head_weight_bytes=lm_head_bytes(shard, self.elem_bytes),
             lm_head_flops=2 * batch * shard.hidden * shard.vocab, lm_head_vocab=shard.vocab,
-            lm_head_ms_min=lm.min_ms, lm_head_ms_max=lm.max_ms, includes=list(DECODE_INCLUDES),
+            lm_head_ms_min=lm.min_ms, lm_head_ms_max=lm.max_ms, includes=step_includes(shard),
             attention="sdpa, GQA packed as query length, non-causal, contiguous KV",
         )
         return {"layer_ms": t.median_ms, "lm_head_ms": lm.median_ms}, detail
@@ -1069,7 +1088,7 @@ class TorchStepBackend:
         detail = self._step_detail(shard, layers, t)
         detail.update(
             prior_context=prior, kv_bytes_layer=kv_bytes(shard, 1, prior + tokens, self.elem_bytes),
-            flops_layer=prefill_flops(shard, tokens, prior), includes=list(DECODE_INCLUDES),
+            flops_layer=prefill_flops(shard, tokens, prior), includes=step_includes(shard),
             attention="sdpa causal (bottom-right aligned after prior), GQA",
         )
         return {"layer_ms": t.median_ms}, detail
