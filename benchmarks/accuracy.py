@@ -8,7 +8,7 @@ rank correlation across the layouts of a scenario, and the regret of the layout 
 Prints the table, checks issue 5's targets, and writes benchmarks/results/accuracy.json.
 
 Leave-GPU-out on step data compares like with like: `step-torch-probe` cells train on one GPU's torch-probe
-decoder-layer rows (data/torch_probe: the same grid and method on an H100 and an H200) and predict the other GPU's,
+decoder-layer rows (data/torch_probe: the same method and models on an H100 and an H200) and predict the other GPU's,
 in both directions, with the physics calibration refitted on the training GPU's own op and layer rows only (the
 held-out GPU never informs a constant). The generic `step` cells pool every step source — the GPU probes, vLLM's
 per-iteration (fpm) engine steps of whole forward passes with the scheduler (a different quantity from one
@@ -47,8 +47,10 @@ FAMILY_ORDER = ("residual-xgb", "physics", "descriptor-xgb", "residual-rf", "res
 BASELINE_PARAMS = {"residual-rf": {"n_estimators": 60}, "residual-mlp": {"max_steps": 800}}
 MIN_CELL_ROWS = 100  # a target with fewer held-out rows than this is listed, not judged (e.g. 37 rows of one CPU run)
 TORCH_PROBE = REPO / "data" / "torch_probe"
-# the leave-GPU-out pair: the same grid and method on both cards (the H100's default grid adds repeated points)
-TORCH_PROBE_PAIR_FILES = ("h100_default_grid.csv", "h100_dense_grid.csv", "h200_dense_grid.csv")
+# the leave-GPU-out pair: the same method on both cards (the H100's default grid adds repeated points; the models
+# grids hold six more dense shapes, the H100's grid a superset of the H200's)
+TORCH_PROBE_PAIR_FILES = ("h100_default_grid.csv", "h100_dense_grid.csv", "h200_dense_grid.csv",
+                          "h100_models_grid.csv", "h200_models_grid.csv")
 PAIR_KIND = "step-torch-probe"  # leave-GPU-out on one GPU's torch-probe layer rows vs the other's
 PAIR_DIRECTIONS = (("h200", "h100-sxm"), ("h100-sxm", "h200"))
 STEP_KEY = ["gpu", "model", "tp", "phase", "batch", "context", "tokens"]
@@ -85,8 +87,9 @@ def balanced_sample(frame: pd.DataFrame, max_rows: int, seed: int, by: str = "so
 def torch_probe_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     """(every row of the pair's torch-probe files as measured, its `step` rows with repeated points merged): the H100
     ran the default grid and the dense grid, which share 309 points (0.2% apart); each point counts once, at its
-    median. Only TORCH_PROBE_PAIR_FILES count: later files measured on one card alone (h200_models_grid.csv: models
-    the H100 never ran) would make one direction leave-GPU-and-model-out and feed one side's calibration only."""
+    median. Only TORCH_PROBE_PAIR_FILES count: a file measured on one card alone (models the other card never ran)
+    would make one direction leave-GPU-and-model-out and feed one side's calibration only; the models grids are in
+    the pair because both cards ran those six models (the H100 on a denser grid, 329 points shared)."""
     raw = pd.concat([pd.read_csv(TORCH_PROBE / name, low_memory=False) for name in TORCH_PROBE_PAIR_FILES],
                     ignore_index=True)
     raw = raw[raw["status"].fillna("ok") == "ok"].reset_index(drop=True)
