@@ -48,9 +48,10 @@ BASELINE_PARAMS = {"residual-rf": {"n_estimators": 60}, "residual-mlp": {"max_st
 MIN_CELL_ROWS = 100  # a target with fewer held-out rows than this is listed, not judged (e.g. 37 rows of one CPU run)
 TORCH_PROBE = REPO / "data" / "torch_probe"
 # the leave-GPU-out pair: the same method on both cards (the H100's default grid adds repeated points; the models
-# grids hold six more dense shapes, the H100's grid a superset of the H200's)
+# files hold six more dense shapes: the H100's models grid and the H200's models dense file cover the same dense grid,
+# the H200's small models grid repeats 372 of its points)
 TORCH_PROBE_PAIR_FILES = ("h100_default_grid.csv", "h100_dense_grid.csv", "h200_dense_grid.csv",
-                          "h100_models_grid.csv", "h200_models_grid.csv")
+                          "h100_models_grid.csv", "h200_models_grid.csv", "h200_models_dense.csv")
 PAIR_KIND = "step-torch-probe"  # leave-GPU-out on one GPU's torch-probe layer rows vs the other's
 PAIR_DIRECTIONS = (("h200", "h100-sxm"), ("h100-sxm", "h200"))
 STEP_KEY = ["gpu", "model", "tp", "phase", "batch", "context", "tokens"]
@@ -86,10 +87,11 @@ def balanced_sample(frame: pd.DataFrame, max_rows: int, seed: int, by: str = "so
 
 def torch_probe_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     """(every row of the pair's torch-probe files as measured, its `step` rows with repeated points merged): the H100
-    ran the default grid and the dense grid, which share 309 points (0.2% apart); each point counts once, at its
-    median. Only TORCH_PROBE_PAIR_FILES count: a file measured on one card alone (models the other card never ran)
-    would make one direction leave-GPU-and-model-out and feed one side's calibration only; the models grids are in
-    the pair because both cards ran those six models (the H100 on a denser grid, 329 points shared)."""
+    ran the default grid and the dense grid, which share 309 points (0.2% apart), and the H200's models dense file
+    repeats its models grid's 372 points (0.8% apart); each point counts once, at its median. Only
+    TORCH_PROBE_PAIR_FILES count: a file measured on one card alone (models the other card never ran) would make one
+    direction leave-GPU-and-model-out and feed one side's calibration only; the models files are in the pair because
+    both cards ran those six models over the same dense grid (1,229 points shared)."""
     raw = pd.concat([pd.read_csv(TORCH_PROBE / name, low_memory=False) for name in TORCH_PROBE_PAIR_FILES],
                     ignore_index=True)
     raw = raw[raw["status"].fillna("ok") == "ok"].reset_index(drop=True)
