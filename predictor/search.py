@@ -40,6 +40,8 @@ SLO_COLUMNS = {"ttft_ms": "pred_ttft_ms", "tpot_ms": "pred_tpot_ms", "ttft_p99_m
                "tpot_p99_ms": "pred_tpot_p99_ms"}
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
 PRESCORE_ROWS = 60_000  # spaces up to this size are scored in one vectorised pass (cheaper than many small ones)
+DRAWS = 3  # sampled closed batches the simulated contenders are averaged over (benchmarks/search_draws.py)
+TIE_MARGIN = 0.05  # contenders: simulated within this fraction of the leader's objective on the first batch
 BATCH = 32  # trials asked at once when candidates are scored lazily
 
 DISPLAY_COLUMNS = ["mode", "layout", "tp", "pp", "dp", "ep", "attention_dp", "b_tp", "b_pp", "b_dp", "b_ep",
@@ -477,9 +479,11 @@ def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reas
            weight_dtype: str | None = None, refine_top: int = 8, seed: int = 0, predictor: Predictor | None = None,
            show_progress: bool = False, request_rate: float = 0.0, modes: tuple[str, ...] | list[str] = MODES,
            secondary: str | None = None, sampler: str = "auto", storage: str | None = None,
-           study_name: str | None = None) -> SearchResult:
+           study_name: str | None = None, draws: int = DRAWS, tie_margin: float = TIE_MARGIN) -> SearchResult:
     """Search layouts (aggregated, mixed, disaggregated) and knobs of `num_gpus` GPUs for the best `objective`
-    under `slo`; with `secondary` ("tpot" or "ttft") a multi-objective search of throughput per GPU against it."""
+    under `slo`; with `secondary` ("tpot" or "ttft") a multi-objective search of throughput per GPU against it.
+    Closed batches: the simulated candidates within `tie_margin` of the leader are re-simulated on `draws` sampled
+    batches in all (the same batches for each) and ranked by the mean."""
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
         raise InputError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
@@ -489,6 +493,8 @@ def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reas
         raise InputError(f"unknown sampler {sampler!r}; expected one of {list(SAMPLERS)}")
     if trials < (0 if storage else 1):
         raise InputError("--trials must be at least 1")
+    if draws < 1 or not 0 <= tie_margin < 1:
+        raise InputError("--draws must be at least 1 and --tie-margin in [0, 1)")
     if (num_requests or 0) < 0 or (concurrency or 0) < 0 or (request_rate or 0) < 0:
         raise InputError("--requests, --concurrency and --rate must not be negative")
     slo = _check_slo(slo)
@@ -529,10 +535,11 @@ def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reas
 
     seen = scores.table(np.unique(visited))
     seen["simulated"] = False
+    seen["sim_draws"] = 0
     seen["preemptions"] = np.nan
     seen["meets_slo"] = _apply_slo(seen, slo) & seen["feasible"] & np.isfinite(seen[col])
     if wl.num_requests > 0 and refine_top > 0:
-        seen = _refine(predictor, ctx, seen, col, sign, refine_top, seed)
+        seen = _refine(predictor, ctx, seen, col, sign, refine_top, seed, draws, tie_margin)
         seen["meets_slo"] = _apply_slo(seen, slo) & seen["feasible"] & np.isfinite(seen[col])
     ranked = _rank(seen, col, sign)
     best, message = _best_and_message(ranked, slo, col)
@@ -549,10 +556,9 @@ def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reas
 
 
 def _refine(predictor: Predictor, ctx: SearchContext, seen: pd.DataFrame, col: str, sign: float, top: int,
-            seed: int) -> pd.DataFrame:
-    """Re-score the leading closed-batch candidates (by the screen) with the request-level simulation."""
-    from predictor.refine import refine
-
+            seed: int, draws: int = 1, tie_margin: float = 0.0) -> pd.DataFrame:
+    """Re-score the leading closed-batch candidates (by the screen) with the request-level simulation; those within
+    `tie_margin` of the simulated leader get `draws` sampled batches in all and keep the mean of each target."""
     cand = seen[seen["feasible"] & np.isfinite(seen[col])]
     order = (sign * cand[col]).sort_values(kind="stable").index
     # small spaces: simulate every feasible candidate; large ones: the `top` best by the screen (distinct layouts)
@@ -563,15 +569,27 @@ def _refine(predictor: Predictor, ctx: SearchContext, seen: pd.DataFrame, col: s
         distinct = layouts[~layouts.duplicated()].index
         modes = seen.loc[distinct, "mode"] if "mode" in seen.columns else pd.Series("aggregated", index=distinct)
         order = pd.Index([i for m in pd.unique(modes) for i in distinct[(modes == m).to_numpy()][:top]])
+    runs: dict = {}
     for i in order:
-        r = seen.loc[i]
-        try:
-            targets = refine(predictor, ctx, r, seed)
-        except InputError as e:  # e.g. a request longer than a replica's whole cache: it can never finish
-            seen.loc[i, "reason"] = f"simulation: {e}"
-            seen.loc[i, "feasible"] = False
-            continue
-        for t, v in targets.items():
+        targets = _simulate_candidate(predictor, ctx, seen, i, seed)
+        if targets is not None:
+            runs[i] = [targets]
+    # a closed batch's makespan hangs on where its few longest requests land, so one sampled batch can reorder
+    # candidates a few percent apart: contenders get more batches (common to all of them) and are ranked by the mean
+    if draws > 1 and runs:
+        first = pd.Series({i: sign * r[0][col.removeprefix("pred_")]["value"] for i, r in runs.items()
+                           if col.removeprefix("pred_") in r[0]}).dropna()
+        if len(first) > 1:
+            lead = first.min()
+            close = first.index[(first - lead).abs() <= tie_margin * abs(lead)]
+            if len(close) > 1:
+                for i in close:
+                    for k in range(1, draws):
+                        more = _simulate_candidate(predictor, ctx, seen, i, seed + k)
+                        if more is not None:
+                            runs[i].append(more)
+    for i, results in runs.items():
+        for t, v in _mean_targets(results).items():
             if t.startswith("worst_") or t == "preemptions":
                 seen.loc[i, t] = v["value"]
                 continue
@@ -580,8 +598,31 @@ def _refine(predictor: Predictor, ctx: SearchContext, seen: pd.DataFrame, col: s
                 if c in seen.columns or suffix == "":
                     seen.loc[i, c] = v[key]
         seen.loc[i, "simulated"] = True
+        seen.loc[i, "sim_draws"] = len(results)
         seen.loc[i, "throughput_per_gpu"] = seen.loc[i, "pred_output_throughput"] / seen.loc[i, "num_gpus"]
     return seen
+
+
+def _simulate_candidate(predictor: Predictor, ctx: SearchContext, seen: pd.DataFrame, i, seed: int) -> dict | None:
+    """The simulated targets of candidate `i` on the batch sampled with `seed`; None (and the candidate marked
+    infeasible) when the simulation refuses it, e.g. a request longer than a replica's whole cache."""
+    from predictor.refine import refine
+
+    try:
+        return refine(predictor, ctx, seen.loc[i], seed)
+    except InputError as e:
+        seen.loc[i, "reason"] = f"simulation: {e}"
+        seen.loc[i, "feasible"] = False
+        return None
+
+
+def _mean_targets(results: list[dict]) -> dict:
+    """Per target, the mean value/lo/hi over simulated draws (targets missing from a draw are skipped there)."""
+    out = {}
+    for t in results[0]:
+        vals = [r[t] for r in results if t in r]
+        out[t] = {k: float(np.mean([v[k] for v in vals])) for k in ("value", "lo", "hi")}
+    return out
 
 
 def _rank(seen: pd.DataFrame, col: str, sign: float) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from features.catalog import resolve_workload
+from features.errors import InputError
 from predictor import Predictor, search
 from predictor.refine import refine
 from predictor.scoring import SearchContext, score_candidates
@@ -191,3 +192,21 @@ def test_cli_bad_search_input_is_one_line(args, needle, capsys):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_closed_batch_contenders_are_averaged_over_common_draws(p):
+    """Simulated candidates within the tie margin of the leader are re-simulated on further sampled batches (the
+    same for each) and keep the mean; with a margin of zero only the leader's first batch counts."""
+    kw = dict(workload="reasoning", objective="makespan", num_requests=120, exhaustive=True, predictor=p,
+              modes=("aggregated",), refine_top=3)
+    one = [search("llama-3.1-8b", "h100", 2, seed=s, draws=1, **kw).ranked for s in (4, 5, 6)]
+    both = search("llama-3.1-8b", "h100", 2, seed=4, draws=3, tie_margin=0.99, **kw).ranked
+    sim = both[both["simulated"]]
+    assert len(sim) >= 2 and (sim["sim_draws"] == 3).all()
+    for _, row in sim.iterrows():
+        singles = [r.loc[r["layout"] == row["layout"], "pred_makespan_s"].iloc[0] for r in one]
+        assert row["pred_makespan_s"] == pytest.approx(np.mean(singles), rel=1e-9)
+    lone = search("llama-3.1-8b", "h100", 2, seed=4, draws=3, tie_margin=0.0, **kw).ranked
+    assert (lone.loc[lone["simulated"], "sim_draws"] == 1).all()
+    with pytest.raises(InputError):
+        search("llama-3.1-8b", "h100", 2, draws=0, **kw)

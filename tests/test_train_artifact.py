@@ -119,15 +119,16 @@ def test_finite_positive_on_every_catalog_model_gpu_and_valid_layout(trained):
         assert (out[f"pred_{t}_lo"] <= out[f"pred_{t}"]).all() and (out[f"pred_{t}"] <= out[f"pred_{t}_hi"]).all()
 
 
-def test_serving_layout_numbers_can_be_left_out(trained, measurements):
-    """The shipped model reads the raw layout numbers; opting out (`excluded_features`) leaves the serving
-    correction to read the layout only through physics, while step rows keep TP (the timed kernels' shard shape)."""
+def test_serving_correction_reads_layout_through_physics_and_no_source(trained, measurements):
+    """The shipped serving correction reads neither the raw layout numbers (group identifiers, not descriptions)
+    nor the data source (a prediction has none); step rows keep TP (the timed kernels' shard shape) and their
+    source. Putting the layout numbers back is one class attribute away."""
     from train.residual import LAYOUT_DESCRIPTORS, ResidualModel
 
-    assert "f_tp" in trained[0].feature_names["serving"]
-    model = ResidualModel(seed=1, **FAST)
-    model.excluded_features = {"serving": LAYOUT_DESCRIPTORS}
-    names = model.fit(measurements).feature_names
-    assert not set(LAYOUT_DESCRIPTORS) & set(names["serving"])
+    names = trained[0].feature_names
+    assert not set(LAYOUT_DESCRIPTORS) & set(names["serving"]) and "cat_source" not in names["serving"]
     assert "f_term_communication_ms" in names["serving"] or "f_weight_bytes_per_gpu" in names["serving"]
     assert "f_tp" in names["step"]
+    model = ResidualModel(seed=1, **FAST)
+    model.excluded_features = {"serving": ("cat_source",)}
+    assert "f_tp" in model.fit(measurements).feature_names["serving"]

@@ -287,3 +287,18 @@ def test_physics_only_rows_get_the_physics_error_width():
     assert trust[0] == trust[1] == 0.0
     assert (lo[0], hi[0]) == (-0.05, 0.06) and (lo[1], hi[1]) == (-0.2, 0.3)  # its source's, else the pooled
     assert (trust[2], lo[2], hi[2]) == (1.0, -0.02, 0.02)
+
+
+def test_feature_space_leaves_out_excluded_numeric_and_categorical_columns():
+    """`exclude` drops numeric columns by name and categorical ones as `cat_<column>`; unknown categories
+    (a prediction's source) read as missing."""
+    from train.frames import FeatureSpace
+
+    frame = pd.DataFrame({"f_tp": [1, 2, 4], "f_batch": [8.0, 16.0, 32.0], "source": ["a", "b", "a"],
+                          "engine": ["vllm", "trtllm", "vllm"]})
+    full = FeatureSpace.from_frame(frame)
+    assert full.names == ["f_tp", "f_batch", "cat_engine", "cat_source", "log_phys"]
+    space = FeatureSpace.from_frame(frame, exclude=("f_tp", "cat_source"))
+    assert space.names == ["f_batch", "cat_engine", "log_phys"]
+    X = full.matrix(pd.DataFrame({"f_tp": [8], "f_batch": [64.0], "source": ["prediction"], "engine": ["vllm"]}))
+    assert X[0, 2] == full.categories["engine"]["vllm"] and np.isnan(X[0, 3])

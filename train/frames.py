@@ -90,7 +90,7 @@ class FeatureSpace:
     def from_frame(cls, frame: pd.DataFrame, numeric_prefix: str = FEATURE_PREFIX, with_log_physics: bool = True,
                    categorical: tuple[str, ...] = CATEGORICAL_COLUMNS, exclude: tuple[str, ...] = ()):
         """Learn the feature list (numeric columns that vary, less `exclude`) and the category vocabularies of
-        training rows."""
+        training rows (`cat_<column>` in `exclude` leaves a categorical column out)."""
         numeric = []
         for c in frame.columns:
             if not c.startswith(numeric_prefix) or c in exclude:
@@ -103,7 +103,7 @@ class FeatureSpace:
                 numeric.append(c)
         cats = {}
         for c in categorical:
-            if c in frame.columns:
+            if c in frame.columns and f"cat_{c}" not in exclude:
                 vals = sorted(frame[c].dropna().astype(str).unique().tolist())
                 if len(vals) > 1:
                     cats[c] = {v: i for i, v in enumerate(vals)}

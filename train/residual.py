@@ -40,7 +40,10 @@ class FrameModel(ABC):
     transfer_novelty: tuple[str, ...] = ()  # (instance attribute; class default for models pickled before it)
     residual: ClassVar[bool] = True  # learn log(measured / physics); False: learn log(measured) directly
     feature_prefix: ClassVar[str] = "f_"
-    excluded_features: ClassVar[dict[str, tuple[str, ...]]] = {}  # per kind: feature columns never read
+    # per kind: feature columns never read. A serving prediction has no data source (`source="prediction"`, an
+    # unseen category that sent rows down whichever branch trees chose for missing values), so no family reads the
+    # source of serving rows; per-source differences are left to the per-source interval offsets
+    excluded_features: ClassVar[dict[str, tuple[str, ...]]] = {"serving": ("cat_source",)}
     categorical: ClassVar[tuple[str, ...]] = CATEGORICAL_COLUMNS
     defaults: ClassVar[dict] = {}
 
@@ -323,14 +326,11 @@ class ResidualModel(FrameModel):
     family = "residual-xgb"
     # in serving rows the raw layout numbers name a whole deployment rather than describe it: trees split on them
     # as group identifiers (with plain TP1 held out, TP=1 in training was only DP/EP layouts whose TTFT physics
-    # misses by e^4, and the held-out TP1 rows got that correction). The serving correction reads the layout only
-    # through the physics terms it shapes (weights and KV per GPU, communication time, batch limits), which carry
-    # over to layouts not in training. In step rows TP is the shard shape of the timed kernels: kept.
-    # NOT applied by default (empty): with the layout numbers excluded, the shipped model's learned speed correction
-    # let capacity-trapped mixed deployments outrank the aggregated winner of the 32B / 8xH200 study
-    # (tests/test_search.py::test_closed_batch_trapped_mix_does_not_outrank_aggregated_winner). Opt in per
-    # subclass/instance with {"serving": LAYOUT_DESCRIPTORS} until that interaction is resolved.
-    excluded_features: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # misses by e^4, and the held-out TP1 rows got that correction: leave-layout-out TTFT 70% median error, 55%
+    # coverage). The serving correction reads the layout only through the physics terms it shapes (weights and KV
+    # per GPU, communication time, batch limits), which carry over to layouts not in training: leave-layout-out TTFT
+    # 38%, coverage 74% (benchmarks/accuracy.py). In step rows TP is the shard shape of the timed kernels: kept.
+    excluded_features: ClassVar[dict[str, tuple[str, ...]]] = {"serving": (*LAYOUT_DESCRIPTORS, "cat_source")}
     defaults = {
         "n_estimators": 60, "max_depth": 6, "learning_rate": 0.15, "min_child_weight": 1.0, "subsample": 0.8,
         "colsample_bytree": 0.8, "reg_lambda": 1.0, "reg_alpha": 0.0, "monotone_phys": 1,

@@ -37,6 +37,11 @@ def register(sub) -> None:
     p.add_argument("--weight-dtype", default=None, choices=["bf16", "fp16", "fp8", "fp4"])
     p.add_argument("--refine", type=int, default=8, metavar="N",
                    help="closed batches: re-score the N leading candidates with the scheduler simulation (0: off)")
+    p.add_argument("--draws", type=int, default=3, metavar="N",
+                   help="closed batches: simulated candidates within --tie-margin of the leader are averaged over N "
+                        "sampled batches, the same for each (default 3; 1: one batch)")
+    p.add_argument("--tie-margin", type=float, default=0.05, metavar="F",
+                   help="closed batches: which candidates get the extra batches (within this fraction of the leader)")
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna RDB storage shared by several workers (sqlite:///f.db, postgresql://...)")
     p.add_argument("--study-name", default=None, help="study name in --storage (default: derived from the question)")
@@ -72,6 +77,7 @@ def run(args) -> int:
                  isl=args.isl, osl=args.osl, knobs=WIDE_KNOBS if args.knobs else None, weight_dtype=args.weight_dtype,
                  seed=args.seed, predictor=Predictor.load(args.predictor), modes=modes, secondary=args.pareto,
                  sampler=args.sampler, storage=args.storage, study_name=args.study_name, refine_top=args.refine,
+                 draws=args.draws, tie_margin=args.tie_margin,
                  show_progress=not args.json and sys.stderr.isatty())
     if args.plot:
         res.plot(args.plot)
