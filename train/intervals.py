@@ -14,13 +14,14 @@ the predictor's "prediction") get the pooled offsets.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from features.columns import columns_of, n_rows, text_array
+from features.columns import Columns, columns_of, n_rows, text_array
 from train.splits import layout_code
 
 NOVELTY_DIMS = ("model", "gpu", "layout")
@@ -29,6 +30,7 @@ QUERY_STRATA = ("", "prediction")  # rows that ask for a prediction rather than 
 MIN_STRATUM_RESIDUALS = 30  # fewer held-out residuals than this: the stratum uses the pooled offsets
 MIN_STRATUM_GROUPS = 3  # fewer held-out groups than this in a stratum: its largest group shift widens its offsets
 MIN_GROUP_ROWS = 5  # a held-out group counts (and its shift is measured) from this many residuals
+FEW_ROWS = 64  # up to this many rows, interval terms are looked up per row profile (`IntervalCalibration.terms`)
 
 
 def conformal_offsets(residuals: np.ndarray, coverage: float = 0.8) -> tuple[float, float]:
@@ -155,6 +157,45 @@ class IntervalCalibration:
             w = self.prior_log_halfwidth
             return np.ones(n), np.full(n, -w), np.full(n, w)
         keys = keys if keys is not None else {}
+        if n <= FEW_ROWS:
+            return self._profile_terms(frame, keys)
+        return self._row_terms(frame, keys)
+
+    def _profile_terms(self, frame: pd.DataFrame, keys: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`terms` of a few rows, looked up by each row's profile: a row's terms depend only on its stratum and on
+        which of its model, GPU and layout training saw, so they form a table of the calibration (made once per
+        stratum, over every novelty) rather than being worked out row by row."""
+        self._fill_novelty(frame, keys)
+        n = n_rows(frame)
+        unseen = [_unseen(keys, dim, self.seen[dim], n) if dim in self.seen else np.zeros(n, dtype=bool)
+                  for dim in NOVELTY_DIMS]
+        table = self.__dict__.setdefault("_profiles", {})
+        out = np.empty((3, n))
+        for i, stratum in enumerate(row_strata(frame).tolist()):
+            if stratum not in table:
+                table[stratum] = self._stratum_table(stratum)
+            out[:, i] = table[stratum][tuple(bool(u[i]) for u in unseen)]
+        return out[0], out[1], out[2]
+
+    def _stratum_table(self, stratum: str) -> dict[tuple[bool, ...], np.ndarray]:
+        """(trust, lower, upper) of a row of `stratum` for every combination of unseen model, GPU and layout."""
+        profiles = list(itertools.product((False, True), repeat=len(NOVELTY_DIMS)))
+        n = len(profiles)
+        unseen_key = object()  # a key no training row had
+        keys = {dim: np.array([unseen_key if p[j] else next(iter(self.seen.get(dim) or ()), unseen_key)
+                               for p in profiles], dtype=object) for j, dim in enumerate(NOVELTY_DIMS)}
+        rows = Columns({STRATUM_COLUMN: np.full(n, stratum, dtype=object)}, n)
+        trust, lo, hi = self._row_terms(rows, keys)
+        return {p: np.array([trust[i], lo[i], hi[i]]) for i, p in enumerate(profiles)}
+
+    def _fill_novelty(self, frame: pd.DataFrame, keys: dict) -> None:
+        """Put each row's novelty keys (`row_novelty`) in `keys` unless it has them all."""
+        if self.seen and not all(d in keys for d in NOVELTY_DIMS):
+            keys.update(row_novelty(frame))
+
+    def _row_terms(self, frame: pd.DataFrame, keys: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`terms` worked out row by row (vectorised)."""
+        n = n_rows(frame)
         strata = self._strata_codes(frame, keys) if (self.strata or self.seen_strata or self.physics_offsets) else None
         cache: dict = {}
 
@@ -170,8 +211,7 @@ class IntervalCalibration:
         lo, hi = (a.copy() for a in offsets_of("random" if "random" in self.offsets else "widest"))
         trust = np.full(n, self.shrink.get("random", 1.0))
         if self.seen:
-            for k, v in row_novelty(frame).items() if not all(d in keys for d in NOVELTY_DIMS) else ():
-                keys[k] = v
+            self._fill_novelty(frame, keys)
             least_trust = min(self.shrink.values(), default=1.0)
             physics_only = np.zeros(n, dtype=bool)  # rows novel along a dimension no grouping could calibrate
             for dim in NOVELTY_DIMS:
@@ -242,6 +282,7 @@ class IntervalCalibration:
     def __getstate__(self):
         """Seen keys as sorted tuples: set order varies between processes, and artifacts must be reproducible."""
         state = dict(self.__dict__)
+        state.pop("_profiles", None)  # derived from the rest; made again on first use
         state["seen"] = {dim: tuple(sorted(keys, key=str)) for dim, keys in self.seen.items()}
         state["seen_strata"] = tuple(sorted(self.seen_strata, key=str))
         return state
