@@ -30,7 +30,6 @@ QUERY_STRATA = ("", "prediction")  # rows that ask for a prediction rather than 
 MIN_STRATUM_RESIDUALS = 30  # fewer held-out residuals than this: the stratum uses the pooled offsets
 MIN_STRATUM_GROUPS = 3  # fewer held-out groups than this in a stratum: its largest group shift widens its offsets
 MIN_GROUP_ROWS = 5  # a held-out group counts (and its shift is measured) from this many residuals
-FEW_ROWS = 64  # up to this many rows, interval terms are looked up per row profile (`IntervalCalibration.terms`)
 
 
 def conformal_offsets(residuals: np.ndarray, coverage: float = 0.8) -> tuple[float, float]:
@@ -157,36 +156,31 @@ class IntervalCalibration:
             w = self.prior_log_halfwidth
             return np.ones(n), np.full(n, -w), np.full(n, w)
         keys = keys if keys is not None else {}
-        if n <= FEW_ROWS:
-            return self._profile_terms(frame, keys)
-        return self._row_terms(frame, keys)
-
-    def _profile_terms(self, frame: pd.DataFrame, keys: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`terms` of a few rows, looked up by each row's profile: a row's terms depend only on its stratum and on
-        which of its model, GPU and layout training saw, so they form a table of the calibration (made once per
-        stratum, over every novelty) rather than being worked out row by row."""
         self._fill_novelty(frame, keys)
-        n = n_rows(frame)
-        unseen = [_unseen(keys, dim, self.seen[dim], n) if dim in self.seen else np.zeros(n, dtype=bool)
-                  for dim in NOVELTY_DIMS]
-        table = self.__dict__.setdefault("_profiles", {})
-        out = np.empty((3, n))
-        for i, stratum in enumerate(row_strata(frame).tolist()):
-            if stratum not in table:
-                table[stratum] = self._stratum_table(stratum)
-            out[:, i] = table[stratum][tuple(bool(u[i]) for u in unseen)]
-        return out[0], out[1], out[2]
+        # a row's terms depend only on its stratum and on which of its model, GPU and layout training saw: they
+        # are looked up in a table of the calibration (per stratum, over every novelty), made once
+        profile = np.zeros(n, dtype=np.intp)
+        for dim in NOVELTY_DIMS:
+            unseen = _unseen(keys, dim, self.seen[dim], n) if dim in self.seen else np.zeros(n, dtype=bool)
+            profile = 2 * profile + unseen
+        codes, uniques = self._strata_codes(frame, keys)
+        made = self.__dict__.setdefault("_profiles", {})
+        for stratum in uniques.tolist():
+            if stratum not in made:
+                made[stratum] = self._stratum_table(stratum)
+        table = np.stack([made[u] for u in uniques.tolist()], axis=1)  # (trust, lo, hi) x stratum x novelty
+        return table[0][codes, profile], table[1][codes, profile], table[2][codes, profile]
 
-    def _stratum_table(self, stratum: str) -> dict[tuple[bool, ...], np.ndarray]:
-        """(trust, lower, upper) of a row of `stratum` for every combination of unseen model, GPU and layout."""
+    def _stratum_table(self, stratum: str) -> np.ndarray:
+        """(trust, lower, upper) x novelty of a row of `stratum`, for every combination of unseen model, GPU and
+        layout (in `NOVELTY_DIMS` order, unseen = 1, read as a binary number)."""
         profiles = list(itertools.product((False, True), repeat=len(NOVELTY_DIMS)))
         n = len(profiles)
         unseen_key = object()  # a key no training row had
         keys = {dim: np.array([unseen_key if p[j] else next(iter(self.seen.get(dim) or ()), unseen_key)
                                for p in profiles], dtype=object) for j, dim in enumerate(NOVELTY_DIMS)}
         rows = Columns({STRATUM_COLUMN: np.full(n, stratum, dtype=object)}, n)
-        trust, lo, hi = self._row_terms(rows, keys)
-        return {p: np.array([trust[i], lo[i], hi[i]]) for i, p in enumerate(profiles)}
+        return np.stack(self._row_terms(rows, keys))
 
     def _fill_novelty(self, frame: pd.DataFrame, keys: dict) -> None:
         """Put each row's novelty keys (`row_novelty`) in `keys` unless it has them all."""
