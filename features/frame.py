@@ -43,16 +43,19 @@ def _names(names) -> np.ndarray:
 
 def columnar_model(names) -> ModelSpec:
     """A ModelSpec whose numeric fields are arrays aligned with `names` (catalog names, HF ids or config paths)."""
-    codes, uniques = _factorize(_names(names), sentinel=False)
-    specs = [resolve_model(u) for u in uniques]
-    return ModelSpec(name="<columnar>", **_spec_fields(specs, MODEL_NUMERIC, codes))
+    return _columnar(names, resolve_model, ModelSpec, MODEL_NUMERIC)[0]
 
 
 def columnar_gpu(names) -> GPUSpec:
     """A GPUSpec whose numeric fields are arrays aligned with `names`."""
+    return _columnar(names, resolve_gpu, GPUSpec, GPU_NUMERIC)[0]
+
+
+def _columnar(names, resolve, spec_type, numeric: list[str]) -> tuple:
+    """(columnar spec of `names`, each row's code of its distinct name): the codes key rows by spec."""
     codes, uniques = _factorize(_names(names), sentinel=False)
-    specs = [resolve_gpu(u) for u in uniques]
-    return GPUSpec(name="<columnar>", **_spec_fields(specs, GPU_NUMERIC, codes))
+    specs = [resolve(u) for u in uniques]
+    return spec_type(name="<columnar>", **_spec_fields(specs, numeric, codes)), codes
 
 
 def _spec_fields(specs: list, names: list[str], codes: np.ndarray) -> dict[str, np.ndarray]:
@@ -228,36 +231,82 @@ def physics_columns(cols: Columns, cal: Calibration | None = None) -> dict[str, 
     (NaN for other kinds' targets) and `regime` / `bottleneck` (object arrays), one array per name."""
     cal = cal or default_calibration()
     n = cols.n
-    model = columnar_model(cols["model"])
-    gpu = columnar_gpu(cols["gpu"])
+    model, model_codes = _columnar(cols["model"], resolve_model, ModelSpec, MODEL_NUMERIC)
+    gpu, gpu_codes = _columnar(cols["gpu"], resolve_gpu, GPUSpec, GPU_NUMERIC)
     layout = _layout(cols)
     wdt = _dtype_col(cols, "weight_dtype", "bf16")
     kv_auto = _text(cols, "kv_dtype", "auto", lower=True) == "auto"
-    kdt = np.where(kv_auto, np.where(wdt <= 1.0, 2.0, wdt), _dtype_col(cols, "kv_dtype", "bf16"))
+    kdt = np.asarray(np.where(kv_auto, np.where(wdt <= 1.0, 2.0, wdt), _dtype_col(cols, "kv_dtype", "bf16")))
     out: dict[str, np.ndarray] = _descriptor_features(model, gpu, layout, wdt, kdt)
     kind = _text(cols, "kind")
+    # what the rows' physics depends on besides their kind's own input columns (`KIND_PHYSICS`)
+    spec_keys = [model_codes, gpu_codes, layout.tp, layout.pp, layout.dp, layout.ep, layout.attention_dp, wdt, kdt]
 
     regime = np.full(n, None, dtype=object)
     bottleneck = np.full(n, None, dtype=object)
-    for name, fn in (("serving", _serving_physics), ("step", _step_physics), ("op", _op_physics)):
+    for name, (fn, inputs) in KIND_PHYSICS.items():
         mask = kind == name
         if not mask.any():
             continue
-        if mask.all():  # one kind (the usual case): no row selection at all
-            part = fn(cols, mask, model, gpu, layout, wdt, np.asarray(kdt), cal, regime, bottleneck)
-            out.update(part)
+        idx = np.flatnonzero(mask) if not mask.all() else None
+        rows = idx if idx is not None else np.arange(n)
+        rep, inverse = _representatives(cols, rows, spec_keys, inputs)
+        if rep is None and idx is None:  # every row of one kind, none repeated (the usual single scenario)
+            out.update(fn(cols, mask, model, gpu, layout, wdt, kdt, cal, regime, bottleneck))
             continue
-        idx = np.flatnonzero(mask)
-        r, b = np.full(len(idx), None, dtype=object), np.full(len(idx), None, dtype=object)
-        part = fn(RowSubset(cols, idx), np.ones(len(idx), dtype=bool), _take(model, idx), _take(gpu, idx),
-                  _take(layout, idx), wdt[idx], np.asarray(kdt)[idx], cal, r, b)
-        regime[idx], bottleneck[idx] = r, b
+        rep = rows if rep is None else rows[rep]
+        r, b = np.full(len(rep), None, dtype=object), np.full(len(rep), None, dtype=object)
+        part = fn(RowSubset(cols, rep), np.ones(len(rep), dtype=bool), _take(model, rep), _take(gpu, rep),
+                  _take(layout, rep), wdt[rep], kdt[rep], cal, r, b)
+        spread = (lambda v: v) if inverse is None else (lambda v: np.broadcast_to(v, (len(rep),))[inverse])
+        regime[rows], bottleneck[rows] = spread(r), spread(b)
         for k, v in part.items():
             col = out.setdefault(k, np.full(n, np.nan))
-            col[idx] = v
+            col[rows] = spread(v)
     out["regime"] = regime
     out["bottleneck"] = bottleneck
     return out
+
+
+DISTINCT_MIN_ROWS = 256  # fewer rows of a kind: computed row by row (finding repeats would not pay)
+DISTINCT_MAX_SHARE = 0.7  # more distinct configurations than this share of the rows: computed row by row
+
+
+def _representatives(cols: Columns, rows: np.ndarray, spec_keys: list[np.ndarray], inputs: tuple[str, ...] | None
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(positions in `rows` of one row per distinct configuration, each row's configuration number), or
+    (None, None) where the rows are computed one by one.
+
+    A kind's physics is a function of the spec keys and its input columns only, elementwise, so rows that agree on
+    all of them get the same answer: a sweep repeating configurations (100,000 rows over a few thousand distinct
+    deployments) computes each once and spreads the answers back, exactly. `inputs` None: not applicable."""
+    if inputs is None or len(rows) < DISTINCT_MIN_ROWS:
+        return None, None
+    whole = len(rows) == cols.n
+    keys = [k if whole else k[rows] for k in spec_keys]
+    keys += [cols[c] if whole else cols[c][rows] for c in inputs if c in cols]
+    inverse, count = _combination_codes(keys, len(rows))
+    if count > DISTINCT_MAX_SHARE * len(rows):
+        return None, None
+    first = np.full(count, len(rows), dtype=np.int64)
+    np.minimum.at(first, inverse, np.arange(len(rows)))
+    return first, inverse
+
+
+def _combination_codes(keys: list[np.ndarray], n: int) -> tuple[np.ndarray, int]:
+    """(code of each row's combination of `keys` values, number of distinct combinations); NaN and None are
+    values of their own."""
+    code, size = np.zeros(n, dtype=np.int64), 1
+    for k in keys:
+        c, uniques = pd.factorize(np.asarray(k), use_na_sentinel=False)
+        if len(uniques) <= 1:
+            continue
+        if size * len(uniques) >= 2**62:  # renumber the combinations so far before the code overflows
+            code, seen = pd.factorize(code)
+            size = len(seen)
+        code, size = code * len(uniques) + c, size * len(uniques)
+    code, seen = pd.factorize(code)
+    return code, len(seen)
 
 
 def _take(spec, idx):
@@ -428,3 +477,14 @@ def _op_physics(out, mask, model_unused, gpu, layout_unused, wdt, kdt_unused, ca
         t, _ = decode_attention_ms(b, b * ctx, spec, Layout(), gpu, cal)
         phys = np.where(sel, t, phys)
     return {"phys_op_ms": np.where(mask, phys, np.nan)}
+
+
+# per kind: its physics, and the input columns it reads besides the model, GPU, layout and dtypes (rows agreeing on
+# all of them get the same answer and are computed once; None: every row computed)
+KIND_PHYSICS = {
+    "serving": (_serving_physics, ("isl", "osl", "isl_dist", "osl_dist", "max_num_seqs", "max_num_batched_tokens",
+                                   "gpu_memory_utilization", "block_size", "num_requests", "concurrency",
+                                   "request_rate", *ENGINE_KV_SIZING, "detail")),
+    "step": (_step_physics, ("phase", "batch", "context", "tokens", "source")),
+    "op": (_op_physics, None),
+}

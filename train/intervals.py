@@ -14,13 +14,14 @@ the predictor's "prediction") get the pooled offsets.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from features.columns import columns_of, n_rows, text_array
+from features.columns import Columns, columns_of, n_rows, text_array
 from train.splits import layout_code
 
 NOVELTY_DIMS = ("model", "gpu", "layout")
@@ -155,6 +156,40 @@ class IntervalCalibration:
             w = self.prior_log_halfwidth
             return np.ones(n), np.full(n, -w), np.full(n, w)
         keys = keys if keys is not None else {}
+        self._fill_novelty(frame, keys)
+        # a row's terms depend only on its stratum and on which of its model, GPU and layout training saw: they
+        # are looked up in a table of the calibration (per stratum, over every novelty), made once
+        profile = np.zeros(n, dtype=np.intp)
+        for dim in NOVELTY_DIMS:
+            unseen = _unseen(keys, dim, self.seen[dim], n) if dim in self.seen else np.zeros(n, dtype=bool)
+            profile = 2 * profile + unseen
+        codes, uniques = self._strata_codes(frame, keys)
+        made = self.__dict__.setdefault("_profiles", {})
+        for stratum in uniques.tolist():
+            if stratum not in made:
+                made[stratum] = self._stratum_table(stratum)
+        table = np.stack([made[u] for u in uniques.tolist()], axis=1)  # (trust, lo, hi) x stratum x novelty
+        return table[0][codes, profile], table[1][codes, profile], table[2][codes, profile]
+
+    def _stratum_table(self, stratum: str) -> np.ndarray:
+        """(trust, lower, upper) x novelty of a row of `stratum`, for every combination of unseen model, GPU and
+        layout (in `NOVELTY_DIMS` order, unseen = 1, read as a binary number)."""
+        profiles = list(itertools.product((False, True), repeat=len(NOVELTY_DIMS)))
+        n = len(profiles)
+        unseen_key = object()  # a key no training row had
+        keys = {dim: np.array([unseen_key if p[j] else next(iter(self.seen.get(dim) or ()), unseen_key)
+                               for p in profiles], dtype=object) for j, dim in enumerate(NOVELTY_DIMS)}
+        rows = Columns({STRATUM_COLUMN: np.full(n, stratum, dtype=object)}, n)
+        return np.stack(self._row_terms(rows, keys))
+
+    def _fill_novelty(self, frame: pd.DataFrame, keys: dict) -> None:
+        """Put each row's novelty keys (`row_novelty`) in `keys` unless it has them all."""
+        if self.seen and not all(d in keys for d in NOVELTY_DIMS):
+            keys.update(row_novelty(frame))
+
+    def _row_terms(self, frame: pd.DataFrame, keys: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`terms` worked out row by row (vectorised)."""
+        n = n_rows(frame)
         strata = self._strata_codes(frame, keys) if (self.strata or self.seen_strata or self.physics_offsets) else None
         cache: dict = {}
 
@@ -170,8 +205,7 @@ class IntervalCalibration:
         lo, hi = (a.copy() for a in offsets_of("random" if "random" in self.offsets else "widest"))
         trust = np.full(n, self.shrink.get("random", 1.0))
         if self.seen:
-            for k, v in row_novelty(frame).items() if not all(d in keys for d in NOVELTY_DIMS) else ():
-                keys[k] = v
+            self._fill_novelty(frame, keys)
             least_trust = min(self.shrink.values(), default=1.0)
             physics_only = np.zeros(n, dtype=bool)  # rows novel along a dimension no grouping could calibrate
             for dim in NOVELTY_DIMS:
@@ -242,6 +276,7 @@ class IntervalCalibration:
     def __getstate__(self):
         """Seen keys as sorted tuples: set order varies between processes, and artifacts must be reproducible."""
         state = dict(self.__dict__)
+        state.pop("_profiles", None)  # derived from the rest; made again on first use
         state["seen"] = {dim: tuple(sorted(keys, key=str)) for dim, keys in self.seen.items()}
         state["seen_strata"] = tuple(sorted(self.seen_strata, key=str))
         return state
