@@ -454,3 +454,42 @@ def test_search_learns_feasibility_from_measured_statuses_only(pool):
     assert p.shape == (len(camp.cand),) and np.all((p >= 0) & (p <= 1))
     last = res.curve[-1].best
     assert 0.0 <= last["recommended_within_3pct"] <= 1.0 and 0.0 <= last["model_pick_within_3pct"] <= 1.0
+
+
+def test_ridge_boost_learner_carries_a_trend_trees_cut_into_steps():
+    import pickle
+
+    from train.learners import RidgeBoostLearner, XGBLearner
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (40, 3))
+    X[3, 1] = np.nan  # a missing value counts as the column mean in the linear part
+    y = 2.0 * X[:, 0] + 0.05 * rng.standard_normal(40)
+    grid = np.column_stack([np.linspace(0.02, 0.98, 50), np.full(50, 0.5), np.full(50, 0.5)])
+    truth = 2.0 * grid[:, 0]
+    trees = XGBLearner(n_estimators=60, max_depth=6, learning_rate=0.15, seed=1).fit(X, y)
+    both = RidgeBoostLearner(3.0, XGBLearner(n_estimators=60, max_depth=6, learning_rate=0.15, seed=1)).fit(X, y)
+    assert np.abs(both.predict(grid) - truth).mean() < np.abs(trees.predict(grid) - truth).mean()
+    again = pickle.loads(pickle.dumps(both))
+    assert np.allclose(again.predict(grid), both.predict(grid))
+    # a trend against the trees' monotone constraint is dropped: here the target falls with a column held increasing
+    bound = RidgeBoostLearner(3.0, XGBLearner(n_estimators=10, monotone=(0, 0, 1), seed=1)).fit(X, -2.0 * X[:, 2])
+    assert bound._coef[2] == 0.0
+
+
+@needs_data
+def test_campaign_surrogate_blends_trees_with_a_monotone_ridge_trend(pool):
+    from collect.acquisition import Surrogate
+    from train.frames import physics
+    from train.learners import AveragedLearner, RidgeBoostLearner, XGBLearner
+
+    rows = physics(pool.frame[pool.frame["status"].astype("string").fillna("ok").eq("ok")].reset_index(drop=True))
+    sur = Surrogate(("output_throughput",), members=0, model_params=FAST).fit(rows)
+    learner = sur.model.learners_["output_throughput"]
+    assert isinstance(learner, AveragedLearner) and isinstance(learner.members[1], RidgeBoostLearner)
+    ridge = learner.members[1]
+    assert ridge._coef[-1] >= 0.0  # the trend never runs against the monotone constraint in the physics answer
+    pred = sur.model.predict_arrays(rows)["pred_output_throughput"]
+    assert np.isfinite(pred).all() and (pred > 0).all()
+    trees = Surrogate(("output_throughput",), members=0, model_params={**FAST, "ridge_alpha": 0.0}).fit(rows)
+    assert type(trees.model.learners_["output_throughput"]) is XGBLearner  # ridge_alpha 0: trees alone

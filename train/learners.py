@@ -1,4 +1,5 @@
-"""Regressors on a feature matrix, one per target: XGBoost, random forest, k-nearest neighbours, a torch MLP.
+"""Regressors on a feature matrix, one per target: XGBoost (alone, or over a ridge trend), random forest, k-nearest
+neighbours, a torch MLP; and the mean of several.
 
 Each has `fit(X, y) -> self` and `predict(X) -> ndarray`, is deterministic for its seed and pickles compactly.
 """
@@ -100,6 +101,65 @@ class XGBLearner:
             state["_booster"] = booster
             state["_single"] = None
         self.__dict__.update(state)
+
+
+Z_CLIP = 3.0  # RidgeBoostLearner: a standardised value beyond this many deviations counts as this many
+
+
+@dataclass
+class RidgeBoostLearner:
+    """A ridge regression on the standardised features, then boosted trees (`XGBLearner`) on what it leaves.
+
+    With tens of rows, trees cut a smooth trend (an error that grows with the load, one offset per model) into a few
+    steps and miss it between them; the linear part carries such trends across the rows, the trees keep what is not
+    linear. Missing values count as the column mean in the linear part (the trees see them as they are), standardised
+    values are clipped to +-Z_CLIP (no wild extrapolation), and a trend against a monotone constraint of the trees is
+    dropped."""
+
+    alpha: float = 3.0
+    trees: XGBLearner = field(default_factory=XGBLearner)
+
+    def fit(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> "RidgeBoostLearner":
+        finite = np.where(np.isfinite(X), X, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-missing columns
+            self._mean = np.nan_to_num(np.nanmean(finite, axis=0)) if len(X) else np.zeros(X.shape[1])
+            sd = np.nanstd(finite, axis=0) if len(X) else np.ones(X.shape[1])
+        self._scale = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+        Z = self._standard(X)
+        w = np.ones(len(y)) if w is None else np.asarray(w, dtype=float)
+        self._intercept = float(np.average(y, weights=w)) if len(y) else 0.0
+        gram = Z.T @ (Z * w[:, None]) + self.alpha * np.eye(Z.shape[1])
+        coef = np.linalg.solve(gram, Z.T @ (w * (y - self._intercept)))
+        sign = np.zeros(len(coef)) if not self.trees.monotone else np.asarray(self.trees.monotone, dtype=float)
+        self._coef = np.where(sign * coef < 0, 0.0, coef)  # the trees' monotone constraints bind the trend too
+        self.trees.fit(X, y - self._linear(X), w)
+        return self
+
+    def _standard(self, X: np.ndarray) -> np.ndarray:
+        Z = (np.asarray(X, dtype=float) - self._mean) / self._scale
+        return np.clip(np.where(np.isfinite(Z), Z, 0.0), -Z_CLIP, Z_CLIP)
+
+    def _linear(self, X: np.ndarray) -> np.ndarray:
+        return self._intercept + self._standard(X) @ self._coef
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self._linear(X) + self.trees.predict(X)
+
+
+@dataclass
+class AveragedLearner:
+    """The mean prediction of several learners, each fitted on the same rows."""
+
+    members: tuple = ()
+
+    def fit(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> "AveragedLearner":
+        for m in self.members:
+            m.fit(X, y, w)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.mean([m.predict(X) for m in self.members], axis=0)
 
 
 @dataclass
