@@ -121,3 +121,21 @@ def test_descriptor_model_calibrates_on_unclipped_log_values(steps):
     assert -1.0 < lo <= 0.0 <= hi < 1.0  # log(1e6 x ms) is ~14: clipping at +-7 would blow these up
     out = model.predict(big)
     assert np.median(np.abs(out["pred_layer_ms"] / big["layer_ms"] - 1)) < 0.2
+
+
+def test_gpus_each_measured_by_one_source_leave_gpu_novelty_uncalibrated(steps):
+    """Two data sets, each on its own GPU: every fold that holds a GPU out holds its whole source out too, which says
+    how far a new data set is off, not a new GPU of a known one. Those residuals do not calibrate the GPU grouping,
+    so a row of a known source on a new GPU gets the physics answer with the physics answer's own width."""
+    other = steps.assign(source="engine", gpu="b300", layer_ms=steps["layer_ms"] * 3.0,
+                         lm_head_ms=steps["lm_head_ms"] * 3.0)
+    model = ResidualModel(seed=0, calibration=("random", "model", "gpu"), **FAST).fit(pd.concat([steps, other],
+                                                                                               ignore_index=True))
+    cal = model.calibration_["layer_ms"]
+    assert "gpu" in cal.uncalibrated and "gpu" not in cal.offsets
+    query = steps.iloc[:20].assign(gpu="h100-sxm")  # a known source on a GPU no training row came from
+    out = model.predict(query)
+    np.testing.assert_allclose(out["pred_layer_ms"], out["phys_layer_ms"])
+    lo, hi = cal.physics_offsets[str(steps["source"].iloc[0])]
+    np.testing.assert_allclose(out["pred_layer_ms_lo"], out["phys_layer_ms"] * np.exp(lo))
+    np.testing.assert_allclose(out["pred_layer_ms_hi"], out["phys_layer_ms"] * np.exp(hi))

@@ -259,19 +259,52 @@ def test_offsets_per_source_and_unseen_data_sets():
     assert (lo[3], hi[3]) == pytest.approx(cal.offsets["random"])  # a query row: the pooled width
 
 
-def test_few_held_out_groups_widen_by_their_largest_shift():
-    from train.intervals import stratum_offsets
+def test_few_held_out_groups_widen_by_a_random_effects_bound():
+    from scipy.stats import t as student_t
 
+    from train.intervals import group_shift_bounds, min_groups_for, stratum_offsets
+
+    assert min_groups_for(0.8) == 4 and min_groups_for(0.9) == 9 and min_groups_for(0.5) == 2
     rng = np.random.default_rng(1)
     resid = np.concatenate([rng.normal(0.5, 0.05, 200), rng.normal(-0.1, 0.05, 200)])
     src = np.array(["s"] * 400, dtype=object)
     plain = stratum_offsets(resid, src, 0.8)["s"]
-    two = stratum_offsets(resid, src, 0.8, groups=np.array(["a"] * 200 + ["b"] * 200, dtype=object))["s"]
-    assert two[1] == pytest.approx(math.hypot(plain[1], 0.5), abs=0.02) and two[0] < plain[0]
+    two_groups = np.array(["a"] * 200 + ["b"] * 200, dtype=object)
+    two = stratum_offsets(resid, src, 0.8, groups=two_groups)["s"]
+    # two group shifts (0.5, -0.1): a new group's shift is predicted as mean 0.2 +- t(1) sd sqrt(1 + 1/2), far wider
+    # than the row quantile, which only spans the two groups seen; the within-group spread adds in quadrature
+    half = student_t.ppf(0.9, 1) * np.std([0.5, -0.1], ddof=1) * math.sqrt(1.5)
+    assert two[1] == pytest.approx(0.2 + half, abs=0.03) and two[0] == pytest.approx(0.2 - half, abs=0.03)
+    assert two[0] < plain[0] and two[1] > plain[1]
+    assert group_shift_bounds(resid, two_groups, 0.8) == pytest.approx(two, abs=1e-12)
+    one = stratum_offsets(resid[:200], src[:200], 0.8, groups=two_groups[:200])["s"]
+    assert one[1] == pytest.approx(math.hypot(stratum_offsets(resid[:200], src[:200], 0.8)["s"][1], 0.5), abs=0.02)
     many = stratum_offsets(resid, src, 0.8, groups=np.array(list("abcd") * 100, dtype=object))["s"]
-    assert many == plain  # enough groups: their spread is in the quantile already
+    assert many == plain  # enough groups for a group-level quantile: their spread is in the row quantile already
     unknown = stratum_offsets(resid, src, 0.8, groups=np.array([None] * 400, dtype=object))["s"]
     assert unknown == plain  # groups predicted without their source in training do not count
+
+
+def test_held_out_rows_of_a_source_missing_from_their_fold_do_not_calibrate():
+    """A group held out together with its whole data source measures a new data set, not a new GPU of a known one:
+    its residuals are left out, and a grouping with nothing else left is uncalibrated (rows novel along it get the
+    physics answer and the physics width at prediction time)."""
+    from train.intervals import HeldOut, calibrate_held_out
+
+    rng = np.random.default_rng(2)
+    n = 300
+    labels = np.array(["h100"] * n + ["h200"] * n + ["b300"] * n, dtype=object)
+    strata = np.array(["probe"] * (2 * n) + ["engine"] * n, dtype=object)
+    truth = np.concatenate([rng.normal(0, 0.02, 2 * n), rng.normal(0, 0.02, n)])
+    preds = np.concatenate([truth[: 2 * n] + rng.normal(0, 0.01, 2 * n), rng.normal(2.0, 0.5, n)])  # engine: wild
+    in_train = np.array([True] * (2 * n) + [False] * n)
+    made = calibrate_held_out({"gpu": HeldOut(truth, preds, labels, strata, in_train)}, 0.8)
+    assert made.uncalibrated == () and made.shrink["gpu"] == 1.0
+    assert "engine" not in made.strata["gpu"] and made.offsets["gpu"][1] < 0.05  # the wild rows do not count
+    assert made.group_shift["gpu"] < 0.05
+    alone = calibrate_held_out({"gpu": HeldOut(truth[2 * n:], preds[2 * n:], labels[2 * n:], strata[2 * n:],
+                                               in_train[2 * n:])}, 0.8)
+    assert alone.uncalibrated == ("gpu",) and "gpu" not in alone.offsets
 
 
 def test_physics_only_rows_get_the_physics_error_width():

@@ -28,7 +28,6 @@ NOVELTY_DIMS = ("model", "gpu", "layout")
 STRATUM_COLUMN = "source"  # offsets are calibrated per value of this column (Mondrian conformal)
 QUERY_STRATA = ("", "prediction")  # rows that ask for a prediction rather than record a data set's measurement
 MIN_STRATUM_RESIDUALS = 30  # fewer held-out residuals than this: the stratum uses the pooled offsets
-MIN_STRATUM_GROUPS = 3  # fewer held-out groups than this in a stratum: its largest group shift widens its offsets
 MIN_GROUP_ROWS = 5  # a held-out group counts (and its shift is measured) from this many residuals
 
 
@@ -50,14 +49,48 @@ def conformal_offsets(residuals: np.ndarray, coverage: float = 0.8) -> tuple[flo
     return (min(float(lo), 0.0), max(float(hi), 0.0))
 
 
+def min_groups_for(coverage: float) -> int:
+    """The fewest held-out groups whose split-conformal quantile can reach `coverage` at the level of whole groups:
+    a new group falls beyond the k-th largest of G with probability k / (G + 1), so G >= coverage / (1 - coverage)
+    (4 for 80%)."""
+    return max(2, math.ceil(coverage / (1.0 - coverage) - 1e-9))
+
+
+def group_shift_bounds(residuals: np.ndarray, groups: np.ndarray, coverage: float = 0.8
+                       ) -> tuple[float, float] | None:
+    """Lower and upper offsets holding `coverage` of a new group's residuals, from a few held-out groups (None when
+    fewer than two groups have `MIN_GROUP_ROWS` rows).
+
+    Too few groups for a conformal quantile at the group level, so the shift of a whole group is treated as a random
+    effect: a new group's median residual gets the textbook prediction interval from the G group medians seen
+    (mean +- t(G-1) * sd * sqrt(1 + 1/G)), and the spread within a group (residuals minus their group's median, a
+    conformal quantile over many rows) is added in quadrature. The offsets bracket zero.
+    """
+    from scipy.stats import t as student_t
+
+    r = pd.Series(np.asarray(residuals, dtype=float))
+    by = r.groupby(np.asarray(groups))
+    counted = by.size() >= MIN_GROUP_ROWS
+    meds = by.median()[counted].to_numpy()
+    if len(meds) < 2:
+        return None
+    keep = np.asarray(counted.reindex(np.asarray(groups)).to_numpy(), dtype=bool)
+    w_lo, w_hi = conformal_offsets((r - by.transform("median")).to_numpy()[keep], coverage)
+    g = len(meds)
+    mean = float(np.mean(meds))
+    half = float(student_t.ppf(0.5 + coverage / 2.0, g - 1) * np.std(meds, ddof=1) * math.sqrt(1.0 + 1.0 / g))
+    return min(mean - math.hypot(w_lo, half), 0.0), max(mean + math.hypot(w_hi, half), 0.0)
+
+
 def stratum_offsets(residuals: np.ndarray, strata: np.ndarray, coverage: float = 0.8,
                     groups: np.ndarray | None = None, min_rows: int = MIN_STRATUM_RESIDUALS
                     ) -> dict[str, tuple[float, float]]:
     """Conformal offsets per stratum (sorted by name) for every stratum with at least `min_rows` finite residuals.
 
-    `groups`: the held-out group of each residual (model, GPU, layout). A stratum whose residuals come from fewer
-    than `MIN_STRATUM_GROUPS` groups says little about how far a further group can shift as a whole (a quantile
-    over two groups is mostly those two groups' offsets), so its largest group shift is added in quadrature.
+    `groups`: the held-out group of each residual (model, GPU, layout; None: not counted). A stratum whose residuals
+    come from fewer groups than a group-level conformal quantile needs (`min_groups_for`) gets the wider of its row
+    quantile and a random-effects bound over its groups (`group_shift_bounds`); with a single group, its shift is
+    added in quadrature (nothing to estimate a spread of shifts from).
     """
     r = np.asarray(residuals, dtype=float)
     strata = np.asarray(strata, dtype=object)
@@ -71,9 +104,13 @@ def stratum_offsets(residuals: np.ndarray, strata: np.ndarray, coverage: float =
             g = np.asarray(groups, dtype=object)[sel]
             known = np.array([v is not None for v in g.tolist()], dtype=bool)
             _, sizes = np.unique(g[known].astype(str), return_counts=True)
-            if (sizes >= MIN_GROUP_ROWS).sum() < MIN_STRATUM_GROUPS:
-                shift = largest_group_shift(r[sel][known], g[known].astype(str))
-                lo, hi = -math.hypot(lo, shift), math.hypot(hi, shift)
+            if (sizes >= MIN_GROUP_ROWS).sum() < min_groups_for(coverage):
+                bounds = group_shift_bounds(r[sel][known], g[known].astype(str), coverage)
+                if bounds is None:
+                    shift = largest_group_shift(r[sel][known], g[known].astype(str))
+                    lo, hi = -math.hypot(lo, shift), math.hypot(hi, shift)
+                else:
+                    lo, hi = min(lo, bounds[0]), max(hi, bounds[1])
         out[key] = (lo, hi)
     return out
 
@@ -317,3 +354,62 @@ def largest_group_shift(residuals: np.ndarray, groups: np.ndarray, min_rows: int
 def seen_keys(frame: pd.DataFrame) -> dict[str, frozenset]:
     """The model names, GPU names and layout codes present in a training frame."""
     return {dim: frozenset(v.tolist()) for dim, v in row_novelty(frame).items()}
+
+
+@dataclass
+class HeldOut:
+    """Out-of-fold predictions under one grouping, one entry per held-out row."""
+
+    truth: np.ndarray  # the learned quantity (residual families: log(measured / physics))
+    preds: np.ndarray  # its out-of-fold prediction
+    labels: np.ndarray  # the row's held-out group (model, GPU, layout; the row itself for random folds)
+    strata: np.ndarray  # the row's stratum (data source)
+    in_train: np.ndarray  # whether the fold's training rows had the row's stratum
+
+
+@dataclass
+class HeldOutCalibration:
+    """What `calibrate_held_out` makes of the held-out predictions of every grouping."""
+
+    offsets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    shrink: dict[str, float] = field(default_factory=dict)
+    strata: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    group_shift: dict[str, float] = field(default_factory=dict)
+    uncalibrated: tuple[str, ...] = ()  # groupings whose held-out rows never had their source in training
+    report: dict[str, float] = field(default_factory=dict)
+
+
+def calibrate_held_out(held: dict[str, HeldOut], coverage: float = 0.8, residual: bool = True,
+                       shrink: bool = True) -> HeldOutCalibration:
+    """Trust and conformal offsets per grouping (pooled and per stratum) from its out-of-fold predictions.
+
+    Only rows whose stratum the fold's training rows had count: a prediction never asks for a row of a data set
+    training did not see through these offsets (such rows get the prior width), so a held-out group whose whole
+    source was missing from its fold measures the wrong kind of novelty (a probe of one GPU predicted from engine
+    iterations of another, say). A grouping with no such rows cannot be calibrated.
+    """
+    out = HeldOutCalibration()
+    uncalibrated = []
+    for grouping, h in held.items():
+        valid = np.asarray(h.in_train, dtype=bool) & np.isfinite(h.truth) & np.isfinite(h.preds)
+        if not valid.any():
+            if grouping in NOVELTY_DIMS:
+                uncalibrated.append(grouping)
+            continue
+        truth, preds = np.asarray(h.truth, dtype=float)[valid], np.asarray(h.preds, dtype=float)[valid]
+        labels = np.asarray(h.labels, dtype=object)[valid]
+        strata = np.asarray(h.strata, dtype=object)[valid]
+        trust = best_shrink(truth, preds) if residual and shrink else 1.0
+        out.shrink[grouping] = trust
+        resid = truth - trust * preds
+        out.offsets[grouping] = conformal_offsets(resid, coverage)
+        out.strata[grouping] = stratum_offsets(resid, strata, coverage, None if grouping == "random" else labels)
+        if grouping != "random":
+            out.group_shift[grouping] = largest_group_shift(resid, labels)
+        ape = np.abs(np.exp(-resid) - 1.0)
+        out.report[f"oof_{grouping}_median_ape"] = float(np.median(ape))
+        out.report[f"oof_{grouping}_p90_ape"] = float(np.quantile(ape, 0.9))
+        if residual:
+            out.report[f"oof_{grouping}_trust"] = trust
+    out.uncalibrated = tuple(uncalibrated)
+    return out

@@ -18,7 +18,7 @@ import pandas as pd
 from features.columns import Columns, RowSubset, columns_of
 from train.frames import CATEGORICAL_COLUMNS, FeatureSpace, float_column, physics, physics_answer, target_rows
 from train.fastpath import CompiledForest
-from train.intervals import (NOVELTY_DIMS, IntervalCalibration, best_shrink, conformal_offsets, largest_group_shift,
+from train.intervals import (NOVELTY_DIMS, HeldOut, IntervalCalibration, calibrate_held_out, conformal_offsets,
                              row_novelty, row_strata, seen_keys, stratum_offsets)
 from train.learners import XGBLearner
 from train.splits import group_key, split_folds
@@ -166,9 +166,9 @@ class FrameModel(ABC):
 
     def _calibrate(self, space, sub, target, X, y, w=None) -> tuple[IntervalCalibration, dict]:
         """Out-of-fold predictions under each grouping give that grouping's trust in the learned correction
-        (residual families) and the conformal offsets of the remaining error."""
-        offsets, shrink, uncalibrated, report, shifts = {}, {}, [], {"n": int(len(y))}, {}
-        strata, by_stratum = row_strata(sub), {}
+        (residual families) and the conformal offsets of the remaining error (`train.intervals.calibrate_held_out`)."""
+        uncalibrated, held = [], {}
+        strata = row_strata(sub)
         for grouping in self.calibration:
             folds = split_folds(sub, grouping, self.inner_folds, self.seed)
             if not folds:
@@ -188,28 +188,18 @@ class FrameModel(ABC):
                 labels.append(keys[te])
                 held_strata.append(strata[te])
                 in_train.append(np.isin(strata[te], strata[tr]))
-            truth, preds, labels = np.concatenate(truth), np.concatenate(preds), np.concatenate(labels)
-            held_strata, in_train = np.concatenate(held_strata), np.concatenate(in_train)
-            shrink[grouping] = best_shrink(truth, preds) if self.residual and self.shrink else 1.0
-            resid = truth - shrink[grouping] * preds
-            offsets[grouping] = conformal_offsets(resid, self.coverage)
-            # group shifts only of groups whose source the fold's training rows had (as at prediction time)
-            by_stratum[grouping] = stratum_offsets(resid, held_strata, self.coverage,
-                                                   None if grouping == "random" else np.where(in_train, labels, None))
-            if grouping != "random":
-                shifts[grouping] = largest_group_shift(resid, labels)
-            ape = np.abs(np.exp(-resid) - 1.0)
-            report[f"oof_{grouping}_median_ape"] = float(np.median(ape))
-            report[f"oof_{grouping}_p90_ape"] = float(np.quantile(ape, 0.9))
-            if self.residual:
-                report[f"oof_{grouping}_trust"] = shrink[grouping]
+            held[grouping] = HeldOut(*(np.concatenate(a) for a in (truth, preds, labels, held_strata, in_train)))
+        made = calibrate_held_out(held, self.coverage, self.residual, self.shrink)
+        uncalibrated += [g for g in made.uncalibrated if g not in uncalibrated]
+        offsets = dict(made.offsets)
         if not offsets and self.make_learner(X.shape[1], self.seed) is None:
             offsets["random"] = conformal_offsets(y, self.coverage)  # physics alone: its residuals as they are
         physics_offsets = {}
         if self.residual:  # y is log(measured / physics): the physics answer's own errors, for physics-only rows
             physics_offsets = {"*": conformal_offsets(y, self.coverage), **stratum_offsets(y, strata, self.coverage)}
-        return IntervalCalibration(self.coverage, offsets, seen_keys(sub), shrink, tuple(uncalibrated),
-                                   transfer=self.transfer_novelty, group_shift=shifts, strata=by_stratum,
+        report = {"n": int(len(y)), **made.report}
+        return IntervalCalibration(self.coverage, offsets, seen_keys(sub), made.shrink, tuple(uncalibrated),
+                                   transfer=self.transfer_novelty, group_shift=made.group_shift, strata=made.strata,
                                    physics_offsets=physics_offsets,
                                    seen_strata=frozenset(str(v) for v in strata.tolist())), report
 
