@@ -10,6 +10,11 @@ percent, engine iterations of a whole forward pass off by tens of percent), and 
 wide for the first and far too narrow for the second. A row of a data set no training row came from gets at
 least the prior width: nothing in training says how far such a measurement can be off. Query rows (no source, or
 the predictor's "prediction") get the pooled offsets.
+
+Held-out rows calibrate only where their source had rows in their fold's training set: a group held out together
+with its whole source (the only GPU a data set was measured on) measures a new data set, which the prior width
+covers, not the novelty the grouping stands for. A source whose held-out rows come from too few groups for a
+group-level conformal quantile gets a random-effects prediction interval of a new group's shift (`group_shift_bounds`).
 """
 
 from __future__ import annotations
