@@ -4,9 +4,11 @@ The surrogate is the project's learned model (`train.residual.ResidualModel`: ph
 correction; in a campaign each correction averages boosted trees with trees over a ridge trend, which carries smooth
 trends between the few measured rows, `CampaignResidualModel`) fitted on what the campaign has measured, plus a small
 bootstrap ensemble of the same residual learner whose disagreement makes the calibrated interval vary from row to row, and a feasibility model (`FeasibilityModel`:
-the physics memory verdict as a prior, blended with a classifier fitted on the statuses measured so far -- an OOM
-teaches where not to go) whose P(run succeeds) multiplies every acquisition value; `recommend` never sends a user to
-an unmeasured configuration it expects to fail. Acquisitions: `uncertainty` scores the width of each
+a memory model as the prior -- `MemoryFitModel`, a Bayesian logistic regression of "did not run out of memory" on the
+physics' memory demand, `memory_demand`, with learned offsets per model, GPU and layout, so one OOM teaches the
+threshold of every workload of its group -- times the measured rate of other failures, blended with a classifier
+fitted on the statuses measured so far) whose P(run succeeds) multiplies every acquisition value; `recommend` never
+sends a user to an unmeasured configuration it expects to fail. Acquisitions: `uncertainty` scores the width of each
 candidate's calibrated log-interval (each target's relative to its median, averaged over the campaign's targets)
 times its chance of running, per unit of budget when the budget is GPU-hours (the campaign applies it to a random
 subsample of the untried candidates, so batches stay representative); `search` scores the chance that measuring a
@@ -19,7 +21,8 @@ over the untried pool (kernel in the encoded space); on the DLI and aiconfigurat
 widest-interval rule (a tuning seed, not the benchmark's), so it is opt-in (`CampaignSettings.acquisition`).
 `select_batch` takes the best-scored candidates but keeps a batch diverse: a candidate close (in the encoded
 configuration space) to one already in the batch is discounted, and with scenario groups each scenario gives at most
-one configuration per batch while others remain.
+one configuration per batch while others remain. (`search` passes no encoding, so no distance discount: each
+scenario is its own search.)
 """
 
 from __future__ import annotations

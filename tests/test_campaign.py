@@ -536,3 +536,25 @@ def test_memory_model_learns_a_layout_threshold_from_a_few_failures():
     # an engine error is no memory failure: it lowers the other-failure rate, not the memory threshold
     err = FeasibilityModel().fit(_memory_frame(batches, osl=2048, status=["ok"] * 8 + ["error"]), None)
     assert err.other_ok < 0.98 and err.p_ok(probe, enc)[1] > p[1]
+
+
+@needs_data
+def test_search_batches_take_each_scenarios_best_without_a_distance_discount(pool, monkeypatch):
+    import collect.campaign as campaign_module
+
+    seen = []
+    real = campaign_module.select_batch
+
+    def spy(scores, X, k, available, *args, **kw):
+        picks = real(scores, X, k, available, *args, **kw)
+        if kw.get("groups") is not None:
+            seen.append((X.shape[1], scores, kw["groups"], picks, available))
+        return picks
+
+    monkeypatch.setattr(campaign_module, "select_batch", spy)
+    _campaign(pool, Store("sqlite://"), "search", budget="12", batch=4).run()
+    assert seen and all(dims == 0 for dims, *_ in seen)  # no encoding: no discount between scenarios
+    for _, scores, groups, picks, available in seen:  # each pick is its scenario's best-scored available candidate
+        for i in picks:
+            mine = available & (groups == groups[i]) & np.isfinite(scores)
+            assert scores[i] == pytest.approx(scores[mine].max())
