@@ -4,9 +4,11 @@ The surrogate is the project's learned model (`train.residual.ResidualModel`: ph
 correction; in a campaign each correction averages boosted trees with trees over a ridge trend, which carries smooth
 trends between the few measured rows, `CampaignResidualModel`) fitted on what the campaign has measured, plus a small
 bootstrap ensemble of the same residual learner whose disagreement makes the calibrated interval vary from row to row, and a feasibility model (`FeasibilityModel`:
-the physics memory verdict as a prior, blended with a classifier fitted on the statuses measured so far -- an OOM
-teaches where not to go) whose P(run succeeds) multiplies every acquisition value; `recommend` never sends a user to
-an unmeasured configuration it expects to fail. Acquisitions: `uncertainty` scores the width of each
+a memory model as the prior -- `MemoryFitModel`, a Bayesian logistic regression of "did not run out of memory" on the
+physics' memory demand, `memory_demand`, with learned offsets per model, GPU and layout, so one OOM teaches the
+threshold of every workload of its group -- times the measured rate of other failures, blended with a classifier
+fitted on the statuses measured so far) whose P(run succeeds) multiplies every acquisition value; `recommend` never
+sends a user to an unmeasured configuration it expects to fail. Acquisitions: `uncertainty` scores the width of each
 candidate's calibrated log-interval (each target's relative to its median, averaged over the campaign's targets)
 times its chance of running, per unit of budget when the budget is GPU-hours (the campaign applies it to a random
 subsample of the untried candidates, so batches stay representative); `search` scores the chance that measuring a
@@ -19,7 +21,8 @@ over the untried pool (kernel in the encoded space); on the DLI and aiconfigurat
 widest-interval rule (a tuning seed, not the benchmark's), so it is opt-in (`CampaignSettings.acquisition`).
 `select_batch` takes the best-scored candidates but keeps a batch diverse: a candidate close (in the encoded
 configuration space) to one already in the batch is discounted, and with scenario groups each scenario gives at most
-one configuration per batch while others remain.
+one configuration per batch while others remain. (`search` passes no encoding, so no distance discount: each
+scenario is its own search.)
 """
 
 from __future__ import annotations
@@ -216,44 +219,187 @@ def _learner_params(model: ResidualModel, n_features: int) -> dict:
     return {**h, "monotone": (0,) * (n_features - 1) + (mono,)}
 
 
-def _feasibility_features(frame: pd.DataFrame, encoded: np.ndarray) -> np.ndarray:
-    """Encoded configuration plus the physics' memory terms, and the ratio that decides most OOMs: the KV cache the
-    requested sequences need over the KV capacity the physics computes."""
-    extra = [np.log1p(np.maximum(float_column(frame, c, 0.0), 0.0))
-             for c in ("f_kv_capacity_tokens", "f_batch_limit_kv", "f_weight_bytes_per_gpu") if c in frame.columns]
-    extra += [float_column(frame, "f_feasible", 1.0)] if "f_feasible" in frame.columns else []
-    if "f_kv_capacity_tokens" in frame.columns:
-        seqs = np.fmax(np.fmax(float_column(frame, "num_requests"), float_column(frame, "concurrency")),
-                       float_column(frame, "max_num_seqs"))
-        cap_seqs = float_column(frame, "max_num_seqs")
-        seqs = np.where(np.isfinite(cap_seqs), np.fmin(seqs, np.maximum(cap_seqs, 1.0)), seqs)  # runs at most these
-        per_seq = np.nan_to_num(float_column(frame, "isl"), nan=0.0) + np.nan_to_num(float_column(frame, "osl"), nan=0.0)
-        cap = float_column(frame, "f_kv_capacity_tokens") * np.maximum(float_column(frame, "dp", 1.0), 1.0)
-        ratio = np.log(np.maximum(np.nan_to_num(seqs, nan=1.0), 1.0) * np.maximum(per_seq, 1.0) / np.maximum(
-            np.nan_to_num(cap, nan=1.0), 1.0))
-        extra.append(ratio)
-    return np.column_stack([encoded] + extra) if extra else encoded
+def _concurrent_sequences(frame: pd.DataFrame) -> np.ndarray:
+    """Sequences a run holds at once: the request count, concurrency or max_num_seqs, at most max_num_seqs (NaN when
+    none is known)."""
+    seqs = np.fmax(np.fmax(float_column(frame, "num_requests"), float_column(frame, "concurrency")),
+                   float_column(frame, "max_num_seqs"))
+    cap_seqs = float_column(frame, "max_num_seqs")
+    return np.where(np.isfinite(cap_seqs), np.fmin(seqs, np.maximum(cap_seqs, 1.0)), seqs)  # runs at most these
+
+
+def _kv_need_ratio(frame: pd.DataFrame) -> np.ndarray:
+    """log(KV tokens the concurrent sequences need at full length / KV capacity the physics computes, all replicas)."""
+    per_seq = np.nan_to_num(float_column(frame, "isl"), nan=0.0) + np.nan_to_num(float_column(frame, "osl"), nan=0.0)
+    cap = float_column(frame, "f_kv_capacity_tokens") * np.maximum(float_column(frame, "dp", 1.0), 1.0)
+    return np.log(np.maximum(np.nan_to_num(_concurrent_sequences(frame), nan=1.0), 1.0) * np.maximum(per_seq, 1.0)
+                  / np.maximum(np.nan_to_num(cap, nan=1.0), 1.0))
 
 
 PRIOR_OK_FEASIBLE = 0.95  # physics prior: a run the memory model says fits succeeds this often (before any failure)
 PRIOR_OK_INFEASIBLE = 0.15  # ... and one it says does not fit
+MEMORY_COLUMNS = ("f_weight_bytes_per_gpu", "f_gpu_mem_gb", "f_kv_bytes_per_token")
+
+
+def memory_demand(frame: pd.DataFrame) -> np.ndarray | None:
+    """log(worst-case memory a run asks of one GPU / the GPU's memory), from the physics' memory terms: the weights
+    per GPU plus the KV cache of the concurrent sequences at full length (ISL + OSL tokens each, split over the data
+    replicas) at the KV bytes per token one GPU holds (KV heads split over TP, replicated when fewer than TP; MLA's
+    latent cache replicated; layers split over PP). A paged KV cache rarely holds every sequence at full length, so
+    this bounds the demand from above; the feasibility model learns where, above zero, runs start to fail. None when
+    the frame lacks the memory terms (e.g. step rows or a bare frame)."""
+    if not len(frame) or any(c not in frame.columns for c in MEMORY_COLUMNS):
+        return None
+    if "kind" in frame.columns and frame["kind"].astype("string").fillna("").ne("serving").all():
+        return None  # step / op rows hold no sequences
+    weights = float_column(frame, "f_weight_bytes_per_gpu")
+    mem = float_column(frame, "f_gpu_mem_gb") * 1e9
+    tp = np.maximum(float_column(frame, "tp", 1.0), 1.0)
+    kv_heads = np.maximum(float_column(frame, "f_kv_heads", 1.0), 1.0)
+    mla = float_column(frame, "f_mla", 0.0) > 0
+    shards = np.where(mla, 1.0, np.minimum(tp, kv_heads)) * np.maximum(float_column(frame, "pp", 1.0), 1.0)
+    kv_per_gpu = np.nan_to_num(float_column(frame, "f_kv_bytes_per_token"), nan=0.0) / shards
+    per_seq = np.nan_to_num(float_column(frame, "isl"), nan=0.0) + np.nan_to_num(float_column(frame, "osl"), nan=0.0)
+    seqs = np.nan_to_num(_concurrent_sequences(frame), nan=0.0) / np.maximum(float_column(frame, "dp", 1.0), 1.0)
+    demand = np.nan_to_num(weights, nan=0.0) + seqs * per_seq * kv_per_gpu
+    out = np.log(np.maximum(demand, 1.0) / np.where(mem > 0, mem, np.nan))
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def _feasibility_features(frame: pd.DataFrame, encoded: np.ndarray) -> np.ndarray:
+    """Encoded configuration plus the physics' memory terms, and the ratio that decides most OOMs: the KV cache the
+    requested sequences need over the KV capacity the physics computes (and the memory demand, where known)."""
+    extra = [np.log1p(np.maximum(float_column(frame, c, 0.0), 0.0))
+             for c in ("f_kv_capacity_tokens", "f_batch_limit_kv", "f_weight_bytes_per_gpu") if c in frame.columns]
+    extra += [float_column(frame, "f_feasible", 1.0)] if "f_feasible" in frame.columns else []
+    if "f_kv_capacity_tokens" in frame.columns:
+        extra.append(_kv_need_ratio(frame))
+    demand = memory_demand(frame)
+    if demand is not None:
+        extra.append(demand)
+    return np.column_stack([encoded] + extra) if extra else encoded
+
+
+# the memory model: P(no out-of-memory failure) = sigmoid(b0 + b1 x demand + b2 x clipped KV-need ratio + b3 x physics
+# verdict + group offsets); MAP with Gaussian priors. The prior means are the physics' own belief: the memory verdict
+# (weights and reserves fit: P = PRIOR_OK_FEASIBLE, else PRIOR_OK_INFEASIBLE), with no slope in the KV demand --
+# whether a demand over the KV capacity fails (a statically sized cache) or only queues (vLLM's paged cache
+# preempts) depends on the engine, so measured failures teach the slopes (prior sd 4 and 1: a few failures suffice).
+MEMORY_PRIOR_MEAN = (math.log(PRIOR_OK_INFEASIBLE / (1.0 - PRIOR_OK_INFEASIBLE)), 0.0, 0.0,
+                     math.log(PRIOR_OK_FEASIBLE / (1.0 - PRIOR_OK_FEASIBLE))
+                     - math.log(PRIOR_OK_INFEASIBLE / (1.0 - PRIOR_OK_INFEASIBLE)))
+MEMORY_PRIOR_SD = (2.0, 4.0, 1.0, 2.0)
+MEMORY_GROUP_SD = 1.0  # prior sd of each group's offset (log-odds): how far one model / GPU / layout may differ
+# groups whose fitting thresholds differ (nested: a layout of a model on a GPU in a dtype shares its parents' offsets)
+MEMORY_GROUPS = (("model",), ("gpu",), ("engine", "model", "gpu", "weight_dtype", "kv_dtype"),
+                 ("engine", "model", "gpu", "weight_dtype", "kv_dtype", "tp", "pp", "dp", "ep", "attention_dp"))
+MEMORY_FAILURES = ("oom", "infeasible")  # statuses the memory model learns; others ("error") are a plain rate
+MEMORY_HALF_WEIGHT = 20.0  # with the memory model as prior the classifier gets half the weight after 20 rare outcomes
+
+
+def _group_keys(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    cols = [c for c in columns if c in frame.columns]
+    if not cols:
+        return np.full(len(frame), "", dtype=object)
+    parts = [frame[c].astype(object).where(frame[c].notna(), "").astype(str).to_numpy(dtype=object) for c in cols]
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + "|" + p
+    return out
+
+
+class MemoryFitModel:
+    """P(a run does not fail for memory) from the physics' memory demand, with learned offsets per model, GPU and
+    layout group: a Bayesian logistic regression (MAP, Gaussian priors centred on the physics) fitted on the statuses
+    a campaign measured. A failure at one workload teaches the threshold of its whole group (every ISL/OSL/batch of
+    that model, GPU and layout), and a run that fit raises it."""
+
+    def __init__(self):
+        self.coef = np.asarray(MEMORY_PRIOR_MEAN, dtype=float)
+        self.offsets: list[dict] = [{} for _ in MEMORY_GROUPS]
+
+    @staticmethod
+    def design(frame: pd.DataFrame) -> np.ndarray | None:
+        demand = memory_demand(frame)
+        if demand is None:
+            return None
+        ratio = np.clip(_kv_need_ratio(frame), -6.0, 6.0) if "f_kv_capacity_tokens" in frame.columns \
+            else np.zeros(len(frame))
+        fits = FeasibilityModel.physics_fits(frame).astype(float)
+        return np.column_stack([np.ones(len(frame)), demand, ratio, fits])
+
+    def fit(self, frame: pd.DataFrame, fitted: np.ndarray) -> "MemoryFitModel":
+        """`fitted`: per row, True where the run did not fail for memory."""
+        from scipy.optimize import minimize
+
+        X = self.design(frame)
+        if X is None or not len(frame):
+            return self
+        y = np.asarray(fitted, dtype=float)
+        codes, uniques = [], []
+        for cols in MEMORY_GROUPS:
+            c, u = pd.factorize(pd.Series(_group_keys(frame, cols), dtype=object))
+            codes.append(c)
+            uniques.append(list(u))
+        nc, sizes = X.shape[1], [len(u) for u in uniques]
+        mean = np.r_[np.asarray(MEMORY_PRIOR_MEAN), np.zeros(sum(sizes))]
+        sd = np.r_[np.asarray(MEMORY_PRIOR_SD), np.full(sum(sizes), MEMORY_GROUP_SD)]
+        starts = np.cumsum([nc] + sizes[:-1])
+
+        def loss(b):
+            z = X @ b[:nc]
+            for c, st in zip(codes, starts):
+                z = z + b[st + c]
+            p = 0.5 * (1.0 + np.tanh(0.5 * z))
+            r = p - y
+            g = np.empty_like(b)
+            g[:nc] = X.T @ r
+            for c, st, n in zip(codes, starts, sizes):
+                g[st:st + n] = np.bincount(c, weights=r, minlength=n)
+            d = (b - mean) / sd
+            return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(d * d)), g + d / sd
+
+        b = minimize(loss, mean.copy(), jac=True, method="L-BFGS-B").x
+        self.coef = b[:nc]
+        self.offsets = [dict(zip(u, b[st:st + n])) for u, st, n in zip(uniques, starts, sizes)]
+        return self
+
+    def p_fit(self, frame: pd.DataFrame) -> np.ndarray | None:
+        X = self.design(frame)
+        if X is None:
+            return None
+        z = X @ self.coef
+        for cols, off in zip(MEMORY_GROUPS, self.offsets):
+            if off:
+                z = z + pd.Series(_group_keys(frame, cols), dtype=object).map(off).fillna(0.0).to_numpy(dtype=float)
+        return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
 PRIOR_STRENGTH = 10.0  # pseudo-runs behind each prior rate (the measured rates take over as runs accumulate)
 CLASSIFIER_HALF_WEIGHT = 1.0  # the classifier gets half the weight once this many runs of the rarer outcome were seen
 CLASSIFIER_MIN_LEAF = 1  # (leaf 2 and half-weight 4 avoided fewer failures on the DLI pool, tuning seed 0)
+PRIOR_OK_OTHER = 0.98  # with the memory model: how often a run that fits does not fail otherwise (before any error)
 
 
 class FeasibilityModel:
     """P(run succeeds), learned from the statuses the campaign measured (OOM / error rows are recorded runs).
 
-    A physics prior -- the memory model's verdict (`f_feasible`) turned into a success rate, each of the two rates
-    shrunk from PRIOR_OK_(IN)FEASIBLE towards what the campaign measured for runs with that verdict -- blended with a
-    random-forest classifier on the encoded configuration and the physics' memory-headroom terms, whose weight grows
-    with the number of runs of the rarer outcome (n / (n + CLASSIFIER_HALF_WEIGHT)); with fewer than two of either
-    outcome the prior alone answers. Only measured rows are ever seen: the candidates' own statuses are unknown."""
+    A physics prior blended with a random-forest classifier on the encoded configuration and the physics'
+    memory-headroom terms, whose weight grows with the number of runs of the rarer outcome (n / (n + half weight));
+    with fewer than two of either outcome the prior alone answers. The prior, where the frame carries the physics'
+    memory terms (serving rows), is the memory model (`MemoryFitModel`: P(no out-of-memory failure) from the memory
+    demand with learned per-group offsets) times the measured rate of other failures (errors), and the classifier's
+    half weight is MEMORY_HALF_WEIGHT runs: the memory model generalises from a few failures to every workload of
+    their model, GPU and layout, where the forest needs many. Without memory terms the prior is the memory verdict
+    (`f_feasible`) turned into a success rate, each of the two rates shrunk from PRIOR_OK_(IN)FEASIBLE towards what
+    the campaign measured for runs with that verdict, and the half weight CLASSIFIER_HALF_WEIGHT. Only measured rows
+    are ever seen: the candidates' own statuses are unknown."""
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
         self.rate = {True: PRIOR_OK_FEASIBLE, False: PRIOR_OK_INFEASIBLE}
+        self.memory: MemoryFitModel | None = None
+        self.other_ok = PRIOR_OK_OTHER
         self.classifier = None
         self.weight = 0.0
         self.n_ok = self.n_failed = 0
@@ -266,13 +412,22 @@ class FeasibilityModel:
         return np.nan_to_num(float_column(frame, "f_feasible"), nan=1.0) > 0.5
 
     def fit(self, measured: pd.DataFrame, encoded: np.ndarray | None) -> "FeasibilityModel":
-        ok = measured["status"].astype("string").fillna("ok").eq("ok").to_numpy(bool) if len(measured) else \
-            np.zeros(0, dtype=bool)
+        status = measured["status"].astype("string").fillna("ok") if len(measured) else pd.Series([], dtype="string")
+        ok = status.eq("ok").to_numpy(bool)
         self.n_ok, self.n_failed = int(ok.sum()), int((~ok).sum())
         fits = self.physics_fits(measured)
         for verdict, prior in ((True, PRIOR_OK_FEASIBLE), (False, PRIOR_OK_INFEASIBLE)):
             mine = fits == verdict
             self.rate[verdict] = float((ok[mine].sum() + PRIOR_STRENGTH * prior) / (mine.sum() + PRIOR_STRENGTH))
+        half = CLASSIFIER_HALF_WEIGHT
+        self.memory = MemoryFitModel()  # its physics prior until serving rows with memory terms were measured
+        if memory_demand(measured) is not None:
+            memory_failed = status.isin(MEMORY_FAILURES).to_numpy(bool)
+            self.memory.fit(measured, ~memory_failed)
+            other = ~ok & ~memory_failed  # failures the memory model does not explain
+            self.other_ok = float((len(ok) - memory_failed.sum() - other.sum() + PRIOR_STRENGTH * PRIOR_OK_OTHER)
+                                  / (len(ok) - memory_failed.sum() + PRIOR_STRENGTH))
+            half = MEMORY_HALF_WEIGHT
         rarer = min(self.n_ok, self.n_failed)
         if encoded is not None and rarer >= 2:
             from sklearn.ensemble import RandomForestClassifier
@@ -280,10 +435,14 @@ class FeasibilityModel:
             clf = RandomForestClassifier(n_estimators=100, min_samples_leaf=CLASSIFIER_MIN_LEAF, random_state=self.seed,
                                          n_jobs=1)
             self.classifier = clf.fit(_feasibility_features(measured, encoded), ok.astype(int))
-            self.weight = rarer / (rarer + CLASSIFIER_HALF_WEIGHT)
+            self.weight = rarer / (rarer + half)
         return self
 
     def prior(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.memory is not None:
+            p = self.memory.p_fit(frame)
+            if p is not None:
+                return p * self.other_ok
         fits = self.physics_fits(frame)
         return np.where(fits, self.rate[True], self.rate[False])
 

@@ -524,7 +524,11 @@ class Campaign:
                                        seed=s.seed * 1000 + iteration, within=WITHIN,
                                        log_physics=self.log_physics, physics_weight=weight,
                                        measured_utility=self._measured_utility() if s.condition else None)
-                picks = select_batch(scores, self.X, k, available, cost, budget_left, groups=self.scen)
+                # one configuration per scenario while others remain, and no distance discount: each scenario is its
+                # own search, so a scenario's best pick must not give way to a worse one because a neighbouring
+                # scenario's pick lies close in the encoded space (DLI pool, 3 seeds: 87.3% -> 88.0% within 3%)
+                picks = select_batch(scores, np.zeros((len(self.cand), 0)), k, available, cost, budget_left,
+                                     groups=self.scen)
         start = int(runs["seq"].max()) + 1 if len(runs) else 0
         out = []
         for j, i in enumerate(picks):

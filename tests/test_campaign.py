@@ -493,3 +493,68 @@ def test_campaign_surrogate_blends_trees_with_a_monotone_ridge_trend(pool):
     assert np.isfinite(pred).all() and (pred > 0).all()
     trees = Surrogate(("output_throughput",), members=0, model_params={**FAST, "ridge_alpha": 0.0}).fit(rows)
     assert type(trees.model.learners_["output_throughput"]) is XGBLearner  # ridge_alpha 0: trees alone
+
+
+def _memory_frame(batches, osl, gpu="h100-sxm", mem_gb=80.0, status=None) -> pd.DataFrame:
+    """Serving rows with the physics' memory terms: a 7B-like model (14 GB of weights, 0.5 MB of KV per token)."""
+    n = len(batches)
+    return pd.DataFrame({"kind": "serving", "engine": "trtllm", "model": "m", "gpu": gpu, "weight_dtype": "fp16",
+                         "kv_dtype": "fp16", "tp": 1, "pp": 1, "dp": 1, "ep": 1, "attention_dp": False,
+                         "isl": 128.0, "osl": float(osl), "max_num_seqs": np.asarray(batches, dtype=float),
+                         "num_requests": np.asarray(batches, dtype=float), "f_weight_bytes_per_gpu": 14e9,
+                         "f_gpu_mem_gb": mem_gb, "f_kv_bytes_per_token": 5e5, "f_kv_heads": 32.0, "f_feasible": 1.0,
+                         "status": status if status is not None else ["ok"] * n})
+
+
+def test_memory_demand_from_the_physics_memory_terms():
+    from collect.acquisition import memory_demand
+
+    d = memory_demand(_memory_frame([100.0], osl=872))  # 14 GB + 100 x 1000 tokens x 0.5 MB = 64 GB of 80
+    assert d[0] == pytest.approx(np.log(64.0 / 80.0))
+    tp2 = _memory_frame([100.0], osl=872).assign(tp=2)  # KV heads split over TP: half the KV per GPU
+    assert memory_demand(tp2)[0] == pytest.approx(np.log((14.0 + 25.0) / 80.0))
+    assert memory_demand(_memory_frame([100.0], osl=872).assign(kind="step")) is None
+    assert memory_demand(pd.DataFrame({"f_feasible": [1.0]})) is None  # no memory terms: no demand
+
+
+def test_memory_model_learns_a_layout_threshold_from_a_few_failures():
+    from collect.acquisition import PRIOR_OK_FEASIBLE, FeasibilityModel
+
+    probe = pd.concat([_memory_frame([2.0, 512.0], osl=4096),  # another workload of the same model, GPU and layout
+                       _memory_frame([2.0, 512.0], osl=4096, gpu="h200", mem_gb=141.0)], ignore_index=True)
+    enc = np.zeros((len(probe), 1))
+    # before any failure: the physics verdict alone, no slope in the KV demand (a paged cache may only queue)
+    prior = FeasibilityModel().fit(probe.iloc[0:0], None).p_ok(probe, enc)
+    assert np.allclose(prior, prior[0]) and prior[0] == pytest.approx(PRIOR_OK_FEASIBLE, abs=0.03)
+    batches = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]  # at OSL 2048: 128 runs (61 GB), 256 fails (145 GB)
+    measured = _memory_frame(batches, osl=2048, status=["ok"] * 8 + ["oom"])
+    m = FeasibilityModel().fit(measured, None)  # no encoding: the memory model alone (no classifier)
+    p = m.p_ok(probe, enc)
+    assert m.classifier is None
+    assert p[0] > 0.8 > 0.5 > p[1]  # batch 512 at OSL 4096 needs far more than the batch that failed
+    assert p[3] > p[1]  # the larger GPU keeps more headroom
+    # an engine error is no memory failure: it lowers the other-failure rate, not the memory threshold
+    err = FeasibilityModel().fit(_memory_frame(batches, osl=2048, status=["ok"] * 8 + ["error"]), None)
+    assert err.other_ok < 0.98 and err.p_ok(probe, enc)[1] > p[1]
+
+
+@needs_data
+def test_search_batches_take_each_scenarios_best_without_a_distance_discount(pool, monkeypatch):
+    import collect.campaign as campaign_module
+
+    seen = []
+    real = campaign_module.select_batch
+
+    def spy(scores, X, k, available, *args, **kw):
+        picks = real(scores, X, k, available, *args, **kw)
+        if kw.get("groups") is not None:
+            seen.append((X.shape[1], scores, kw["groups"], picks, available))
+        return picks
+
+    monkeypatch.setattr(campaign_module, "select_batch", spy)
+    _campaign(pool, Store("sqlite://"), "search", budget="12", batch=4).run()
+    assert seen and all(dims == 0 for dims, *_ in seen)  # no encoding: no discount between scenarios
+    for _, scores, groups, picks, available in seen:  # each pick is its scenario's best-scored available candidate
+        for i in picks:
+            mine = available & (groups == groups[i]) & np.isfinite(scores)
+            assert scores[i] == pytest.approx(scores[mine].max())
