@@ -21,7 +21,7 @@ from features.columns import ChainColumns, Columns, FrameColumns, RowSubset, col
 from features.memory import active_params_per_token, kv_bytes_per_token, layers_per_stage, total_params
 from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS, conform_arrays
 from features.serving import EngineArrays, estimate_serving
-from features.specs import GPUSpec, Layout, ModelSpec
+from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec, Workload
 from features.steptime import decode_attention_ms, gemm_ms, stage_step_terms
 
 # step rows measured by layoutcast's torch backend: its decoder layers run RoPE (unfused) and the KV append as
@@ -106,14 +106,21 @@ def _text(cols: Columns, col: str, default: str = "", lower: bool = False) -> np
     return np.array(vals + [default], dtype=object)[codes]
 
 
-def _dtype_col(df: Columns, col: str, default: str) -> np.ndarray:
-    """Bytes per element of a dtype-name column (missing/`auto` = `default`); maps each distinct name once."""
+def _dtype_bytes(name: str | None, default: str) -> float:
+    """Bytes per element of a dtype name as a frame's dtype column reads it (missing/`auto` = `default`)."""
     from features.specs import DTYPE_BYTES
 
+    if name is None:
+        return DTYPE_BYTES[default]
     aliases = {"fp8_e4m3": "fp8", "auto": default, "mixed": "fp16"}
+    key = str(name).lower()
+    return DTYPE_BYTES.get(aliases.get(key, key), DTYPE_BYTES[default])
+
+
+def _dtype_col(df: Columns, col: str, default: str) -> np.ndarray:
+    """Bytes per element of a dtype-name column (missing/`auto` = `default`); maps each distinct name once."""
     codes, uniques = _distinct(df, col)
-    table = np.array([DTYPE_BYTES.get(aliases.get(u.lower(), u.lower()), DTYPE_BYTES[default])
-                      for u in uniques] + [DTYPE_BYTES[default]], dtype=float)
+    table = np.array([_dtype_bytes(u, default) for u in uniques] + [_dtype_bytes(None, default)], dtype=float)
     return table[codes]  # code -1 (missing) picks the appended default
 
 
@@ -268,6 +275,42 @@ def physics_columns(cols: Columns, cal: Calibration | None = None) -> dict[str, 
     return out
 
 
+def scenario_physics(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, wl: Workload,
+                     cal: Calibration | None = None) -> dict[str, np.ndarray]:
+    """`physics_columns` of the serving row that describes one scenario (`predictor.api.scenario_row`), as 1-element
+    arrays, computed from its resolved specs rather than from a column table: the single `predict` path, where
+    reading and resolving the row's own columns would cost more than its physics."""
+    cal = cal or default_calibration()
+    wdt = np.array([_dtype_bytes(engine.weight_dtype, "bf16")])
+    kv_name = engine.kv_dtype
+    kv_auto = kv_name is None or str(kv_name).lower() == "auto"
+    kdt = np.where(wdt <= 1.0, 2.0, wdt) if kv_auto else np.array([_dtype_bytes(kv_name, "bf16")])
+    out = _descriptor_features(model, gpu, layout, wdt, kdt)
+
+    def lengths(dist) -> tuple[np.ndarray, ...]:  # (mean, median, sigma, max) as `_length_params` reads the row
+        mean = np.array([float(dist.mean)])
+        if dist.kind != "lognormal":
+            return mean, mean, np.zeros(1), mean
+        d = parse_length_dist(dist.spec())  # the row carries the spec text: read it back the same way
+        return mean, np.array([d.median]), np.array([d.sigma]), np.array([float(d.max_tokens)])
+
+    isl = lengths(wl.isl)[0]
+    osl, osl_med, osl_sig, osl_max = lengths(wl.osl)
+    one = lambda v: np.array([float(v)])  # noqa: E731
+    arrays = EngineArrays(
+        weight_dtype=wdt, kv_dtype=kdt, max_num_seqs=one(engine.max_num_seqs),
+        max_num_batched_tokens=one(engine.max_num_batched_tokens),
+        gpu_memory_utilization=one(engine.gpu_memory_utilization), block_size=one(engine.block_size),
+        num_gpu_blocks_override=one(int(engine.num_gpu_blocks_override or 0)),
+        kv_cache_memory_bytes=one(float(engine.kv_cache_memory_gb or 0.0) * 1e9))
+    regime, bottleneck = np.full(1, None, dtype=object), np.full(1, None, dtype=object)
+    out.update(_serving_columns(model, gpu, layout, arrays, cal, isl, osl, one(wl.num_requests), one(wl.concurrency),
+                                one(wl.request_rate), osl_med, osl_sig, osl_max, np.ones(1, dtype=bool), regime,
+                                bottleneck))
+    out["regime"], out["bottleneck"] = regime, bottleneck
+    return out
+
+
 DISTINCT_MIN_ROWS = 256  # fewer rows of a kind: computed row by row (finding repeats would not pay)
 DISTINCT_MAX_SHARE = 0.7  # more distinct configurations than this share of the rows: computed row by row
 
@@ -370,9 +413,18 @@ def _serving_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottl
         **engine_kv_sizing(out))
     isl = np.where(np.isnan(isl), 1024, isl)
     osl = np.where(np.isnan(osl), 1024, osl)
-    e = estimate_serving(model, gpu, layout, engine, cal, isl, osl, _num(out, "num_requests", 0), _num(out, "concurrency", 0),
-                         _num(out, "request_rate", 0), np.where(np.isnan(osl_med), osl, osl_med), osl_sig,
-                         np.where(np.isnan(osl_max), osl, osl_max))
+    return _serving_columns(model, gpu, layout, engine, cal, isl, osl, _num(out, "num_requests", 0),
+                            _num(out, "concurrency", 0), _num(out, "request_rate", 0),
+                            np.where(np.isnan(osl_med), osl, osl_med), osl_sig, np.where(np.isnan(osl_max), osl, osl_max),
+                            mask, regime, bottleneck)
+
+
+def _serving_columns(model, gpu, layout, engine: EngineArrays, cal, isl, osl, num_requests, concurrency, request_rate,
+                     osl_median, osl_sigma, osl_max, mask, regime, bottleneck) -> dict[str, np.ndarray]:
+    """`estimate_serving` of the rows in `mask` as phys_* / f_* columns (regime and bottleneck written in place)."""
+    n = len(mask)
+    e = estimate_serving(model, gpu, layout, engine, cal, isl, osl, num_requests, concurrency, request_rate,
+                         osl_median, osl_sigma, osl_max)
 
     m = _masked(mask)
 

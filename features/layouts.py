@@ -52,14 +52,16 @@ def structural_reason(model: ModelSpec, layout: Layout, gpu: GPUSpec | None = No
     return ""
 
 
-def memory_reason(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, min_tokens: int = 1) -> str:
-    """Why `layout` does not fit in memory ('' when it fits with room for `min_tokens` of KV cache)."""
-    weights = float(weight_bytes_per_gpu(model, layout, engine.weight_dtype))
+def memory_reason(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, min_tokens: int = 1,
+                  weight_bytes: float | None = None, kv_tokens: float | None = None) -> str:
+    """Why `layout` does not fit in memory ('' when it fits with room for `min_tokens` of KV cache). A caller that
+    has already computed the weight bytes per GPU and the KV capacity (the serving physics does) passes them."""
+    weights = float(weight_bytes_per_gpu(model, layout, engine.weight_dtype) if weight_bytes is None else weight_bytes)
     budget = gpu.memory_gb * 1e9 * engine.gpu_memory_utilization
     if weights > budget:
         return (f"weights need {weights / 1e9:.1f} GB per GPU, more than {budget / 1e9:.1f} GB "
                 f"({engine.gpu_memory_utilization:.0%} of {gpu.memory_gb:g} GB)")
-    cap = float(kv_capacity_tokens(model, gpu, layout, engine))
+    cap = float(kv_capacity_tokens(model, gpu, layout, engine) if kv_tokens is None else kv_tokens)
     if cap < min_tokens:
         return f"only {cap:.0f} tokens of KV cache remain after weights and reserves (need {min_tokens})"
     return ""
@@ -70,9 +72,19 @@ def infeasible_reason(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: En
     return structural_reason(model, layout, gpu) or memory_reason(model, gpu, layout, engine, min_tokens)
 
 
-def check_layout(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, min_tokens: int = 1) -> None:
-    """Raise InfeasibleError with the reason when `layout` cannot serve `model` on `gpu`."""
-    reason = infeasible_reason(model, gpu, layout, engine, min_tokens)
+def check_layout(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, min_tokens: int = 1,
+                 memory: bool = True) -> None:
+    """Raise InfeasibleError with the reason when `layout` cannot serve `model` on `gpu` (`memory=False`: the
+    structural rules only; the caller checks memory with `check_memory`)."""
+    reason = infeasible_reason(model, gpu, layout, engine, min_tokens) if memory else structural_reason(model, layout, gpu)
+    if reason:
+        raise InfeasibleError(f"{layout.label()} cannot serve {model.name} on {gpu.name}: {reason}")
+
+
+def check_memory(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, min_tokens: int = 1,
+                 weight_bytes: float | None = None, kv_tokens: float | None = None) -> None:
+    """Raise InfeasibleError when `layout` does not fit in memory (`memory_reason`, with precomputed values)."""
+    reason = memory_reason(model, gpu, layout, engine, min_tokens, weight_bytes, kv_tokens)
     if reason:
         raise InfeasibleError(f"{layout.label()} cannot serve {model.name} on {gpu.name}: {reason}")
 

@@ -16,8 +16,8 @@ from features.catalog import DATA_DIR, resolve_gpu, resolve_model, resolve_workl
 from features.closed_batch import simulate_deployment
 from features.errors import InputError
 from features.columns import Columns, FrameColumns, float_array
-from features.frame import PhysicsParts, physics_columns, physics_frame
-from features.layouts import check_layout
+from features.frame import PhysicsParts, physics_columns, physics_frame, scenario_physics
+from features.layouts import check_layout, check_memory
 from features.schema import OP_TARGETS, SERVING_TARGETS, STEP_TARGETS
 from features.specs import EngineConfig, Layout, Workload
 
@@ -122,12 +122,14 @@ class Predictor:
         learned = self.learned.predict_arrays(table) if self.learned is not None else {}
         return parts.frame(final_predictions(table, learned))
 
-    def _predict_columns(self, cols: Columns) -> Columns:
-        """`predict_frame` for a column table (a single scenario: no pandas on the way): the input columns, the
-        physics, and every pred_<target>, _lo, _hi, as one column table."""
-        phys = Columns({**cols, **physics_columns(cols, self.calibration)}, cols.n)
+    def _predict_columns(self, cols: Columns, physics: dict[str, np.ndarray] | None = None,
+                         targets: tuple[str, ...] = ALL_TARGETS) -> dict[str, np.ndarray]:
+        """`predict_frame`'s pred_<target>, _lo, _hi of `targets` for a column table (a single scenario: no pandas
+        on the way), on the physics the caller computed from the scenario's specs (`physics`) or on the table's own."""
+        physics = physics if physics is not None else physics_columns(cols, self.calibration)
+        phys = Columns({**cols, **physics}, cols.n)
         learned = self.learned.predict_arrays(phys) if self.learned is not None else {}
-        return Columns({**phys, **final_predictions(phys, learned)}, cols.n)
+        return final_predictions(phys, learned, targets)
 
     # --- single configuration ----------------------------------------------------------------------------------
     def predict(self, model: str, gpu: str, tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1,
@@ -170,12 +172,18 @@ class Predictor:
             if v and v < 0:
                 raise InputError(f"--{name} must be positive")
         engine = replace(engine, weight_dtype=engine.weight_dtype or model.native_dtype)
-        check_layout(model, gpu, layout, engine, min_tokens=int(min(wl.isl.max_tokens, wl.isl.median * 4)) + 1)
+        min_tokens = int(min(wl.isl.max_tokens, wl.isl.median * 4)) + 1
+        check_layout(model, gpu, layout, engine, min_tokens, memory=False)
+        physics = scenario_physics(model, gpu, layout, engine, wl, self.calibration)
+        # the memory check on the weights and KV capacity the physics just computed (the same functions and inputs)
+        check_memory(model, gpu, layout, engine, min_tokens, physics["f_weight_bytes_per_gpu"][0],
+                     physics["phys_kv_capacity_tokens"][0])
         row = scenario_row(model_name, gpu.name, layout, wl, engine)
-        pred = self._predict_columns(scenario_columns(row))
-        r = {c: pred[c][0] for c in pred}
-        targets = {t: {"value": _f(r[f"pred_{t}"]), "lo": _f(r[f"pred_{t}_lo"]), "hi": _f(r[f"pred_{t}_hi"])}
-                   for t in SERVING_TARGETS if np.isfinite(_f(r[f"pred_{t}"]))}
+        pred = self._predict_columns(scenario_columns(row), physics, SERVING_TARGETS)
+        r = {c: v[0] for c, v in physics.items()}
+        targets = {t: {"value": float(pred[f"pred_{t}"][0]), "lo": float(pred[f"pred_{t}_lo"][0]),
+                       "hi": float(pred[f"pred_{t}_hi"][0])}
+                   for t in SERVING_TARGETS if np.isfinite(pred[f"pred_{t}"][0])}
         makespan = targets.get("makespan_s", {}).get("value")
         preemptions = None
         simulated = False
@@ -232,10 +240,11 @@ def _reads_physics_columns(learned) -> bool:
     return type(learned).prepare is FrameModel.prepare
 
 
-def final_predictions(phys: Columns, learned: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every target's pred_<target>, _lo, _hi: the learned one where a model for it was trained (`learned`, or a
-    pred_ column the input already had), else the physics answer with its held-out 80% band
-    (data/physics_uncertainty.json)."""
+def final_predictions(phys: Columns, learned: dict[str, np.ndarray], targets: tuple[str, ...] = ALL_TARGETS
+                      ) -> dict[str, np.ndarray]:
+    """Each of `targets`' (every target's) pred_<target>, _lo, _hi: the learned one where a model for it was
+    trained (`learned`, or a pred_ column the input already had), else the physics answer with its held-out 80%
+    band (data/physics_uncertainty.json)."""
     unc = physics_uncertainty()
     n = phys.n
 
@@ -245,7 +254,7 @@ def final_predictions(phys: Columns, learned: dict[str, np.ndarray]) -> dict[str
         return float_array(phys[col]) if col in phys else np.full(n, np.nan)
 
     new = {}
-    for t in ALL_TARGETS:
+    for t in targets:
         p = column(f"phys_{t}")
         lo_q, hi_q = unc.get(t, (np.nan, np.nan))
         base = {f"pred_{t}": p, f"pred_{t}_lo": p * np.exp(lo_q), f"pred_{t}_hi": p * np.exp(hi_q)}
@@ -258,6 +267,8 @@ def final_predictions(phys: Columns, learned: dict[str, np.ndarray]) -> dict[str
     # a tail latency is never below its mean: separately learned p99 models (trained on far fewer rows) are
     # held to at least the mean's prediction and band
     for p99, mean in (("ttft_p99_ms", "ttft_ms"), ("tpot_p99_ms", "tpot_ms")):
+        if p99 not in targets or mean not in targets:
+            continue
         for suffix in ("", "_lo", "_hi"):
             a, b = new[f"pred_{p99}{suffix}"], new[f"pred_{mean}{suffix}"]
             new[f"pred_{p99}{suffix}"] = np.where(np.isfinite(a) & np.isfinite(b), np.maximum(a, b), a)

@@ -7,6 +7,7 @@ single row for all targets at once in a fraction of that. Large batches still go
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -61,19 +62,39 @@ class CompiledForest:
         n = len(X)
         node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
         rows = np.arange(n)[:, None]
-        for _ in range(self.max_depth):
-            child = self.left[node]
-            inner = child >= 0
-            if not inner.any():
-                break
+        left, right, missing = self._walk
+        has_nan = bool(np.isnan(X).any())
+        for _ in range(self.max_depth):  # leaves lead to themselves, so every tree may take max_depth steps
             x = X[rows, self.feature[node]]
-            go_left = np.where(np.isnan(x), self.default_left[node], x < self.threshold[node])
-            node = np.where(inner, np.where(go_left, child, self.right[node]), node)
+            nxt = np.where(x < self.threshold[node], left[node], right[node])
+            node = np.where(np.isnan(x), missing[node], nxt) if has_nan else nxt
         leaves = self.threshold[node].astype(float)
+        if self.contiguous:  # each booster's trees side by side (as `from_boosters` lays them out): one reduction
+            return self.base_score + np.add.reduceat(leaves, self.first_tree, axis=1)
         out = np.tile(self.base_score, (n, 1))
         for j in range(len(self.base_score)):
             out[:, j] += leaves[:, self.tree_output == j].sum(axis=1)
         return out
+
+    @functools.cached_property
+    def _walk(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(left, right, missing-value) child of every node, leaves leading to themselves."""
+        leaf = self.left < 0
+        own = np.arange(len(self.left))
+        left = np.where(leaf, own, self.left)
+        right = np.where(leaf, own, self.right)
+        return left, right, np.where(self.default_left, left, right)
+
+    @functools.cached_property
+    def first_tree(self) -> np.ndarray:
+        """Index of each booster's first tree (with `contiguous`)."""
+        return np.searchsorted(self.tree_output, np.arange(len(self.base_score)))
+
+    @functools.cached_property
+    def contiguous(self) -> bool:
+        """True when booster j's trees form one block, in booster order, and every booster has trees."""
+        t = self.tree_output
+        return bool(len(t) and np.all(np.diff(t) >= 0) and np.array_equal(np.unique(t), np.arange(len(self.base_score))))
 
 
 def _depth(left: np.ndarray, right: np.ndarray) -> int:

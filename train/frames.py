@@ -126,8 +126,11 @@ class FeatureSpace:
                     f"the model needs feature columns this version of features does not produce ({sorted(missing)[0]}"
                     ", ...); retrain it with `layoutcast train`"
                 )
-            for j, c in enumerate(self.numeric):
-                X[:, j] = float_array(cols[c])
+            if n == 1:  # a single scenario: one row of Python floats beats a column copy per feature
+                X[0, : len(self.numeric)] = [float_array(cols[c])[0] for c in self.numeric]
+            else:
+                for j, c in enumerate(self.numeric):
+                    X[:, j] = float_array(cols[c])
         j = len(self.numeric)
         for c, vocab in self.categories.items():
             if c in cols:

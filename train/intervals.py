@@ -201,15 +201,24 @@ class IntervalCalibration:
         self._fill_novelty(frame, keys)
         # a row's terms depend only on its stratum and on which of its model, GPU and layout training saw: they
         # are looked up in a table of the calibration (per stratum, over every novelty), made once
-        profile = np.zeros(n, dtype=np.intp)
-        for dim in NOVELTY_DIMS:
-            unseen = _unseen(keys, dim, self.seen[dim], n) if dim in self.seen else np.zeros(n, dtype=bool)
-            profile = 2 * profile + unseen
+        if n == 1:  # a single scenario: its novelty profile as one number
+            profile = 0
+            for dim in NOVELTY_DIMS:
+                profile = 2 * profile + int(dim in self.seen and keys[dim][0] not in self.seen[dim])
+            profile = np.array([profile], dtype=np.intp)
+        else:
+            profile = np.zeros(n, dtype=np.intp)
+            for dim in NOVELTY_DIMS:
+                unseen = _unseen(keys, dim, self.seen[dim], n) if dim in self.seen else np.zeros(n, dtype=bool)
+                profile = 2 * profile + unseen
         codes, uniques = self._strata_codes(frame, keys)
         made = self.__dict__.setdefault("_profiles", {})
         for stratum in uniques.tolist():
             if stratum not in made:
                 made[stratum] = self._stratum_table(stratum)
+        if len(uniques) == 1:  # one stratum (a single scenario, one data set): index its table directly
+            one = made[uniques[0]]
+            return one[0][profile], one[1][profile], one[2][profile]
         table = np.stack([made[u] for u in uniques.tolist()], axis=1)  # (trust, lo, hi) x stratum x novelty
         return table[0][codes, profile], table[1][codes, profile], table[2][codes, profile]
 

@@ -230,18 +230,25 @@ class FrameModel(ABC):
             trusted = {t: bounds[t][0] > 0 for t in bounds}
             logs: dict[str, np.ndarray] = {}  # log physics answers, each computed once per kind
             corrections = self._corrections(kind, targets, space, sub, trusted, logs)
+            keys_of = {t: self._shared_source(t) or t for t in targets}
+            logs.update(log_physics(sub, [t for t in targets if t not in logs
+                                          and (self.residual or keys_of[t] not in corrections)]))
+            points, lo_offs, hi_offs = [], [], []
             for t in targets:
-                key = self._shared_source(t) or t
+                key = keys_of[t]
                 trust, lo_off, hi_off = bounds[key]
                 if self.residual or key not in corrections:
-                    if t not in logs:
-                        logs[t] = nan_safe_log(physics_answer(sub, t))
                     # no measurements of this target: the physics answer
-                    point = logs[t] + trust * corrections[key] if key in corrections else logs[t]
+                    points.append(logs[t] + trust * corrections[key] if key in corrections else logs[t])
                 else:
-                    point = corrections[key]
-                vals = (np.exp(point), np.exp(point + lo_off), np.exp(point + hi_off))
-                for col, v in zip(pred_cols(t), vals):
+                    points.append(corrections[key])
+                lo_offs.append(lo_off)
+                hi_offs.append(hi_off)
+            # every target of the kind in one pass: point, low and high ends as (3, targets, rows)
+            point = np.stack(points)
+            vals = np.exp(np.stack([point, point + np.stack(lo_offs), point + np.stack(hi_offs)]))
+            for i, t in enumerate(targets):
+                for col, v in zip(pred_cols(t), vals[:, i]):
                     if whole:
                         out[col] = v
                     else:
@@ -261,15 +268,14 @@ class FrameModel(ABC):
         X = space.matrix(sub)
         if not self.residual:
             return {t: self.learners_[t].predict(X) for t in learned}
-        logs.update({t: nan_safe_log(physics_answer(sub, t)) for t in learned})
+        logs.update(log_physics(sub, learned))
         fast = self._fast_forest(kind, learned) if sub.n <= FAST_PATH_ROWS else None
         if fast is not None:  # one vectorised walk over every target's trees
             Xe = np.empty((sub.n, X.shape[1] - 1 + len(learned)), dtype=np.float32)
             Xe[:, : X.shape[1] - 1] = X[:, :-1]
-            for j, t in enumerate(learned):
-                Xe[:, X.shape[1] - 1 + j] = logs[t]
-            margins = fast.predict(Xe)
-            raw = {t: margins[:, j] for j, t in enumerate(learned)}
+            Xe[:, X.shape[1] - 1:] = np.stack([logs[t] for t in learned], axis=1)
+            margins = np.clip(fast.predict(Xe), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)
+            return {t: margins[:, j] for j, t in enumerate(learned)}
         else:
             raw = {}
             for t in learned:
@@ -346,6 +352,14 @@ def balanced_subsample(idx: np.ndarray, groups: np.ndarray, max_rows: int, seed:
     picked = [rng.choice(idx[codes == g], quota[g], replace=False) if quota[g] < sizes[g] else idx[codes == g]
               for g in range(len(sizes))]
     return np.sort(np.concatenate(picked))
+
+
+def log_physics(frame, targets: list[str]) -> dict[str, np.ndarray]:
+    """`nan_safe_log` of the physics answer of each of `targets`, taken in one pass over all of them."""
+    if not targets:
+        return {}
+    logs = nan_safe_log(np.stack([np.asarray(physics_answer(frame, t), dtype=float) for t in targets]))
+    return dict(zip(targets, logs))
 
 
 def nan_safe_log(x: np.ndarray) -> np.ndarray:

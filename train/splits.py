@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -15,6 +17,8 @@ LAYOUT_COLUMNS = ("tp", "pp", "dp", "ep", "attention_dp")
 def layout_code(frame: pd.DataFrame) -> np.ndarray:
     """One int64 per row naming its parallel layout (tp, pp, dp, ep < 1000 each; attention-DP as a flag); fast."""
     cols = columns_of(frame)  # a pandas frame or a column table
+    if cols.n == 1:  # a single scenario: plain numbers
+        return np.array([_one_layout_code(cols)], dtype=np.int64)
     code = np.zeros(cols.n, dtype=np.int64)
     for i, col in enumerate(LAYOUT_COLUMNS):
         default = 0.0 if col == "attention_dp" else 1.0
@@ -29,6 +33,24 @@ def layout_code(frame: pd.DataFrame) -> np.ndarray:
                 vals = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
             vals = np.where(np.isnan(vals), default, vals)
         code += np.clip(vals, 0, 999).astype(np.int64) * (1000**i)
+    return code
+
+
+def _one_layout_code(cols) -> int:
+    """`layout_code` of a one-row table, read as the vectorised path reads it."""
+    code = 0
+    for i, col in enumerate(LAYOUT_COLUMNS):
+        default = 0.0 if col == "attention_dp" else 1.0
+        v = cols[col][0] if col in cols else default
+        if isinstance(v, str):
+            v = {"true": "1", "false": "0"}.get(v.lower(), v)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            v = math.nan
+        if math.isnan(v):
+            v = default
+        code += int(min(max(v, 0.0), 999.0)) * (1000**i)
     return code
 
 
