@@ -35,6 +35,41 @@ def sweep_frame(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.concat([serving, steps], ignore_index=True)
 
 
+def mixed_uncached(p: Predictor, n: int = 200, seed: int = 2) -> list[float]:
+    """Seconds of `n` single predicts of distinct configurations (dense, MoE and MLA models; three GPUs; every valid
+    layout of 8 GPUs; concurrencies 1-512), each on a fresh Predictor: nothing any of them computed is reused."""
+    from features.catalog import resolve_gpu, resolve_model
+    from features.errors import InfeasibleError
+    from features.layouts import enumerate_layouts, structural_reason
+
+    rng = np.random.default_rng(seed)
+    models = ["llama-3.1-8b", "qwen2.5-32b", "llama-3.1-70b", "mixtral-8x7b", "qwen3-30b-a3b", "deepseek-r1",
+              "gpt-oss-120b"]
+    pool = []
+    for m in models:
+        for g in ("h100", "h200", "b200"):
+            spec, gpu = resolve_model(m), resolve_gpu(g)
+            pool += [(m, g, lay) for lay in enumerate_layouts(spec, gpu, 8) if not structural_reason(spec, lay, gpu)]
+    seen, times = set(), []
+    for i in rng.permutation(len(pool) * 8):
+        m, g, lay = pool[i % len(pool)]
+        conc = int(rng.integers(1, 513))
+        if (m, g, lay, conc) in seen:
+            continue
+        seen.add((m, g, lay, conc))
+        fresh = Predictor(p.calibration, p.learned)
+        t0 = time.perf_counter()
+        try:
+            fresh.predict(model=m, gpu=g, tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, attention_dp=lay.attention_dp,
+                          concurrency=conc, simulate=False)
+        except InfeasibleError:
+            continue  # a layout that does not fit: not a prediction
+        times.append(time.perf_counter() - t0)
+        if len(times) == n:
+            break
+    return times
+
+
 def timeit(fn, repeat: int) -> list[float]:
     out = []
     for _ in range(repeat):
@@ -57,6 +92,7 @@ def main() -> dict:
     # state is every later one, on configurations not computed before (a fresh Predictor: an empty cache)
     Predictor(p.calibration, p.learned).predict(model="llama-3.1-8b", gpu="h100", concurrency=4, simulate=False)
     uncached = [timeit(lambda c=c: Predictor(p.calibration, p.learned).predict(**c), 1)[0] for c in configs[:20]]
+    mixed = mixed_uncached(p)
     for c in configs:
         p.predict(**c)
     cached = [timeit(lambda c=c: p.predict(**c), 1)[0] for c in configs * 20]
@@ -69,6 +105,8 @@ def main() -> dict:
     rows = [
         ("predict_frame, 100,000 rows (median of 3)", float(np.median(frame_s)), 1.0),
         ("predict, single, uncached, p99 (steady state)", float(np.percentile(uncached, 99)), 0.001),
+        ("predict, single, uncached, mixed catalog (200 distinct), p50", float(np.percentile(mixed, 50)), None),
+        ("predict, single, uncached, mixed catalog (200 distinct), p99", float(np.percentile(mixed, 99)), 0.001),
         ("predict, single, cached, p99", float(np.percentile(cached, 99)), 0.001),
         ("search 8xH200, throughput, Optuna 200 trials", float(np.median(search_tp)), 2.0),
         ("search 8xH200, throughput, exhaustive", float(np.median(search_ex)), 2.0),

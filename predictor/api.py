@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import json
 import threading
 from dataclasses import asdict, dataclass, field, replace
@@ -247,6 +248,8 @@ def final_predictions(phys: Columns, learned: dict[str, np.ndarray], targets: tu
     band (data/physics_uncertainty.json)."""
     unc = physics_uncertainty()
     n = phys.n
+    if n == 1:
+        return _final_prediction_of_one(phys, learned, targets, unc)
 
     def column(col: str) -> np.ndarray:
         if col in learned:
@@ -273,6 +276,33 @@ def final_predictions(phys: Columns, learned: dict[str, np.ndarray], targets: tu
             a, b = new[f"pred_{p99}{suffix}"], new[f"pred_{mean}{suffix}"]
             new[f"pred_{p99}{suffix}"] = np.where(np.isfinite(a) & np.isfinite(b), np.maximum(a, b), a)
     return new
+
+
+def _final_prediction_of_one(phys: Columns, learned: dict[str, np.ndarray], targets: tuple[str, ...],
+                             unc: dict) -> dict[str, np.ndarray]:
+    """`final_predictions` of a one-row table, worked out on plain floats (the same rules, a single scenario)."""
+
+    def value(col: str) -> float:
+        if col in learned:
+            return float(learned[col][0])
+        return _f(phys[col][0]) if col in phys else math.nan
+
+    new: dict[str, float] = {}
+    for t in targets:
+        p = value(f"phys_{t}")
+        lo_q, hi_q = unc.get(t, (math.nan, math.nan))
+        band = (p, p * math.exp(lo_q), p * math.exp(hi_q))
+        if (f"pred_{t}" in learned or f"pred_{t}" in phys) and math.isfinite(value(f"pred_{t}")):
+            band = (value(f"pred_{t}"), value(f"pred_{t}_lo"), value(f"pred_{t}_hi"))
+        new[f"pred_{t}"], new[f"pred_{t}_lo"], new[f"pred_{t}_hi"] = band
+    for p99, mean in (("ttft_p99_ms", "ttft_ms"), ("tpot_p99_ms", "tpot_ms")):
+        if p99 not in targets or mean not in targets:
+            continue
+        for suffix in ("", "_lo", "_hi"):
+            a, b = new[f"pred_{p99}{suffix}"], new[f"pred_{mean}{suffix}"]
+            if math.isfinite(a) and math.isfinite(b):
+                new[f"pred_{p99}{suffix}"] = max(a, b)
+    return {c: np.array([v]) for c, v in new.items()}
 
 
 def _f(v) -> float:

@@ -44,7 +44,9 @@ def _frame_answer(p: Predictor, model, gpu, layout, workload, arrival, knobs, le
     engine = replace(EngineConfig(), **knobs)
     engine = replace(engine, weight_dtype=engine.weight_dtype or spec.native_dtype)
     row = scenario_row(model, resolve_gpu(gpu).name, layout, wl, engine)
-    return p.predict_frame(pd.DataFrame([row])).iloc[0]
+    # beside a second row, so the frame takes the vectorised paths (one row takes the single-scenario ones)
+    other = {**row, "concurrency": 3, "num_requests": 0, "request_rate": 0.0}
+    return p.predict_frame(pd.DataFrame([row, other])).iloc[0]
 
 
 @pytest.fixture(scope="module")
