@@ -89,7 +89,7 @@ def ep_group_gpus_per_node(gpu: GPUSpec, layout):
 def _single_gpu_groups(message_bytes, n, gpu: GPUSpec, gpus_per_node=None):
     """Zeros shaped like a collective's time when no row has a group of more than one GPU (nothing to exchange),
     else None: the collectives below skip their arithmetic, whose answer `np.where(n > 1, ...)` would discard."""
-    if np.any(n > 1):
+    if (n > 1).any():
         return None
     per_node = gpu.gpus_per_node if gpus_per_node is None else gpus_per_node
     return np.zeros(np.broadcast_shapes(np.shape(message_bytes), n.shape, np.shape(per_node),

@@ -184,6 +184,8 @@ def fits_in_memory(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Engin
 def _bytes(dtype):
     if isinstance(dtype, str):
         return dtype_bytes(dtype)
+    if isinstance(dtype, float):  # already bytes per element
+        return dtype
     arr = np.asarray(dtype)
     if arr.dtype.kind in "fi":
         return arr

@@ -76,9 +76,10 @@ def gemms_ms(m, shapes: dict, weight_bytes, gpu: GPUSpec, cal: Calibration, peak
 
 def _stack(values: list) -> np.ndarray:
     """Scalars or arrays stacked on a new leading axis (broadcast together), as floats."""
-    if all(np.ndim(v) == 0 for v in values):
+    try:
         return np.array(values, dtype=float)
-    return np.stack(np.broadcast_arrays(*values)).astype(float)
+    except ValueError:  # scalars beside per-row arrays, or arrays of different shapes
+        return np.stack(np.broadcast_arrays(*values)).astype(float)
 
 
 def _zeros_over(*values) -> np.ndarray:
