@@ -178,13 +178,14 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     mns = np.asarray(engine.max_num_seqs, dtype=float)
     bs = np.asarray(engine.block_size, dtype=float)
 
+    wbytes = weight_bytes_per_gpu(model, layout, engine.weight_dtype)
+    kvb = kv_bytes_per_token_per_gpu(model, layout, engine.kv_dtype)
     cap = kv_capacity_tokens(model, gpu, layout, EngineConfig(), weight_dtype=engine.weight_dtype,
                              kv_dtype=engine.kv_dtype, gpu_memory_utilization=engine.gpu_memory_utilization,
                              block_size=engine.block_size, max_num_batched_tokens=engine.max_num_batched_tokens,
                              max_num_seqs=engine.max_num_seqs, num_gpu_blocks_override=engine.num_gpu_blocks_override,
-                             kv_cache_memory_bytes=engine.kv_cache_memory_bytes)
-    wbytes = weight_bytes_per_gpu(model, layout, engine.weight_dtype)
-    kvb = kv_bytes_per_token_per_gpu(model, layout, engine.kv_dtype)
+                             kv_cache_memory_bytes=engine.kv_cache_memory_bytes, weights_per_gpu=wbytes,
+                             kv_per_token_per_gpu=kvb)
 
     avg_ctx = isl + osl / 2.0 + bs / 2.0  # average KV a running sequence holds, half a block of rounding
     b_kv = np.floor(cap / avg_ctx)
