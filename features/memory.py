@@ -20,12 +20,15 @@ CUDA_GRAPH_BYTES = 0.75 * GIB
 
 
 def _ceil_div(a, b):
+    if type(a) is int and type(b) is int:  # one spec: plain integers
+        return -(-a // b)
     return -(-np.asarray(a) // np.asarray(b))
 
 
 def kv_heads_per_gpu(model: ModelSpec, layout: Layout):
     """KV heads one GPU holds: KV heads split over attention TP, replicated when there are fewer than TP."""
-    return np.maximum(1, _ceil_div(model.num_kv_heads, layout.attention_tp))
+    per_gpu = _ceil_div(model.num_kv_heads, layout.attention_tp)
+    return max(1, per_gpu) if type(per_gpu) is int else np.maximum(1, per_gpu)
 
 
 def attention_params_per_layer(model: ModelSpec):

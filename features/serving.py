@@ -284,11 +284,15 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
 
     osl_med = osl if osl_median is None else np.asarray(osl_median, dtype=float)
     osl_top = osl if osl_max is None else np.asarray(osl_max, dtype=float)
-    longest = expected_max_osl(osl, osl_med, osl_sigma, osl_top, np.maximum(nreq, 1))
-    work_s = demand * osl * tpot / batch / 1e3
-    # the tail: the longest request runs alone at the end of a closed batch for the part it outlives the rest
-    tail_s = np.maximum(longest - osl, 0.0) * tpot_alone / 1e3 * 0.5
-    makespan = np.where(closed, np.maximum(work_s + tail_s + ttft_base / 1e3, longest * tpot_alone / 1e3), np.nan)
+    if closed.any():
+        longest = expected_max_osl(osl, osl_med, osl_sigma, osl_top, np.maximum(nreq, 1))
+        work_s = demand * osl * tpot / batch / 1e3
+        # the tail: the longest request runs alone at the end of a closed batch for the part it outlives the rest
+        tail_s = np.maximum(longest - osl, 0.0) * tpot_alone / 1e3 * 0.5
+        makespan = np.where(closed, np.maximum(work_s + tail_s + ttft_base / 1e3, longest * tpot_alone / 1e3), np.nan)
+    else:  # no closed batch: no makespan (NaN, shaped as the closed-batch formula would be)
+        makespan = np.full(_rows_shape((closed, demand, osl, tpot, batch, osl_med, osl_sigma, osl_top, nreq, tpot_alone,
+                                        ttft_base)), np.nan)
 
     terms = {k: _first(v, len(shape)) for k, v in explanatory_terms_ms(terms6, pp).items()}  # the steady step's
     # per token period each GPU streams its weights once per micro-batch (pp times) plus its share of the KV
