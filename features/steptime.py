@@ -108,13 +108,13 @@ def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: 
     kb = _bytes(kv_dtype)
     kvh = kv_heads_per_gpu(model, layout)
     heads = np.maximum(1, model.num_heads / layout.attention_tp)
-    per_token = np.where(model.kv_lora_rank > 0, (model.kv_lora_rank + model.qk_rope_head_dim) * kb,
-                         2 * kvh * model.head_dim * kb)
-    units = seqs * np.where(model.kv_lora_rank > 0, np.maximum(1, heads / 16), kvh)
+    is_mla = model.kv_lora_rank > 0
+    per_token = np.where(is_mla, (model.kv_lora_rank + model.qk_rope_head_dim) * kb, 2 * kvh * model.head_dim * kb)
+    units = seqs * np.where(is_mla, np.maximum(1, heads / 16), kvh)
     hbm = gpu.hbm_bandwidth_gbps * 1e9
     bw = np.minimum(cal.attn_bw_sat_frac * hbm, np.maximum(units, 1) * cal.attn_unit_gbps * 1e9)
-    flops = np.where(model.kv_lora_rank > 0, 2 * kv_tokens * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim),
-                     4 * kv_tokens * heads * model.head_dim)
+    # FLOPs per KV token and head: 2·(2·kv_lora_rank + rope dim) for MLA's latent, 4·head_dim for GQA (QK and PV)
+    flops = kv_tokens * heads * np.where(is_mla, 2 * (2 * model.kv_lora_rank + model.qk_rope_head_dim), 4 * model.head_dim)
     t_mem = kv_tokens * per_token / bw * 1e3
     t_comp = flops / (cal.prefill_attn_rate_frac * gpu.bf16_tflops * 1e12) * 1e3
     return np.where(seqs > 0, cal.attn_floor_ms + np.maximum(t_mem, t_comp), 0.0), t_mem
