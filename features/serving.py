@@ -193,7 +193,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     demand = np.where(nreq > 0, nreq / replicas, np.where(conc > 0, conc / replicas, mns))
     demand = np.where((conc > 0) & (nreq > 0), np.minimum(conc, nreq) / replicas, demand)
     cap_batch = np.maximum(1.0, np.minimum(mns, b_kv))
-    batch = np.maximum(1.0, np.minimum(cap_batch, np.ceil(demand)))
+    wanted = np.ceil(demand)  # sequences each replica is asked to run
+    batch = np.maximum(1.0, np.minimum(cap_batch, wanted))
 
     # request rate: the batch in flight follows Little's law, B = rate_per_replica × osl × TPOT(B)
     open_loop = (rate > 0) & (nreq <= 0) & (conc <= 0)
@@ -226,21 +227,22 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     # one prompt chunk at the steady batch, one sequence and the fullest batch (`refill_mean_step_ms`)
     others = np.maximum(batch - 1, 0)
     chunk = np.maximum(mnbt - others, 1.0)
-    wave = np.minimum(np.ceil(demand), cap_batch)
+    wave = np.minimum(wanted, cap_batch)
     burst_tokens = np.minimum(mnbt, wave * isl)
-    fullest = np.maximum(batch, np.minimum(cap_batch, np.ceil(demand)))
+    fullest = np.maximum(batch, np.minimum(cap_batch, wanted))
     ones = np.ones_like(batch)
     zero = np.zeros_like(batch)
     pp = layout.pp
     ctx = isl + osl / 2.0  # average KV tokens of a running sequence
+    osl1 = np.maximum(osl, 1.0)
     decode = (batch, zero, others, zero, ones, fullest)
     kv = (batch * ctx, zero, others * ctx, zero, ones * ctx, fullest * ctx)
-    prefill_tokens = (batch * isl / np.maximum(osl, 1.0), isl, np.minimum(isl, chunk), burst_tokens,
-                      ones * isl / np.maximum(osl, 1.0), fullest * isl / np.maximum(osl, 1.0))
+    prefill_tokens = (batch * isl / osl1, isl, np.minimum(isl, chunk), burst_tokens, ones * isl / osl1,
+                      fullest * isl / osl1)
     refill_batches = (batch, ones, fullest)
     if any_refill:  # the three batches at once (stacked), then interleaved into the step list
         bb = _stack_rows(refill_batches, _rows_shape(refill_batches))
-        bb_kv = bb * (isl + np.maximum(osl, 1.0) / 2.0)
+        bb_kv = bb * (isl + osl1 / 2.0)
         bb_chunk = refill_chunk_tokens(bb, isl, mnbt)
         for i in range(len(refill_batches)):
             decode += (bb[i], bb[i])
@@ -264,7 +266,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     completion_rate = batch / np.maximum(osl * tpot, 1e-9)  # requests per ms per replica
     waiting = np.maximum(demand - batch, 0.0)
     closed = nreq > 0
-    wait_mean = np.where(closed, waiting**2 / 2.0 / np.maximum(demand, 1.0), waiting) / completion_rate
+    demand1 = np.maximum(demand, 1.0)
+    wait_mean = np.where(closed, waiting**2 / 2.0 / demand1, waiting) / completion_rate
     wait_p99 = waiting / completion_rate
     # requests that arrive together (a closed batch, or the opening burst of a fixed-concurrency run): the first
     # wave's prompts are prefilled back to back in chunks of the token budget; the k-th waits for k prompts
@@ -272,15 +275,16 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     first_mean = np.maximum(per_token * (wave * isl + isl) / 2.0, ttft_base)
     first_max = np.maximum(per_token * wave * isl, ttft_base)
     later = np.maximum(demand - wave, 0.0)
-    ttft_closed = (wave * first_mean + later * (ttft_base + wait_mean * np.maximum(demand, 1.0) / np.maximum(later, 1.0)))
+    ttft_closed = (wave * first_mean + later * (ttft_base + wait_mean * demand1 / np.maximum(later, 1.0)))
     ttft_closed = ttft_closed / np.maximum(wave + later, 1.0)
     burst = closed | (conc > 0)
     ttft = np.where(burst, ttft_closed, ttft_base + wait_mean)
-    ttft_p99 = np.where(burst, np.maximum(first_max, ttft_base + wait_p99), ttft_base + wait_p99)
+    queued_p99 = ttft_base + wait_p99
+    ttft_p99 = np.where(burst, np.maximum(first_max, queued_p99), queued_p99)
 
     out_tps = replicas * batch / tpot * 1e3
-    total_tps = out_tps * (isl + osl) / np.maximum(osl, 1.0)
-    req_tps = out_tps / np.maximum(osl, 1.0)
+    total_tps = out_tps * (isl + osl) / osl1
+    req_tps = out_tps / osl1
 
     osl_med = osl if osl_median is None else np.asarray(osl_median, dtype=float)
     osl_top = osl if osl_max is None else np.asarray(osl_max, dtype=float)
@@ -296,10 +300,10 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
 
     terms = {k: _first(v, len(shape)) for k, v in explanatory_terms_ms(terms6, pp).items()}  # the steady step's
     # per token period each GPU streams its weights once per micro-batch (pp times) plus its share of the KV
-    hbm_util = (pp * wbytes + kvb * batch * (isl + osl / 2.0)) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
+    hbm_util = (pp * wbytes + kvb * batch * ctx) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
 
     top = dominant_index(terms, tpot.shape)
-    capacity_bound = (b_kv < np.minimum(mns, np.ceil(demand))) & (b_kv >= 1)
+    capacity_bound = (b_kv < np.minimum(mns, wanted)) & (b_kv >= 1)
     regime = np.where(capacity_bound, "capacity", np.array([TERM_REGIME[k] for k in terms])[top])
     bottleneck = np.where(capacity_bound, "kv_cache_capacity", np.array([TERM_BOTTLENECK[k] for k in terms])[top])
     min_tokens = isl + 1
