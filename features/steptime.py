@@ -64,7 +64,7 @@ def gemms_ms(m, shapes: dict, weight_bytes, gpu: GPUSpec, cal: Calibration, peak
     n = _stack([nk[0] for nk in shapes.values()])
     k = _stack([nk[1] for nk in shapes.values()])
     # the stacking axis goes in front of every operand's dimensions (rows broadcast behind it)
-    ndim = max(m.ndim, n.ndim - 1, np.ndim(weight_bytes), np.ndim(peak), np.ndim(gpu.hbm_bandwidth_gbps))
+    ndim = max(m.ndim, n.ndim - 1, *(getattr(v, "ndim", 0) for v in (weight_bytes, peak, gpu.hbm_bandwidth_gbps)))
     lead = (len(shapes),) + (1,) * (ndim + 1 - n.ndim)
     n, k = n.reshape(lead + n.shape[1:]), k.reshape(lead + k.shape[1:])
     t_mem, t_comp = gemm_terms(m, n, k, weight_bytes, gpu, cal, peak=peak)
