@@ -206,12 +206,16 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
 
     def step(b):
         T = b * isl / np.maximum(osl, 1.0)  # chunked prefill work amortised over each request's decode steps
-        amortised = replica_step_ms(model, gpu, layout, cal, b, b * (isl + osl / 2.0), T, 0.0, engine.weight_dtype,
-                                    engine.kv_dtype)
         if not any_refill:
-            return amortised
-        return np.where(refill, refill_step_ms(model, gpu, layout, cal, b, isl, osl, mnbt, engine.weight_dtype,
-                                               engine.kv_dtype), amortised)
+            return replica_step_ms(model, gpu, layout, cal, b, b * (isl + osl / 2.0), T, 0.0, engine.weight_dtype,
+                                   engine.kv_dtype)
+        # the amortised step and `refill_step_ms`'s two steps (decode only, with one prompt chunk), in one pass
+        refill_kv = b * (isl + np.maximum(osl, 1.0) / 2.0)
+        variants = ((b, b, b), (b * (isl + osl / 2.0), refill_kv, refill_kv), (T, 0.0, refill_chunk_tokens(b, isl, mnbt)))
+        rows = _rows_shape(sum(variants, (layout.pp,)))
+        steps = layout.pp * stage_step_terms(model, gpu, layout, cal, *(_stack_rows(v, rows) / layout.pp for v in variants),
+                                             0.0, engine.weight_dtype, engine.kv_dtype).stage_ms
+        return np.where(refill, refill_mean_step_ms(steps[1], steps[2], b, isl, osl, mnbt), steps[0])
 
     if open_loop.any():
         b = np.ones_like(batch)
