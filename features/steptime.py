@@ -58,15 +58,16 @@ def gemms_ms(m, shapes: dict, weight_bytes, gpu: GPUSpec, cal: Calibration, peak
     axis that stacks the GEMMs (one pass of numpy operations for all of them, the same numbers as one call each).
 
     `shapes` maps a name to the (n, k) of x[m, k] @ W[k, n]; n and k may be scalars or per-row arrays, all in the
-    weight dtype of `weight_bytes` (at peak rate `peak`). Returns ({name: time ms}, {name: t_mem}, {name: t_comp}).
+    weight dtype of `weight_bytes` (at peak rate `peak`). Returns ({name: time ms}, {name: t_mem}, {name: t_comp});
+    a GEMM whose n and k do not vary by row comes back broadcast to the rows of those that do.
     """
     m = np.asarray(m, dtype=float)
     n = _stack([nk[0] for nk in shapes.values()])
     k = _stack([nk[1] for nk in shapes.values()])
     # the stacking axis goes in front of every operand's dimensions (rows broadcast behind it)
-    ndim = max(m.ndim, n.ndim - 1, *(getattr(v, "ndim", 0) for v in (weight_bytes, peak, gpu.hbm_bandwidth_gbps)))
-    lead = (len(shapes),) + (1,) * (ndim + 1 - n.ndim)
-    n, k = n.reshape(lead + n.shape[1:]), k.reshape(lead + k.shape[1:])
+    ndim = max(m.ndim, n.ndim - 1, k.ndim - 1,
+               *(getattr(v, "ndim", 0) for v in (weight_bytes, peak, gpu.hbm_bandwidth_gbps)))
+    n, k = (v.reshape((len(shapes),) + (1,) * (ndim + 1 - v.ndim) + v.shape[1:]) for v in (n, k))
     t_mem, t_comp = gemm_terms(m, n, k, weight_bytes, gpu, cal, peak=peak)
     p = cal.gemm_p
     blend = np.hypot(t_mem, t_comp) if p == 2.0 else (t_mem**p + t_comp**p) ** (1.0 / p)

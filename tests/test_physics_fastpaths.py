@@ -26,7 +26,7 @@ from features.catalog import resolve_gpu, resolve_model
 from features.frame import physics_frame
 from features.serving import EngineArrays, ServingEstimate, estimate_serving
 from features.specs import EngineConfig, Layout
-from features.steptime import StepTerms, replica_step_ms, stage_step_terms
+from features.steptime import StepTerms, gemm_ms, gemm_terms, gemms_ms, replica_step_ms, stage_step_terms
 
 FIXTURE = Path(__file__).parent / "fixtures" / "physics_fastpaths.json"
 RTOL = 1e-10
@@ -247,6 +247,36 @@ def _assert_same(got: dict, want: dict, where: str) -> None:
             gv = np.array([np.nan if x is None else x for x in g["values"]], dtype=float)
             wv = np.array([np.nan if x is None else x for x in w["values"]], dtype=float)
             np.testing.assert_allclose(gv, wv, rtol=RTOL, atol=0, equal_nan=True, err_msg=f"{where}.{k}")
+
+
+def test_gemms_ms_is_gemm_ms_per_shape():
+    """The stacked GEMM pass gives each GEMM exactly what `gemm_ms` / `gemm_terms` give it alone (shapes of scalars
+    and of per-row arrays mixed, stacked step variants, per-row weight bytes)."""
+    gpu, cal = resolve_gpu("h200"), default_calibration()
+    m = np.array([[1.0], [8.0], [0.0], [300.0]])
+    rows = np.array([1.0, 2.0, 3.0])
+    shapes = {"a": (5120.0, rows * 1000), "b": (100.0, 7), "c": (rows + 3, 9.0), "d": (rows * 64, rows * 128)}
+    for wb, peak in ((2.0, 989.0), (np.array([2.0, 1.0, 0.5]), np.array([989.0, 1979.0, 1979.0]))):
+        t, t_mem, t_comp = gemms_ms(m, shapes, wb, gpu, cal, peak)
+        for name, (n, k) in shapes.items():
+            want = gemm_ms(m, n, k, gpu, cal, peak=peak, weight_bytes=wb)
+            want_mem, want_comp = gemm_terms(m, n, k, wb, gpu, cal, peak=peak)
+            for got, ref in ((t, want), (t_mem, want_mem), (t_comp, want_comp)):
+                assert np.array_equal(got[name], np.broadcast_to(ref, got[name].shape))
+
+
+def test_collective_constants_one_group_size_and_rows_agree():
+    """The memoised constants of one group size are those of the per-row path (and survive a second lookup)."""
+    from features.comm import _constants
+
+    sizes = np.arange(1, 65)
+    for cal in (default_calibration(), Calibration()):
+        for op in ("all_reduce", "all_gather", "alltoall"):
+            alpha_rows, frac_rows = _constants(cal, op, sizes)
+            for _ in range(2):
+                for i, n in enumerate(sizes):
+                    alpha, frac = _constants(cal, op, int(n))
+                    assert alpha == alpha_rows[i] and frac == frac_rows[i]
 
 
 @pytest.fixture(scope="module")
