@@ -45,9 +45,10 @@ def _table(cal: Calibration, op: str) -> _CollectiveTable | None:
         sizes = np.array(sorted(int(k) for k in table))
         out = _CollectiveTable(sizes, np.log2(sizes), np.array([table[str(s)][0] for s in sizes]),
                                np.array([table[str(s)][1] for s in sizes]))
-    if len(_TABLES) > 256:  # calibrations come and go (fits): forget the dead ones
-        for k in [k for k, (ref, _) in _TABLES.items() if ref() is None]:
-            del _TABLES[k]
+    if len(_TABLES) > 256:  # calibrations come and go (fits): forget the dead ones (safe beside other threads)
+        for k, (ref, _) in list(_TABLES.items()):
+            if ref() is None:
+                _TABLES.pop(k, None)
     _TABLES[key] = (weakref.ref(cal), out)
     return out
 
