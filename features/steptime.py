@@ -8,6 +8,7 @@ all-to-all. All functions are vectorised: scalars or numpy arrays (columnar spec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,21 +48,35 @@ def gemm_ms(m, n, k, gpu: GPUSpec, cal: Calibration, weight_dtype="bf16", peak=N
     """Time of one GEMM: floor + (t_mem^p + t_compute^p)^(1/p); zero when m = 0."""
     wb = _bytes(weight_dtype) if weight_bytes is None else weight_bytes
     t_mem, t_comp = gemm_terms(m, n, k, wb, gpu, cal, weight_dtype, peak)
+    return _gemm_time(m, t_mem, t_comp, cal)
+
+
+def _gemm_time(m, t_mem, t_comp, cal: Calibration):
+    """floor + (t_mem^p + t_compute^p)^(1/p) of `gemm_terms`; zero when m = 0."""
     p = cal.gemm_p
     blend = np.hypot(t_mem, t_comp) if p == 2.0 else (t_mem**p + t_comp**p) ** (1.0 / p)
     t = cal.gemm_floor_ms + blend
     return np.where(np.asarray(m) > 0, t, 0.0)
 
 
-def gemms_ms(m, shapes: dict, weight_bytes, gpu: GPUSpec, cal: Calibration, peak) -> tuple[dict, dict, dict]:
-    """`gemm_ms` and its `gemm_terms` for several weight shapes at once: the same formulas, evaluated over a leading
-    axis that stacks the GEMMs (one pass of numpy operations for all of them, the same numbers as one call each).
+STACKED_GEMMS_MAX = 1 << 14  # elements (GEMMs × rows of m) up to which `gemms_ms` stacks the GEMMs in one pass
+
+
+def gemms_ms(m, shapes: dict, weight_bytes, gpu: GPUSpec, cal: Calibration, peak, terms_of=()) -> tuple[dict, dict]:
+    """`gemm_ms` (and its `gemm_terms`) for several weight shapes at once: the same formulas, evaluated over a
+    leading axis that stacks the GEMMs (one pass of numpy operations for all of them, the same numbers as one call
+    each).
 
     `shapes` maps a name to the (n, k) of x[m, k] @ W[k, n]; n and k may be scalars or per-row arrays, all in the
-    weight dtype of `weight_bytes` (at peak rate `peak`). Returns ({name: time ms}, {name: t_mem}, {name: t_comp});
-    a GEMM whose n and k do not vary by row comes back broadcast to the rows of those that do.
+    weight dtype of `weight_bytes` (at peak rate `peak`). Returns ({name: time ms}, {name: (t_mem, t_comp)} for the
+    names in `terms_of`); a GEMM whose n and k do not vary by row may come back broadcast to the rows of those that
+    do. Stacking pays on few rows, where numpy's per-call overhead is the cost; on many rows (above
+    `STACKED_GEMMS_MAX` elements) the GEMMs go one at a time, which keeps each one's temporaries small.
     """
     m = np.asarray(m, dtype=float)
+    if m.size * len(shapes) > STACKED_GEMMS_MAX:
+        return (_GemmsOneByOne(m, shapes, weight_bytes, gpu, cal, peak),
+                {name: gemm_terms(m, *shapes[name], weight_bytes, gpu, cal, peak=peak) for name in terms_of})
     n = _stack([nk[0] for nk in shapes.values()])
     k = _stack([nk[1] for nk in shapes.values()])
     # the stacking axis goes in front of every operand's dimensions (rows broadcast behind it)
@@ -69,10 +84,27 @@ def gemms_ms(m, shapes: dict, weight_bytes, gpu: GPUSpec, cal: Calibration, peak
                *(getattr(v, "ndim", 0) for v in (weight_bytes, peak, gpu.hbm_bandwidth_gbps)))
     n, k = (v.reshape((len(shapes),) + (1,) * (ndim + 1 - v.ndim) + v.shape[1:]) for v in (n, k))
     t_mem, t_comp = gemm_terms(m, n, k, weight_bytes, gpu, cal, peak=peak)
-    p = cal.gemm_p
-    blend = np.hypot(t_mem, t_comp) if p == 2.0 else (t_mem**p + t_comp**p) ** (1.0 / p)
-    t = np.where(m > 0, cal.gemm_floor_ms + blend, 0.0)
-    return dict(zip(shapes, t)), dict(zip(shapes, t_mem)), dict(zip(shapes, t_comp))
+    index = {name: i for i, name in enumerate(shapes)}
+    return (dict(zip(shapes, _gemm_time(m, t_mem, t_comp, cal))),
+            {name: (t_mem[index[name]], t_comp[index[name]]) for name in terms_of})
+
+
+class _GemmsOneByOne(Mapping):
+    """`gemms_ms`'s times on many rows: each GEMM computed when it is read, and not kept (so the temporaries of
+    one are freed before the next, as a call of `gemm_ms` per GEMM does)."""
+
+    def __init__(self, m, shapes: dict, weight_bytes, gpu: GPUSpec, cal: Calibration, peak):
+        self.m, self.shapes, self.weight_bytes, self.gpu, self.cal, self.peak = m, shapes, weight_bytes, gpu, cal, peak
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        n, k = self.shapes[name]
+        return gemm_ms(self.m, n, k, self.gpu, self.cal, peak=self.peak, weight_bytes=self.weight_bytes)
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
 
 
 def _stack(values: list) -> np.ndarray:
@@ -226,7 +258,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
         })
     if any_shared:  # shared experts (MoE layers): gate and up, down
         shapes.update({"shared_in": (2 * np.maximum(shared_w, 1), h), "shared_out": (h, np.maximum(shared_w, 1))})
-    g, t_mem, t_comp = gemms_ms(m, shapes, wb, gpu, cal, peak)
+    g, explain = gemms_ms(m, shapes, wb, gpu, cal, peak, terms_of=("qkv", "o", "ffn"))
 
     # attention projections
     gqa_proj = g["qkv"] + g["o"]
@@ -301,8 +333,9 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
                           gpu.link_bandwidth_gbps)
 
     # explanatory terms: weight streaming vs KV streaming vs compute
-    weight_read = n_layers * (t_mem["qkv"] + t_mem["o"] + dense_frac * t_mem["ffn"] + moe_mem)
-    compute = n_layers * (t_comp["qkv"] + t_comp["o"] + dense_frac * t_comp["ffn"] + moe_comp)
+    (w_attn_mem, w_attn_comp), (o_mem, o_comp), (f_mem, f_comp) = explain["qkv"], explain["o"], explain["ffn"]
+    weight_read = n_layers * (w_attn_mem + o_mem + dense_frac * f_mem + moe_mem)
+    compute = n_layers * (w_attn_comp + o_comp + dense_frac * f_comp + moe_comp)
 
     layer = gemm_layer + moe_layer + attn_dec + attn_pre + misc
     return StepTerms(

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features import steptime
 from features.calibration import Calibration, default_calibration
 from features.catalog import resolve_gpu, resolve_model
 from features.frame import physics_frame
@@ -249,20 +250,26 @@ def _assert_same(got: dict, want: dict, where: str) -> None:
             np.testing.assert_allclose(gv, wv, rtol=RTOL, atol=0, equal_nan=True, err_msg=f"{where}.{k}")
 
 
-def test_gemms_ms_is_gemm_ms_per_shape():
-    """The stacked GEMM pass gives each GEMM exactly what `gemm_ms` / `gemm_terms` give it alone (shapes of scalars
-    and of per-row arrays mixed, stacked step variants, per-row weight bytes)."""
+@pytest.mark.parametrize("stacked", [True, False])
+def test_gemms_ms_is_gemm_ms_per_shape(stacked, monkeypatch):
+    """The stacked GEMM pass (and the one-at-a-time pass of many rows) gives each GEMM exactly what `gemm_ms` /
+    `gemm_terms` give it alone (shapes of scalars and per-row arrays mixed, stacked step variants, per-row weight
+    bytes)."""
+    if not stacked:
+        monkeypatch.setattr(steptime, "STACKED_GEMMS_MAX", 0)
     gpu, cal = resolve_gpu("h200"), default_calibration()
     m = np.array([[1.0], [8.0], [0.0], [300.0]])
     rows = np.array([1.0, 2.0, 3.0])
     shapes = {"a": (5120.0, rows * 1000), "b": (100.0, 7), "c": (rows + 3, 9.0), "d": (rows * 64, rows * 128)}
     for wb, peak in ((2.0, 989.0), (np.array([2.0, 1.0, 0.5]), np.array([989.0, 1979.0, 1979.0]))):
-        t, t_mem, t_comp = gemms_ms(m, shapes, wb, gpu, cal, peak)
+        t, terms = gemms_ms(m, shapes, wb, gpu, cal, peak, terms_of=("a", "d"))
+        assert set(t) == set(shapes) and set(terms) == {"a", "d"}
         for name, (n, k) in shapes.items():
             want = gemm_ms(m, n, k, gpu, cal, peak=peak, weight_bytes=wb)
-            want_mem, want_comp = gemm_terms(m, n, k, wb, gpu, cal, peak=peak)
-            for got, ref in ((t, want), (t_mem, want_mem), (t_comp, want_comp)):
-                assert np.array_equal(got[name], np.broadcast_to(ref, got[name].shape))
+            assert np.array_equal(t[name], np.broadcast_to(want, t[name].shape))
+            if name in terms:
+                for got, ref in zip(terms[name], gemm_terms(m, n, k, wb, gpu, cal, peak=peak)):
+                    assert np.array_equal(got, np.broadcast_to(ref, got.shape))
 
 
 def test_collective_constants_one_group_size_and_rows_agree():
@@ -305,6 +312,16 @@ def test_replica_step_matches_reference(reference):
 
 def test_physics_frame_matches_reference(reference):
     _assert_same(run_frame(), reference["frame"], "frame")
+
+
+def test_one_gemm_at_a_time_matches_reference(reference, monkeypatch):
+    """Many rows evaluate the GEMMs one at a time instead of stacked: the same numbers."""
+    monkeypatch.setattr(steptime, "STACKED_GEMMS_MAX", 0)
+    _assert_same(run_frame(), reference["frame"], "frame")
+    for name in ("r1-h200-tp8ep8-conc64", "v3-h200-fp8-adp-ep16", "llama405-h200-tp8pp2-fp8"):
+        _assert_same(run_serving(name), reference["serving"][name], name)
+    for name in ("v3-rows-adp", "llama8-rope-kv"):
+        _assert_same(run_step(name), reference["step"][name], name)
 
 
 if __name__ == "__main__":
