@@ -211,9 +211,11 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
                                    engine.kv_dtype)
         # the amortised step and `refill_step_ms`'s two steps (decode only, with one prompt chunk), in one pass
         refill_kv = b * (isl + np.maximum(osl, 1.0) / 2.0)
-        variants = ((b, b, b), (b * (isl + osl / 2.0), refill_kv, refill_kv), (T, 0.0, refill_chunk_tokens(b, isl, mnbt)))
-        rows = _rows_shape(sum(variants, (layout.pp,)))
-        steps = layout.pp * stage_step_terms(model, gpu, layout, cal, *(_stack_rows(v, rows) / layout.pp for v in variants),
+        decode, kv, prefill = (b, b, b), (b * (isl + osl / 2.0), refill_kv, refill_kv), (T, 0.0,
+                                                                                          refill_chunk_tokens(b, isl, mnbt))
+        rows = _rows_shape(decode + kv + prefill + (layout.pp,))
+        steps = layout.pp * stage_step_terms(model, gpu, layout, cal, _stack_rows(decode, rows) / layout.pp,
+                                             _stack_rows(kv, rows) / layout.pp, _stack_rows(prefill, rows) / layout.pp,
                                              0.0, engine.weight_dtype, engine.kv_dtype).stage_ms
         return np.where(refill, refill_mean_step_ms(steps[1], steps[2], b, isl, osl, mnbt), steps[0])
 
@@ -302,7 +304,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
         makespan = np.full(_rows_shape((closed, demand, osl, tpot, batch, osl_med, osl_sigma, osl_top, nreq, tpot_alone,
                                         ttft_base)), np.nan)
 
-    terms = {k: _first(v, len(shape)) for k, v in explanatory_terms_ms(terms6, pp).items()}  # the steady step's
+    # the steady step's explanatory terms (the first of the stacked evaluations)
+    terms = {k: _first(v, len(shape)) for k, v in explanatory_terms_ms(terms6, pp).items()}
     # per token period each GPU streams its weights once per micro-batch (pp times) plus its share of the KV
     hbm_util = (pp * wbytes + kvb * batch * ctx) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
 
