@@ -6,6 +6,8 @@ columnar spec whose fields are numpy arrays (one entry per frame row).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec, dtype_bytes
@@ -18,12 +20,15 @@ CUDA_GRAPH_BYTES = 0.75 * GIB
 
 
 def _ceil_div(a, b):
+    if type(a) is int and type(b) is int:  # one spec: plain integers
+        return -(-a // b)
     return -(-np.asarray(a) // np.asarray(b))
 
 
 def kv_heads_per_gpu(model: ModelSpec, layout: Layout):
     """KV heads one GPU holds: KV heads split over attention TP, replicated when there are fewer than TP."""
-    return np.maximum(1, _ceil_div(model.num_kv_heads, layout.attention_tp))
+    per_gpu = _ceil_div(model.num_kv_heads, layout.attention_tp)
+    return max(1, per_gpu) if type(per_gpu) is int else np.maximum(1, per_gpu)
 
 
 def attention_params_per_layer(model: ModelSpec):
@@ -84,7 +89,8 @@ def weight_bytes_per_gpu(model: ModelSpec, layout: Layout, weight_dtype: str | n
     hd, h = model.head_dim, model.hidden_size
     # GQA: Q and O split over TP; K and V split too, but never below one head per GPU.
     gqa_attn = (h * model.num_heads * hd * 2) / a_tp + h * kv_heads_per_gpu(model, layout) * hd * 2
-    attn = np.where(model.kv_lora_rank > 0, attention_params_per_layer(model) / a_tp, gqa_attn)
+    is_mla = model.kv_lora_rank > 0
+    attn = np.where(is_mla, attention_params_per_layer(model) / a_tp, gqa_attn) if _any(is_mla) else gqa_attn
     dense_layers_on_stage = np.minimum(model.num_dense_ffn_layers, stage_layers)
     moe_layers_on_stage = stage_layers - dense_layers_on_stage
     dense = dense_layers_on_stage * dense_ffn_params_per_layer(model) / a_tp
@@ -145,7 +151,8 @@ def activation_bytes_per_gpu(model: ModelSpec, layout: Layout, engine: EngineCon
 def kv_capacity_tokens(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig,
                        weight_dtype=None, kv_dtype=None, gpu_memory_utilization=None, block_size=None,
                        max_num_batched_tokens=None, max_num_seqs=None, gpu_memory_gb=None,
-                       num_gpu_blocks_override=None, kv_cache_memory_bytes=None):
+                       num_gpu_blocks_override=None, kv_cache_memory_bytes=None, weights_per_gpu=None,
+                       kv_per_token_per_gpu=None):
     """KV-cache capacity in tokens of one attention replica: num_gpu_blocks × block_size, the engine's own figure
     (vLLM's scheduler keeps one of those blocks as its null block; that is left to the scheduler model).
 
@@ -154,7 +161,9 @@ def kv_capacity_tokens(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: E
     becomes exactly this) -> space / KV bytes per token per GPU, rounded down to whole blocks; otherwise the
     profiled free memory: memory × gpu_memory_utilization − weights − activations − CUDA graphs − non-torch
     memory on the most loaded GPU, over KV bytes per token per GPU, rounded down to whole blocks. Negative -> 0
-    (does not fit). Keyword overrides let a frame pass per-row arrays instead of one EngineConfig.
+    (does not fit). Keyword overrides let a frame pass per-row arrays instead of one EngineConfig; a caller that
+    reports them too may pass `weight_bytes_per_gpu` and `kv_bytes_per_token_per_gpu` it computed for the same
+    model, layout and dtypes (`weights_per_gpu`, `kv_per_token_per_gpu`).
     """
     wdt = engine.weight_dtype if weight_dtype is None else weight_dtype
     kdt = engine.kv_dtype if kv_dtype is None else kv_dtype
@@ -162,17 +171,19 @@ def kv_capacity_tokens(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: E
     bs = engine.block_size if block_size is None else block_size
     override = engine.num_gpu_blocks_override if num_gpu_blocks_override is None else num_gpu_blocks_override
     space = engine.kv_cache_memory_gb * 1e9 if kv_cache_memory_bytes is None else kv_cache_memory_bytes
-    override = np.nan_to_num(np.asarray(override, dtype=float))
-    space = np.nan_to_num(np.asarray(space, dtype=float))
+    override = _nan_to_num(override)
+    space = _nan_to_num(space)
     mem_bytes = (gpu.memory_gb if gpu_memory_gb is None else gpu_memory_gb) * 1e9
-    free = (mem_bytes * util - weight_bytes_per_gpu(model, layout, wdt)
+    weights = weight_bytes_per_gpu(model, layout, wdt) if weights_per_gpu is None else weights_per_gpu
+    free = (mem_bytes * util - weights
             - activation_bytes_per_gpu(model, layout, engine, max_num_batched_tokens, max_num_seqs)
             - CUDA_GRAPH_BYTES - NON_TORCH_BYTES)
     free = np.where(space > 0, space, free)
-    per_token = kv_bytes_per_token_per_gpu(model, layout, kdt)
+    per_token = kv_bytes_per_token_per_gpu(model, layout, kdt) if kv_per_token_per_gpu is None else kv_per_token_per_gpu
     # sliding-window layers: charge their per-sequence cost against a typical 256-sequence batch as per-token slack
-    fixed = kv_bytes_per_sequence_fixed(model, layout, kdt)
-    tokens = np.floor(np.maximum(free, 0) / (per_token + fixed / 4096.0))
+    if _any(model.num_sliding_layers):
+        per_token = per_token + kv_bytes_per_sequence_fixed(model, layout, kdt) / 4096.0
+    tokens = np.floor(np.maximum(free, 0) / per_token)
     return np.where(override > 0, np.floor(override) * bs, np.floor(tokens / bs) * bs)[()]
 
 
@@ -181,9 +192,23 @@ def fits_in_memory(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Engin
     return kv_capacity_tokens(model, gpu, layout, engine) >= min_kv_tokens
 
 
+def _nan_to_num(v):
+    """`np.nan_to_num` of a sizing knob as floats, without its overhead on a plain finite number."""
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return float(v)
+    return np.nan_to_num(np.asarray(v, dtype=float))
+
+
+def _any(v) -> bool:
+    """Whether any row is nonzero (`np.any` without its overhead on scalars)."""
+    return bool(v.any()) if isinstance(v, np.ndarray) else bool(v)
+
+
 def _bytes(dtype):
     if isinstance(dtype, str):
         return dtype_bytes(dtype)
+    if isinstance(dtype, float):  # already bytes per element
+        return dtype
     arr = np.asarray(dtype)
     if arr.dtype.kind in "fi":
         return arr

@@ -6,14 +6,14 @@ request-level simulation (`features.scheduler`) refines makespan, preemptions an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from features.calibration import Calibration
 from features.memory import kv_capacity_tokens, kv_bytes_per_token_per_gpu, weight_bytes_per_gpu
 from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec
-from features.steptime import StepTerms, replica_step_ms, stage_step_terms
+from features.steptime import replica_step_ms, stage_step_terms
 
 REGIMES = ("compute", "bandwidth", "capacity", "communication")
 
@@ -76,11 +76,26 @@ def explanatory_terms_ms(t, pp) -> dict:
     }
 
 
+# per explanatory term (`explanatory_terms_ms`): the regime and the bottleneck of a row it dominates
+TERM_REGIME = {"weights": "bandwidth", "kv_cache": "bandwidth", "compute": "compute", "communication": "communication",
+               "latency": "bandwidth"}
+TERM_BOTTLENECK = {"weights": "weight_bandwidth", "kv_cache": "kv_bandwidth", "compute": "tensor_core_compute",
+                   "communication": "interconnect", "latency": "kernel_latency"}
+
+
+def dominant_index(terms: dict, shape) -> np.ndarray:
+    """Position (in `terms`) of the largest term per row."""
+    values = list(terms.values())
+    if len(shape) == 1 and all(np.shape(v) == shape for v in values):
+        stack = np.array(values, dtype=float)  # the rows already line up: what vstack would build, in one call
+    else:
+        stack = np.vstack([np.broadcast_to(np.asarray(v, dtype=float), shape) for v in values])
+    return np.argmax(stack, axis=0)
+
+
 def dominant_term(terms: dict, shape) -> np.ndarray:
     """Name of the largest term per row."""
-    names = np.array(list(terms))
-    stack = np.vstack([np.broadcast_to(np.asarray(v, dtype=float), shape) for v in terms.values()])
-    return names[np.argmax(stack, axis=0)]
+    return np.array(list(terms))[dominant_index(terms, shape)]
 
 
 def expected_max_osl(osl_mean, osl_median, osl_sigma, osl_max, n_requests):
@@ -91,6 +106,23 @@ def expected_max_osl(osl_mean, osl_median, osl_sigma, osl_max, n_requests):
     z = ndtri(1.0 - 1.0 / n)
     lognormal = np.minimum(np.asarray(osl_median) * np.exp(np.asarray(osl_sigma) * z), osl_max)
     return np.where(np.asarray(osl_sigma) > 0, lognormal, osl_mean)
+
+
+def _rows_shape(values) -> tuple:
+    """The broadcast shape of `values` (scalars and per-row arrays; the common case, one shape, without numpy's
+    general broadcasting machinery)."""
+    shapes = {getattr(v, "shape", ()) for v in values} - {()}
+    return shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes)
+
+
+def _stack_rows(values, shape) -> np.ndarray:
+    """`values` (each broadcast to `shape`) stacked on a new leading axis, as floats."""
+    if all(getattr(v, "shape", None) == shape for v in values):
+        return np.array(values, dtype=float)  # already row-shaped: one call
+    out = np.empty((len(values),) + shape)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
 
 
 def _first(v, row_ndim: int):
@@ -146,13 +178,14 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     mns = np.asarray(engine.max_num_seqs, dtype=float)
     bs = np.asarray(engine.block_size, dtype=float)
 
+    wbytes = weight_bytes_per_gpu(model, layout, engine.weight_dtype)
+    kvb = kv_bytes_per_token_per_gpu(model, layout, engine.kv_dtype)
     cap = kv_capacity_tokens(model, gpu, layout, EngineConfig(), weight_dtype=engine.weight_dtype,
                              kv_dtype=engine.kv_dtype, gpu_memory_utilization=engine.gpu_memory_utilization,
                              block_size=engine.block_size, max_num_batched_tokens=engine.max_num_batched_tokens,
                              max_num_seqs=engine.max_num_seqs, num_gpu_blocks_override=engine.num_gpu_blocks_override,
-                             kv_cache_memory_bytes=engine.kv_cache_memory_bytes)
-    wbytes = weight_bytes_per_gpu(model, layout, engine.weight_dtype)
-    kvb = kv_bytes_per_token_per_gpu(model, layout, engine.kv_dtype)
+                             kv_cache_memory_bytes=engine.kv_cache_memory_bytes, weights_per_gpu=wbytes,
+                             kv_per_token_per_gpu=kvb)
 
     avg_ctx = isl + osl / 2.0 + bs / 2.0  # average KV a running sequence holds, half a block of rounding
     b_kv = np.floor(cap / avg_ctx)
@@ -160,26 +193,33 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     demand = np.where(nreq > 0, nreq / replicas, np.where(conc > 0, conc / replicas, mns))
     demand = np.where((conc > 0) & (nreq > 0), np.minimum(conc, nreq) / replicas, demand)
     cap_batch = np.maximum(1.0, np.minimum(mns, b_kv))
-    batch = np.maximum(1.0, np.minimum(cap_batch, np.ceil(demand)))
+    wanted = np.ceil(demand)  # sequences each replica is asked to run
+    batch = np.maximum(1.0, np.minimum(cap_batch, wanted))
 
     # request rate: the batch in flight follows Little's law, B = rate_per_replica × osl × TPOT(B)
     open_loop = (rate > 0) & (nreq <= 0) & (conc <= 0)
     # finished requests are replaced while others decode (fixed concurrency with more requests than it, or a rate):
     # their prompts run as whole chunks inside decode steps (`refill_step_ms`); a closed batch prefills up front
     refill = open_loop | ((conc > 0) & ((nreq <= 0) | (nreq > conc)))
-    any_refill = bool(np.any(refill))
+    any_refill = bool(refill.any())
     mnbt = np.asarray(engine.max_num_batched_tokens, dtype=float)
 
     def step(b):
         T = b * isl / np.maximum(osl, 1.0)  # chunked prefill work amortised over each request's decode steps
-        amortised = replica_step_ms(model, gpu, layout, cal, b, b * (isl + osl / 2.0), T, 0.0, engine.weight_dtype,
-                                    engine.kv_dtype)
         if not any_refill:
-            return amortised
-        return np.where(refill, refill_step_ms(model, gpu, layout, cal, b, isl, osl, mnbt, engine.weight_dtype,
-                                               engine.kv_dtype), amortised)
+            return replica_step_ms(model, gpu, layout, cal, b, b * (isl + osl / 2.0), T, 0.0, engine.weight_dtype,
+                                   engine.kv_dtype)
+        # the amortised step and `refill_step_ms`'s two steps (decode only, with one prompt chunk), in one pass
+        refill_kv = b * (isl + np.maximum(osl, 1.0) / 2.0)
+        decode, kv, prefill = (b, b, b), (b * (isl + osl / 2.0), refill_kv, refill_kv), (T, 0.0,
+                                                                                          refill_chunk_tokens(b, isl, mnbt))
+        rows = _rows_shape(decode + kv + prefill + (layout.pp,))
+        steps = layout.pp * stage_step_terms(model, gpu, layout, cal, _stack_rows(decode, rows) / layout.pp,
+                                             _stack_rows(kv, rows) / layout.pp, _stack_rows(prefill, rows) / layout.pp,
+                                             0.0, engine.weight_dtype, engine.kv_dtype).stage_ms
+        return np.where(refill, refill_mean_step_ms(steps[1], steps[2], b, isl, osl, mnbt), steps[0])
 
-    if np.any(open_loop):
+    if open_loop.any():
         b = np.ones_like(batch)
         for _ in range(12):
             b = np.clip(rate / replicas * osl * step(b) / 1e3, 1.0, cap_batch)
@@ -193,40 +233,35 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     # one prompt chunk at the steady batch, one sequence and the fullest batch (`refill_mean_step_ms`)
     others = np.maximum(batch - 1, 0)
     chunk = np.maximum(mnbt - others, 1.0)
-    wave = np.minimum(np.ceil(demand), cap_batch)
+    wave = np.minimum(wanted, cap_batch)
     burst_tokens = np.minimum(mnbt, wave * isl)
-    fullest = np.maximum(batch, np.minimum(cap_batch, np.ceil(demand)))
+    fullest = np.maximum(batch, np.minimum(cap_batch, wanted))
     ones = np.ones_like(batch)
     zero = np.zeros_like(batch)
     pp = layout.pp
+    ctx = isl + osl / 2.0  # average KV tokens of a running sequence
+    osl1 = np.maximum(osl, 1.0)
     decode = (batch, zero, others, zero, ones, fullest)
-    kv = (batch * (isl + osl / 2.0), zero, others * (isl + osl / 2), zero, ones * (isl + osl / 2.0),
-          fullest * (isl + osl / 2.0))
-    prefill_tokens = (batch * isl / np.maximum(osl, 1.0), isl, np.minimum(isl, chunk), burst_tokens,
-                      ones * isl / np.maximum(osl, 1.0), fullest * isl / np.maximum(osl, 1.0))
+    kv = (batch * ctx, zero, others * ctx, zero, ones * ctx, fullest * ctx)
+    prefill_tokens = (batch * isl / osl1, isl, np.minimum(isl, chunk), burst_tokens, ones * isl / osl1,
+                      fullest * isl / osl1)
     refill_batches = (batch, ones, fullest)
-    if any_refill:
-        for bb in refill_batches:
-            bb_kv = bb * (isl + np.maximum(osl, 1.0) / 2.0)
-            decode += (bb, bb)
-            kv += (bb_kv, bb_kv)
-            prefill_tokens += (zero, refill_chunk_tokens(bb, isl, mnbt))
-    shape = np.broadcast_shapes(*(np.shape(v) for v in decode + kv + prefill_tokens), np.shape(pp))
+    if any_refill:  # the three batches at once (stacked), then interleaved into the step list
+        bb = _stack_rows(refill_batches, _rows_shape(refill_batches))
+        bb_kv = bb * (isl + osl1 / 2.0)
+        bb_chunk = refill_chunk_tokens(bb, isl, mnbt)
+        for i in range(len(refill_batches)):
+            decode += (bb[i], bb[i])
+            kv += (bb_kv[i], bb_kv[i])
+            prefill_tokens += (zero, bb_chunk[i])
+    shape = _rows_shape(decode + kv + prefill_tokens + (pp,))
 
-    def stack(values) -> np.ndarray:
-        out = np.empty((len(values),) + shape)
-        for i, v in enumerate(values):
-            out[i] = v
-        return out
-
-    terms6 = stage_step_terms(model, gpu, layout, cal, stack(decode) / pp, stack(kv) / pp, stack(prefill_tokens) / pp,
-                              0.0, engine.weight_dtype, engine.kv_dtype)
+    terms6 = stage_step_terms(model, gpu, layout, cal, _stack_rows(decode, shape) / pp, _stack_rows(kv, shape) / pp,
+                              _stack_rows(prefill_tokens, shape) / pp, 0.0, engine.weight_dtype, engine.kv_dtype)
     step6 = pp * terms6.stage_ms
-    t = StepTerms(**{f.name: _first(getattr(terms6, f.name), len(shape)) for f in fields(StepTerms)})
     tpot, tpot_alone, tpot_fullest = step6[0], step6[4], step6[5]
     if any_refill:
-        refilled = [refill_mean_step_ms(step6[6 + 2 * i], step6[7 + 2 * i], bb, isl, osl, mnbt)
-                    for i, bb in enumerate(refill_batches)]
+        refilled = refill_mean_step_ms(step6[6::2], step6[7::2], bb, isl, osl, mnbt)
         tpot, tpot_alone, tpot_fullest = (np.where(refill, r, a) for r, a in
                                           zip(refilled, (tpot, tpot_alone, tpot_fullest)))
     prefill = step6[1]
@@ -237,7 +272,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     completion_rate = batch / np.maximum(osl * tpot, 1e-9)  # requests per ms per replica
     waiting = np.maximum(demand - batch, 0.0)
     closed = nreq > 0
-    wait_mean = np.where(closed, waiting**2 / 2.0 / np.maximum(demand, 1.0), waiting) / completion_rate
+    demand1 = np.maximum(demand, 1.0)
+    wait_mean = np.where(closed, waiting**2 / 2.0 / demand1, waiting) / completion_rate
     wait_p99 = waiting / completion_rate
     # requests that arrive together (a closed batch, or the opening burst of a fixed-concurrency run): the first
     # wave's prompts are prefilled back to back in chunks of the token budget; the k-th waits for k prompts
@@ -245,36 +281,38 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     first_mean = np.maximum(per_token * (wave * isl + isl) / 2.0, ttft_base)
     first_max = np.maximum(per_token * wave * isl, ttft_base)
     later = np.maximum(demand - wave, 0.0)
-    ttft_closed = (wave * first_mean + later * (ttft_base + wait_mean * np.maximum(demand, 1.0) / np.maximum(later, 1.0)))
+    ttft_closed = (wave * first_mean + later * (ttft_base + wait_mean * demand1 / np.maximum(later, 1.0)))
     ttft_closed = ttft_closed / np.maximum(wave + later, 1.0)
     burst = closed | (conc > 0)
     ttft = np.where(burst, ttft_closed, ttft_base + wait_mean)
-    ttft_p99 = np.where(burst, np.maximum(first_max, ttft_base + wait_p99), ttft_base + wait_p99)
+    queued_p99 = ttft_base + wait_p99
+    ttft_p99 = np.where(burst, np.maximum(first_max, queued_p99), queued_p99)
 
     out_tps = replicas * batch / tpot * 1e3
-    total_tps = out_tps * (isl + osl) / np.maximum(osl, 1.0)
-    req_tps = out_tps / np.maximum(osl, 1.0)
+    total_tps = out_tps * (isl + osl) / osl1
+    req_tps = out_tps / osl1
 
     osl_med = osl if osl_median is None else np.asarray(osl_median, dtype=float)
     osl_top = osl if osl_max is None else np.asarray(osl_max, dtype=float)
-    longest = expected_max_osl(osl, osl_med, osl_sigma, osl_top, np.maximum(nreq, 1))
-    work_s = demand * osl * tpot / batch / 1e3
-    # the tail: the longest request runs alone at the end of a closed batch for the part it outlives the rest
-    tail_s = np.maximum(longest - osl, 0.0) * tpot_alone / 1e3 * 0.5
-    makespan = np.where(closed, np.maximum(work_s + tail_s + ttft_base / 1e3, longest * tpot_alone / 1e3), np.nan)
+    if closed.any():
+        longest = expected_max_osl(osl, osl_med, osl_sigma, osl_top, np.maximum(nreq, 1))
+        work_s = demand * osl * tpot / batch / 1e3
+        # the tail: the longest request runs alone at the end of a closed batch for the part it outlives the rest
+        tail_s = np.maximum(longest - osl, 0.0) * tpot_alone / 1e3 * 0.5
+        makespan = np.where(closed, np.maximum(work_s + tail_s + ttft_base / 1e3, longest * tpot_alone / 1e3), np.nan)
+    else:  # no closed batch: no makespan (NaN, shaped as the closed-batch formula would be)
+        makespan = np.full(_rows_shape((closed, demand, osl, tpot, batch, osl_med, osl_sigma, osl_top, nreq, tpot_alone,
+                                        ttft_base)), np.nan)
 
-    terms = explanatory_terms_ms(t, pp)
+    # the steady step's explanatory terms (the first of the stacked evaluations)
+    terms = {k: _first(v, len(shape)) for k, v in explanatory_terms_ms(terms6, pp).items()}
     # per token period each GPU streams its weights once per micro-batch (pp times) plus its share of the KV
-    hbm_util = (pp * wbytes + kvb * batch * (isl + osl / 2.0)) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
+    hbm_util = (pp * wbytes + kvb * batch * ctx) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
 
-    top = dominant_term(terms, tpot.shape)
-    capacity_bound = (b_kv < np.minimum(mns, np.ceil(demand))) & (b_kv >= 1)
-    regime = np.select([capacity_bound, top == "compute", top == "communication"], ["capacity", "compute", "communication"],
-                       "bandwidth")
-    bottleneck = np.where(capacity_bound, "kv_cache_capacity",
-                          np.select([top == "weights", top == "kv_cache", top == "compute", top == "communication"],
-                                    ["weight_bandwidth", "kv_bandwidth", "tensor_core_compute", "interconnect"],
-                                    "kernel_latency"))
+    top = dominant_index(terms, tpot.shape)
+    capacity_bound = (b_kv < np.minimum(mns, wanted)) & (b_kv >= 1)
+    regime = np.where(capacity_bound, "capacity", np.array([TERM_REGIME[k] for k in terms])[top])
+    bottleneck = np.where(capacity_bound, "kv_cache_capacity", np.array([TERM_BOTTLENECK[k] for k in terms])[top])
     min_tokens = isl + 1
     feasible = cap >= min_tokens
     reason = np.where(wbytes > gpu.memory_gb * 1e9 * np.asarray(engine.gpu_memory_utilization),

@@ -134,12 +134,17 @@ class Layout:
     @property
     def moe_group(self):
         """GPUs one layer's experts are spread over (EP may span DP ranks, as vLLM's DP+EP does)."""
+        if type(self.tp) is int and type(self.ep) is int:  # one layout: plain integers
+            return max(self.tp, self.ep)
         return np.maximum(self.tp, self.ep)
 
     @property
     def moe_tp(self):
         """Tensor-parallel degree inside each expert."""
-        return np.maximum(1, self.moe_group // self.ep)
+        group = self.moe_group
+        if type(group) is int and type(self.ep) is int:  # one layout: plain integers
+            return max(1, group // self.ep)
+        return np.maximum(1, group // self.ep)
 
     def label(self) -> str:
         parts = [f"TP{self.tp}"]

@@ -8,6 +8,7 @@ all-to-all. All functions are vectorised: scalars or numpy arrays (columnar spec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,11 @@ ACT_BYTES = 2.0  # activations are bf16
 def peak_tflops(gpu: GPUSpec, weight_dtype) -> np.ndarray:
     """Datasheet dense rate for the GEMM dtype (fp8/fp4 weights run W8A8/W4A4 where the GPU supports it)."""
     wb = _bytes(weight_dtype)
+    if not any(isinstance(v, np.ndarray) for v in (wb, gpu.fp8_tflops, gpu.fp4_tflops, gpu.bf16_tflops)):
+        # one GPU and one dtype: the same choice without array operations
+        fp8 = gpu.fp8_tflops if gpu.fp8_tflops > 0 else gpu.bf16_tflops
+        fp4 = gpu.fp4_tflops if gpu.fp4_tflops > 0 else fp8
+        return fp4 if wb <= 0.5 else fp8 if wb <= 1.0 else gpu.bf16_tflops
     fp8 = np.where(np.asarray(gpu.fp8_tflops) > 0, gpu.fp8_tflops, gpu.bf16_tflops)
     fp4 = np.where(np.asarray(gpu.fp4_tflops) > 0, gpu.fp4_tflops, fp8)
     return np.where(wb <= 0.5, fp4, np.where(wb <= 1.0, fp8, gpu.bf16_tflops))
@@ -42,10 +48,82 @@ def gemm_ms(m, n, k, gpu: GPUSpec, cal: Calibration, weight_dtype="bf16", peak=N
     """Time of one GEMM: floor + (t_mem^p + t_compute^p)^(1/p); zero when m = 0."""
     wb = _bytes(weight_dtype) if weight_bytes is None else weight_bytes
     t_mem, t_comp = gemm_terms(m, n, k, wb, gpu, cal, weight_dtype, peak)
+    return _gemm_time(m, t_mem, t_comp, cal)
+
+
+def _gemm_time(m, t_mem, t_comp, cal: Calibration):
+    """floor + (t_mem^p + t_compute^p)^(1/p) of `gemm_terms`; zero when m = 0."""
     p = cal.gemm_p
     blend = np.hypot(t_mem, t_comp) if p == 2.0 else (t_mem**p + t_comp**p) ** (1.0 / p)
     t = cal.gemm_floor_ms + blend
     return np.where(np.asarray(m) > 0, t, 0.0)
+
+
+STACKED_GEMMS_MAX = 1 << 14  # elements (GEMMs × rows of m) up to which `gemms_ms` stacks the GEMMs in one pass
+
+
+def gemms_ms(m, shapes: dict, weight_bytes, gpu: GPUSpec, cal: Calibration, peak, terms_of=()) -> tuple[dict, dict]:
+    """`gemm_ms` (and its `gemm_terms`) for several weight shapes at once: the same formulas, evaluated over a
+    leading axis that stacks the GEMMs (one pass of numpy operations for all of them, the same numbers as one call
+    each).
+
+    `shapes` maps a name to the (n, k) of x[m, k] @ W[k, n]; n and k may be scalars or per-row arrays, all in the
+    weight dtype of `weight_bytes` (at peak rate `peak`). Returns ({name: time ms}, {name: (t_mem, t_comp)} for the
+    names in `terms_of`); a GEMM whose n and k do not vary by row may come back broadcast to the rows of those that
+    do. Stacking pays on few rows, where numpy's per-call overhead is the cost; on many rows (above
+    `STACKED_GEMMS_MAX` elements) the GEMMs go one at a time, which keeps each one's temporaries small.
+    """
+    m = np.asarray(m, dtype=float)
+    if m.size * len(shapes) > STACKED_GEMMS_MAX:
+        return (_GemmsOneByOne(m, shapes, weight_bytes, gpu, cal, peak),
+                {name: gemm_terms(m, *shapes[name], weight_bytes, gpu, cal, peak=peak) for name in terms_of})
+    n = _stack([nk[0] for nk in shapes.values()])
+    k = _stack([nk[1] for nk in shapes.values()])
+    # the stacking axis goes in front of every operand's dimensions (rows broadcast behind it)
+    ndim = max(m.ndim, n.ndim - 1, k.ndim - 1,
+               *(getattr(v, "ndim", 0) for v in (weight_bytes, peak, gpu.hbm_bandwidth_gbps)))
+    n, k = (v.reshape((len(shapes),) + (1,) * (ndim + 1 - v.ndim) + v.shape[1:]) for v in (n, k))
+    t_mem, t_comp = gemm_terms(m, n, k, weight_bytes, gpu, cal, peak=peak)
+    index = {name: i for i, name in enumerate(shapes)}
+    return (dict(zip(shapes, _gemm_time(m, t_mem, t_comp, cal))),
+            {name: (t_mem[index[name]], t_comp[index[name]]) for name in terms_of})
+
+
+class _GemmsOneByOne(Mapping):
+    """`gemms_ms`'s times on many rows: each GEMM computed when it is read, and not kept (so the temporaries of
+    one are freed before the next, as a call of `gemm_ms` per GEMM does)."""
+
+    def __init__(self, m, shapes: dict, weight_bytes, gpu: GPUSpec, cal: Calibration, peak):
+        self.m, self.shapes, self.weight_bytes, self.gpu, self.cal, self.peak = m, shapes, weight_bytes, gpu, cal, peak
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        n, k = self.shapes[name]
+        return gemm_ms(self.m, n, k, self.gpu, self.cal, peak=self.peak, weight_bytes=self.weight_bytes)
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def _stack(values: list) -> np.ndarray:
+    """Scalars or arrays stacked on a new leading axis (broadcast together), as floats."""
+    try:
+        return np.array(values, dtype=float)
+    except ValueError:  # scalars beside per-row arrays, or arrays of different shapes
+        return np.stack(np.broadcast_arrays(*values)).astype(float)
+
+
+def _zeros_over(*values) -> np.ndarray:
+    """Zeros with the broadcast shape of `values`: a term no row has, shaped as its formula over them would be."""
+    shapes = {getattr(v, "shape", ()) for v in values} - {()}
+    return np.zeros(shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes))
+
+
+def _any(v) -> bool:
+    """Whether any row is true (`np.any` without its overhead on scalars)."""
+    return bool(v.any()) if isinstance(v, np.ndarray) else bool(v)
 
 
 def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: GPUSpec, cal: Calibration, kv_dtype="bf16"):
@@ -63,13 +141,13 @@ def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: 
     kb = _bytes(kv_dtype)
     kvh = kv_heads_per_gpu(model, layout)
     heads = np.maximum(1, model.num_heads / layout.attention_tp)
-    per_token = np.where(model.kv_lora_rank > 0, (model.kv_lora_rank + model.qk_rope_head_dim) * kb,
-                         2 * kvh * model.head_dim * kb)
-    units = seqs * np.where(model.kv_lora_rank > 0, np.maximum(1, heads / 16), kvh)
+    is_mla = model.kv_lora_rank > 0
+    per_token = np.where(is_mla, (model.kv_lora_rank + model.qk_rope_head_dim) * kb, 2 * kvh * model.head_dim * kb)
+    units = seqs * np.where(is_mla, np.maximum(1, heads / 16), kvh)
     hbm = gpu.hbm_bandwidth_gbps * 1e9
     bw = np.minimum(cal.attn_bw_sat_frac * hbm, np.maximum(units, 1) * cal.attn_unit_gbps * 1e9)
-    flops = np.where(model.kv_lora_rank > 0, 2 * kv_tokens * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim),
-                     4 * kv_tokens * heads * model.head_dim)
+    # FLOPs per KV token and head: 2·(2·kv_lora_rank + rope dim) for MLA's latent, 4·head_dim for GQA (QK and PV)
+    flops = kv_tokens * heads * np.where(is_mla, 2 * (2 * model.kv_lora_rank + model.qk_rope_head_dim), 4 * model.head_dim)
     t_mem = kv_tokens * per_token / bw * 1e3
     t_comp = flops / (cal.prefill_attn_rate_frac * gpu.bf16_tflops * 1e12) * 1e3
     return np.where(seqs > 0, cal.attn_floor_ms + np.maximum(t_mem, t_comp), 0.0), t_mem
@@ -142,6 +220,9 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     (unfused: `rope_kv_append_ms`): 1 for its layer stacks (source `torch-probe`); 0 for serving engines, whose
     fused rotary and cache-write kernels are a few microseconds and sit in the fitted small-kernel term
     (`layer_misc_ms`), and for the H200 GPU probe, whose layers ran without them.
+
+    Terms that no row has (MLA projections, shared or routed experts, EP all-to-all, the pipeline hand-off, the
+    RoPE/KV-append kernels) are not evaluated: they are zeros shaped as their formula would have been.
     """
     d = np.asarray(decode_seqs, dtype=float)
     kv = np.asarray(decode_kv_tokens, dtype=float)
@@ -154,59 +235,89 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     wb = _bytes(weight_dtype)
     peak = peak_tflops(gpu, wb)
 
-    def g(n, k):
-        return gemm_ms(m, n, k, gpu, cal, weight_dtype, peak, wb)
-
-    def gt(n, k):
-        return gemm_terms(m, n, k, wb, gpu, cal, weight_dtype, peak)
-
     is_mla = np.asarray(model.kv_lora_rank > 0)
-    qk_hd = model.qk_nope_head_dim + model.qk_rope_head_dim
+    any_mla = _any(is_mla)
+    shared_w = model.num_shared_experts * model.moe_intermediate_size / a_tp
+    any_shared = _any(shared_w > 0)
+    # every dense GEMM of a layer as the (n, k) of x[m, k] @ W[k, n], evaluated together by `gemms_ms`
+    shapes = {
+        "qkv": ((heads_g + 2 * kvh_g) * hd, h),  # GQA attention projections
+        "o": (h, heads_g * hd),
+        "ffn_in": ((model.ffn_matrices - 1) * model.intermediate_size / a_tp, h),  # dense FFN: gate and up, down
+        "ffn_out": (h, model.intermediate_size / a_tp),
+        "ffn": (model.ffn_matrices * model.intermediate_size / a_tp, h),  # the whole FFN as one (explanatory terms)
+    }
+    if any_mla:
+        qk_hd = model.qk_nope_head_dim + model.qk_rope_head_dim
+        shapes.update({
+            "q_a": (model.q_lora_rank, h), "q_b": (heads_g * qk_hd, np.maximum(model.q_lora_rank, 1)),
+            "q": (heads_g * qk_hd, h),  # MLA query: low-rank (q_a, q_b) or one projection
+            "kv_a": (model.kv_lora_rank + model.qk_rope_head_dim, h),
+            "kv_b": (heads_g * (model.qk_nope_head_dim + model.v_head_dim), np.maximum(model.kv_lora_rank, 1)),
+            "mla_o": (h, heads_g * np.maximum(model.v_head_dim, 1)),
+        })
+    if any_shared:  # shared experts (MoE layers): gate and up, down
+        shapes.update({"shared_in": (2 * np.maximum(shared_w, 1), h), "shared_out": (h, np.maximum(shared_w, 1))})
+    g, explain = gemms_ms(m, shapes, wb, gpu, cal, peak, terms_of=("qkv", "o", "ffn"))
+
     # attention projections
-    gqa_proj = g((heads_g + 2 * kvh_g) * hd, h) + g(h, heads_g * hd)
-    mla_proj = 0.0 if not np.any(is_mla) else (np.where(model.q_lora_rank > 0, g(model.q_lora_rank, h) + g(heads_g * qk_hd, np.maximum(model.q_lora_rank, 1)),
-                         g(heads_g * qk_hd, h))
-                + g(model.kv_lora_rank + model.qk_rope_head_dim, h)
-                + g(heads_g * (model.qk_nope_head_dim + model.v_head_dim), np.maximum(model.kv_lora_rank, 1))
-                + g(h, heads_g * np.maximum(model.v_head_dim, 1)))
+    gqa_proj = g["qkv"] + g["o"]
+    mla_proj = 0.0 if not any_mla else (np.where(model.q_lora_rank > 0, g["q_a"] + g["q_b"], g["q"])
+                                         + g["kv_a"] + g["kv_b"] + g["mla_o"])
     proj = np.where(is_mla, mla_proj, gqa_proj)
     # dense FFN (dense layers) and shared experts (MoE layers)
-    dense_ffn = g((model.ffn_matrices - 1) * model.intermediate_size / a_tp, h) + g(h, model.intermediate_size / a_tp)
-    shared_w = model.num_shared_experts * model.moe_intermediate_size / a_tp
-    shared = 0.0 if not np.any(shared_w > 0) else np.where(
-        shared_w > 0, g(2 * np.maximum(shared_w, 1), h) + g(h, np.maximum(shared_w, 1)), 0.0)
+    dense_ffn = g["ffn_in"] + g["ffn_out"]
+    shared = 0.0 if not any_shared else np.where(shared_w > 0, g["shared_in"] + g["shared_out"], 0.0)
     L = model.num_layers
     dense_frac = model.num_dense_ffn_layers / L
     moe_frac = model.num_moe_layers / L
     gemm_layer = proj + dense_frac * dense_ffn + moe_frac * shared
 
     # MoE: tokens entering the MoE group come from every attention replica in it
+    has_experts = model.num_experts > 0
     E = np.maximum(model.num_experts, 1)
     k_top = model.experts_per_token
-    group_tokens = m * layout.moe_group / a_tp
-    local_experts = E / layout.ep
-    hit = local_experts * (1.0 - (1.0 - k_top / E) ** group_tokens)
-    expert_bytes = 3 * h * model.moe_intermediate_size * wb / layout.moe_tp
-    moe_bytes = hit * expert_bytes
-    moe_flops = 2.0 * group_tokens * k_top * 3 * h * model.moe_intermediate_size / layout.moe_group
     hbm = gpu.hbm_bandwidth_gbps * 1e9
-    moe_mem = moe_bytes / (cal.moe_bw_frac * hbm) * 1e3
-    moe_comp = moe_flops / (cal.moe_rate_frac * peak * 1e12) * 1e3
-    moe_layer = np.where((model.num_experts > 0) & (m > 0), cal.moe_floor_ms + moe_mem + moe_comp, 0.0) * moe_frac
+    if _any(has_experts):
+        group_tokens = m * layout.moe_group / a_tp
+        local_experts = E / layout.ep
+        hit = local_experts * (1.0 - (1.0 - k_top / E) ** group_tokens)
+        expert_bytes = 3 * h * model.moe_intermediate_size * wb / layout.moe_tp
+        moe_bytes = hit * expert_bytes
+        moe_flops = 2.0 * group_tokens * k_top * 3 * h * model.moe_intermediate_size / layout.moe_group
+        moe_mem = moe_bytes / (cal.moe_bw_frac * hbm) * 1e3
+        moe_comp = moe_flops / (cal.moe_rate_frac * peak * 1e12) * 1e3
+        moe_layer = np.where(has_experts & (m > 0), cal.moe_floor_ms + moe_mem + moe_comp, 0.0) * moe_frac
+    else:  # a dense model: no expert is hit and no expert FLOPs run
+        moe_mem = moe_comp = 0.0
+        moe_layer = _zeros_over(m, has_experts, moe_frac, h, model.moe_intermediate_size, wb, layout.tp, layout.ep, a_tp,
+                                hbm, peak)
 
     attn_dec, kv_read = decode_attention_ms(d, kv, model, layout, gpu, cal, kv_dtype)
     attn_pre = prefill_attention_ms(T, prefill_prefix_tokens, model, layout, gpu, cal)
     misc = np.where(m > 0, cal.layer_misc_ms + cal.misc_bytes_per_token_hidden * m * h / hbm * 1e3, 0.0)
-    misc = misc + np.asarray(rope_kv, dtype=float) * rope_kv_append_ms(m, model, layout, gpu, cal, kv_dtype)
+    rope_kv = np.asarray(rope_kv, dtype=float)
+    if _any(rope_kv):
+        misc = misc + rope_kv * rope_kv_append_ms(m, model, layout, gpu, cal, kv_dtype)
+    else:  # no row runs the unfused RoPE and KV-append kernels
+        misc = misc + _zeros_over(rope_kv, m, model.num_heads, model.num_kv_heads, hd, model.kv_lora_rank, a_tp,
+                                  hbm, _bytes(kv_dtype))
 
     # communication per layer: 2 all-reduces of m×hidden under attention TP; EP all-to-all dispatch + combine
-    ar_bytes = m * h * ACT_BYTES
-    tp_comm = 2 * comm.allreduce_ms(ar_bytes, a_tp, gpu, cal)
-    a2a_bytes = m * k_top * h * ACT_BYTES
-    ep_comm = np.where((model.num_experts > 0) & (layout.ep > 1),
-                       2 * comm.alltoall_ms(a2a_bytes, layout.moe_group, gpu, cal, comm.ep_group_gpus_per_node(gpu, layout)),
-                       0.0) * moe_frac
-    comm_layer = np.where(m > 0, tp_comm + ep_comm, 0.0) if include_comm else np.zeros_like(m)
+    if include_comm:
+        ar_bytes = m * h * ACT_BYTES
+        tp_comm = 2 * comm.allreduce_ms(ar_bytes, a_tp, gpu, cal)
+        ep_rows = has_experts & (layout.ep > 1)
+        if _any(ep_rows):
+            a2a_bytes = m * k_top * h * ACT_BYTES
+            ep_comm = np.where(ep_rows, 2 * comm.alltoall_ms(a2a_bytes, layout.moe_group, gpu, cal,
+                                                             comm.ep_group_gpus_per_node(gpu, layout)), 0.0) * moe_frac
+        else:  # no row spreads experts over EP ranks: nothing to dispatch
+            ep_comm = _zeros_over(m, ep_rows, moe_frac, k_top, h, layout.tp, layout.pp, gpu.gpus_per_node,
+                                  gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps)
+        comm_layer = np.where(m > 0, tp_comm + ep_comm, 0.0)
+    else:
+        comm_layer = np.zeros_like(m)
 
     n_layers = layers_per_stage(model, layout)
     # LM head on the last stage for the sequences that emit a token this step
@@ -214,13 +325,15 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     lm = np.where(out_rows > 0, gemm_ms(out_rows, model.vocab_size / layout.tp, h, gpu, cal, "bf16") + cal.sampling_ms, 0.0)
     lm = lm if include_lm_head else np.zeros_like(lm)
     overhead = np.where(m > 0, cal.step_overhead_ms, 0.0) if include_overhead else np.zeros_like(m)
-    p2p = np.where((layout.pp > 1) & (m > 0), comm.p2p_ms(m * h * ACT_BYTES, gpu, cal,
-                                                          layout.tp * layout.pp > gpu.gpus_per_node), 0.0)
+    if _any(layout.pp > 1):
+        p2p = np.where((layout.pp > 1) & (m > 0), comm.p2p_ms(m * h * ACT_BYTES, gpu, cal,
+                                                              layout.tp * layout.pp > gpu.gpus_per_node), 0.0)
+    else:  # one pipeline stage: no hand-off
+        p2p = _zeros_over(m, layout.pp, h, layout.tp, gpu.gpus_per_node, gpu.internode_bandwidth_gbps,
+                          gpu.link_bandwidth_gbps)
 
     # explanatory terms: weight streaming vs KV streaming vs compute
-    w_attn_mem, w_attn_comp = gt((heads_g + 2 * kvh_g) * hd, h)
-    o_mem, o_comp = gt(h, heads_g * hd)
-    f_mem, f_comp = gt(model.ffn_matrices * model.intermediate_size / a_tp, h)
+    (w_attn_mem, w_attn_comp), (o_mem, o_comp), (f_mem, f_comp) = explain["qkv"], explain["o"], explain["ffn"]
     weight_read = n_layers * (w_attn_mem + o_mem + dense_frac * f_mem + moe_mem)
     compute = n_layers * (w_attn_comp + o_comp + dense_frac * f_comp + moe_comp)
 
