@@ -281,32 +281,32 @@ def scenario_physics(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     arrays, computed from its resolved specs rather than from a column table: the single `predict` path, where
     reading and resolving the row's own columns would cost more than its physics."""
     cal = cal or default_calibration()
-    wdt = np.array([_dtype_bytes(engine.weight_dtype, "bf16")])
+    # plain numbers throughout (the physics broadcasts them like one-row columns, with less numpy work per term)
+    wdt = _dtype_bytes(engine.weight_dtype, "bf16")
     kv_name = engine.kv_dtype
     kv_auto = kv_name is None or str(kv_name).lower() == "auto"
-    kdt = np.where(wdt <= 1.0, 2.0, wdt) if kv_auto else np.array([_dtype_bytes(kv_name, "bf16")])
+    kdt = (2.0 if wdt <= 1.0 else wdt) if kv_auto else _dtype_bytes(kv_name, "bf16")
     out = _descriptor_features(model, gpu, layout, wdt, kdt)
 
-    def lengths(dist) -> tuple[np.ndarray, ...]:  # (mean, median, sigma, max) as `_length_params` reads the row
-        mean = np.array([float(dist.mean)])
+    def lengths(dist) -> tuple[float, ...]:  # (mean, median, sigma, max) as `_length_params` reads the row
+        mean = float(dist.mean)
         if dist.kind != "lognormal":
-            return mean, mean, np.zeros(1), mean
+            return mean, mean, 0.0, mean
         d = parse_length_dist(dist.spec())  # the row carries the spec text: read it back the same way
-        return mean, np.array([d.median]), np.array([d.sigma]), np.array([float(d.max_tokens)])
+        return mean, float(d.median), float(d.sigma), float(d.max_tokens)
 
     isl = lengths(wl.isl)[0]
     osl, osl_med, osl_sig, osl_max = lengths(wl.osl)
-    one = lambda v: np.array([float(v)])  # noqa: E731
     arrays = EngineArrays(
-        weight_dtype=wdt, kv_dtype=kdt, max_num_seqs=one(engine.max_num_seqs),
-        max_num_batched_tokens=one(engine.max_num_batched_tokens),
-        gpu_memory_utilization=one(engine.gpu_memory_utilization), block_size=one(engine.block_size),
-        num_gpu_blocks_override=one(int(engine.num_gpu_blocks_override or 0)),
-        kv_cache_memory_bytes=one(float(engine.kv_cache_memory_gb or 0.0) * 1e9))
+        weight_dtype=wdt, kv_dtype=kdt, max_num_seqs=float(engine.max_num_seqs),
+        max_num_batched_tokens=float(engine.max_num_batched_tokens),
+        gpu_memory_utilization=float(engine.gpu_memory_utilization), block_size=float(engine.block_size),
+        num_gpu_blocks_override=float(int(engine.num_gpu_blocks_override or 0)),
+        kv_cache_memory_bytes=float(engine.kv_cache_memory_gb or 0.0) * 1e9)
     regime, bottleneck = np.full(1, None, dtype=object), np.full(1, None, dtype=object)
-    out.update(_serving_columns(model, gpu, layout, arrays, cal, isl, osl, one(wl.num_requests), one(wl.concurrency),
-                                one(wl.request_rate), osl_med, osl_sig, osl_max, np.ones(1, dtype=bool), regime,
-                                bottleneck))
+    out.update(_serving_columns(model, gpu, layout, arrays, cal, isl, osl, float(wl.num_requests),
+                                float(wl.concurrency), float(wl.request_rate), osl_med, osl_sig, osl_max,
+                                np.ones(1, dtype=bool), regime, bottleneck))
     out["regime"], out["bottleneck"] = regime, bottleneck
     return out
 

@@ -60,14 +60,16 @@ class CompiledForest:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(rows, boosters) margins for the extended float32 matrix `X`."""
         n = len(X)
-        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        rows = np.arange(n)[:, None]
-        left, right, missing = self._walk
+        step, missing = self._walk
         has_nan = bool(np.isnan(X).any())
+        # node index per (row, tree); one row walks 1-d arrays (cheaper indexing)
+        node = self.roots if n == 1 else np.broadcast_to(self.roots, (n, len(self.roots)))
+        x_of = (lambda f: X[0][f]) if n == 1 else (lambda f, rows=np.arange(n)[:, None]: X[rows, f])
         for _ in range(self.max_depth):  # leaves lead to themselves, so every tree may take max_depth steps
-            x = X[rows, self.feature[node]]
-            nxt = np.where(x < self.threshold[node], left[node], right[node])
+            x = x_of(self.feature[node])
+            nxt = step[2 * node + (x < self.threshold[node])]  # right child at 2i, left at 2i + 1
             node = np.where(np.isnan(x), missing[node], nxt) if has_nan else nxt
+        node = node.reshape(n, len(self.roots))
         leaves = self.threshold[node].astype(float)
         if self.contiguous:  # each booster's trees side by side (as `from_boosters` lays them out): one reduction
             return self.base_score + np.add.reduceat(leaves, self.first_tree, axis=1)
@@ -77,13 +79,14 @@ class CompiledForest:
         return out
 
     @functools.cached_property
-    def _walk(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(left, right, missing-value) child of every node, leaves leading to themselves."""
+    def _walk(self) -> tuple[np.ndarray, np.ndarray]:
+        """(children of every node i interleaved: right at 2i, left at 2i + 1; the child a missing value takes),
+        leaves leading to themselves."""
         leaf = self.left < 0
         own = np.arange(len(self.left))
         left = np.where(leaf, own, self.left)
         right = np.where(leaf, own, self.right)
-        return left, right, np.where(self.default_left, left, right)
+        return np.stack([right, left], axis=1).ravel(), np.where(self.default_left, left, right)
 
     @functools.cached_property
     def first_tree(self) -> np.ndarray:
