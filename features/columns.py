@@ -119,6 +119,10 @@ def n_rows(table) -> int:
 def text_array(v: np.ndarray, missing: str = "") -> np.ndarray:
     """A text column array as objects with `missing` where a value is missing."""
     v = np.asarray(v, dtype=object)
+    if len(v) == 1:  # one row (a single scenario): a plain check beats pd.isna's dispatch
+        x = v[0]
+        gap = x is None or x is pd.NA or x is pd.NaT or (isinstance(x, (float, np.floating)) and x != x)
+        return np.array([missing], dtype=object) if gap else v
     gaps = pd.isna(v)
     return np.where(gaps, missing, v) if gaps.any() else v
 

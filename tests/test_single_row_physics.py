@@ -84,3 +84,15 @@ def test_layout_code_of_one_row_is_the_vectorised_code():
     for i in range(len(frame)):
         assert layout_code(frame.iloc[[i]]).tolist() == [whole[i]], i
     assert layout_code(frame[["tp"]].iloc[[0]]).tolist() == layout_code(frame[["tp"]]).tolist()[:1]
+
+
+def test_text_array_of_one_row_is_the_vectorised_reading():
+    from features.columns import text_array
+
+    for x in [None, np.nan, float("nan"), np.float32("nan"), "h200", "", 3.0]:
+        one = text_array(np.array([x], dtype=object), missing="?")
+        assert list(one) == list(text_array(np.array([x, "z"], dtype=object), missing="?")[:1]), x
+    import pandas as pd
+
+    for x in [pd.NA, pd.NaT]:
+        assert list(text_array(np.array([x], dtype=object))) == [""]

@@ -52,6 +52,11 @@ def target_rows(frame: pd.DataFrame, target: str, need_physics: bool = True) -> 
     return ok
 
 
+def _first_float(v: np.ndarray) -> float:
+    """The first value of a column array as `float_array` reads it."""
+    return v[0] if isinstance(v, np.ndarray) and v.dtype.kind == "f" else float_array(v)[0]
+
+
 def float_column(frame: pd.DataFrame, col: str, default: float = np.nan) -> np.ndarray:
     """A column as float64 (missing or absent = `default`), without pandas' slower coercion paths."""
     if isinstance(frame, Columns):  # a column table (numpy arrays)
@@ -127,7 +132,7 @@ class FeatureSpace:
                     ", ...); retrain it with `layoutcast train`"
                 )
             if n == 1:  # a single scenario: one row of Python floats beats a column copy per feature
-                X[0, : len(self.numeric)] = [float_array(cols[c])[0] for c in self.numeric]
+                X[0, : len(self.numeric)] = [_first_float(cols[c]) for c in self.numeric]
             else:
                 for j, c in enumerate(self.numeric):
                     X[:, j] = float_array(cols[c])

@@ -228,11 +228,9 @@ class FrameModel(ABC):
                     cal = self.calibration_.get(key) or IntervalCalibration(self.coverage)
                     bounds[key] = cal.terms(sub, keys)
             trusted = {t: bounds[t][0] > 0 for t in bounds}
-            logs: dict[str, np.ndarray] = {}  # log physics answers, each computed once per kind
+            logs = log_physics(sub, targets)  # log physics answers of the kind's targets, in one pass
             corrections = self._corrections(kind, targets, space, sub, trusted, logs)
             keys_of = {t: self._shared_source(t) or t for t in targets}
-            logs.update(log_physics(sub, [t for t in targets if t not in logs
-                                          and (self.residual or keys_of[t] not in corrections)]))
             points, lo_offs, hi_offs = [], [], []
             for t in targets:
                 key = keys_of[t]
@@ -245,8 +243,8 @@ class FrameModel(ABC):
                 lo_offs.append(lo_off)
                 hi_offs.append(hi_off)
             # every target of the kind in one pass: point, low and high ends as (3, targets, rows)
-            point = np.stack(points)
-            vals = np.exp(np.stack([point, point + np.stack(lo_offs), point + np.stack(hi_offs)]))
+            point = np.array(points)  # (targets, rows)
+            vals = np.exp(np.array([point, point + np.array(lo_offs), point + np.array(hi_offs)]))
             for i, t in enumerate(targets):
                 for col, v in zip(pred_cols(t), vals[:, i]):
                     if whole:
@@ -260,20 +258,19 @@ class FrameModel(ABC):
     def _corrections(self, kind: str, targets, space: FeatureSpace | None, sub: Columns,
                      trusted: dict[str, np.ndarray], logs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per learned target of `kind`: the clipped log correction (residual families; 0 where not `trusted`,
-        which large batches skip computing) or the log prediction (other families). `logs` receives the log physics
-        answer of each learned target (residual families), for the caller to reuse."""
+        which large batches skip computing) or the log prediction (other families). `logs`: the log physics answer
+        of each target (`log_physics`)."""
         learned = [t for t in targets if t in self.learners_]
         if not learned:
             return {}
         X = space.matrix(sub)
         if not self.residual:
             return {t: self.learners_[t].predict(X) for t in learned}
-        logs.update(log_physics(sub, learned))
         fast = self._fast_forest(kind, learned) if sub.n <= FAST_PATH_ROWS else None
         if fast is not None:  # one vectorised walk over every target's trees
             Xe = np.empty((sub.n, X.shape[1] - 1 + len(learned)), dtype=np.float32)
             Xe[:, : X.shape[1] - 1] = X[:, :-1]
-            Xe[:, X.shape[1] - 1:] = np.stack([logs[t] for t in learned], axis=1)
+            Xe[:, X.shape[1] - 1:] = np.array([logs[t] for t in learned]).T
             margins = np.clip(fast.predict(Xe), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)
             return {t: margins[:, j] for j, t in enumerate(learned)}
         else:
@@ -354,11 +351,11 @@ def balanced_subsample(idx: np.ndarray, groups: np.ndarray, max_rows: int, seed:
     return np.sort(np.concatenate(picked))
 
 
-def log_physics(frame, targets: list[str]) -> dict[str, np.ndarray]:
+def log_physics(frame, targets) -> dict[str, np.ndarray]:
     """`nan_safe_log` of the physics answer of each of `targets`, taken in one pass over all of them."""
     if not targets:
         return {}
-    logs = nan_safe_log(np.stack([np.asarray(physics_answer(frame, t), dtype=float) for t in targets]))
+    logs = nan_safe_log(np.array([physics_answer(frame, t) for t in targets], dtype=float))
     return dict(zip(targets, logs))
 
 
