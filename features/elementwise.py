@@ -31,10 +31,17 @@ def as_float(v):
 
 
 def where(cond, a, b):
-    """`np.where(cond, a, b)`; `a if cond else b` when all three are plain numbers, truth values (numpy's too:
-    a comparison of numpy floats) or strings."""
-    if isinstance(cond, PLAIN + (np.bool_,)) and isinstance(a, PLAIN + (str,)) and isinstance(b, PLAIN + (str,)):
-        return a if cond else b
+    """`np.where(cond, a, b)`. With one truth value for `cond` (a plain bool, or numpy's from comparing numpy
+    floats): `a if cond else b` when both are plain numbers or strings, and the chosen operand itself (not a copy:
+    do not modify it in place) when it is a float array with the shape np.where would give."""
+    if isinstance(cond, PLAIN + (np.bool_,)):
+        pick, other = (a, b) if cond else (b, a)
+        if isinstance(pick, PLAIN + (str,)) and isinstance(other, PLAIN + (str,)):
+            return pick
+        if (isinstance(pick, np.ndarray) and pick.dtype == np.float64
+                and (isinstance(other, PLAIN) or (isinstance(other, np.ndarray) and other.shape == pick.shape
+                                                  and other.dtype.kind in "biuf"))):
+            return pick
     return np.where(cond, a, b)
 
 
