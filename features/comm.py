@@ -58,8 +58,12 @@ def _constants(cal: Calibration, op: str, n):
     """(alpha_ms, bus_bw_frac) arrays for a collective over `n` GPUs (nearest measured group size); numbers for
     a plain number `n`."""
     t = _table(cal, op)
-    if t is None and isinstance(n, PLAIN):
-        return _DEFAULT[op]
+    if isinstance(n, PLAIN):
+        if t is None:
+            return _DEFAULT[op]
+        hit = t.by_group.get(float(n))
+        if hit is not None:
+            return hit
     n = np.asarray(n)
     if t is None:
         a, f = _DEFAULT[op]

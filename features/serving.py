@@ -6,7 +6,7 @@ request-level simulation (`features.scheduler`) refines makespan, preemptions an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -14,9 +14,10 @@ from features.calibration import Calibration
 from features.elementwise import any_, as_float, ceil, clip, floor, maximum, minimum, plain, where
 from features.memory import kv_capacity_tokens, kv_bytes_per_token_per_gpu, weight_bytes_per_gpu
 from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec
-from features.steptime import replica_step_ms, stage_step_terms
+from features.steptime import StepTerms, replica_step_ms, stage_step_terms
 
 REGIMES = ("compute", "bandwidth", "capacity", "communication")
+_ENGINE_DEFAULTS = EngineConfig()  # `kv_capacity_tokens`'s engine: every knob it reads is passed explicitly
 
 
 @dataclass
@@ -198,7 +199,7 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
 
     wbytes = weight_bytes_per_gpu(model, layout, engine.weight_dtype)
     kvb = kv_bytes_per_token_per_gpu(model, layout, engine.kv_dtype)
-    cap = kv_capacity_tokens(model, gpu, layout, EngineConfig(), weight_dtype=engine.weight_dtype,
+    cap = kv_capacity_tokens(model, gpu, layout, _ENGINE_DEFAULTS, weight_dtype=engine.weight_dtype,
                              kv_dtype=engine.kv_dtype, gpu_memory_utilization=engine.gpu_memory_utilization,
                              block_size=engine.block_size, max_num_batched_tokens=engine.max_num_batched_tokens,
                              max_num_seqs=engine.max_num_seqs, num_gpu_blocks_override=engine.num_gpu_blocks_override,
@@ -320,8 +321,9 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
         rows = _rows_shape((closed, demand, osl, tpot, batch, osl_med, osl_sigma, osl_top, nreq, tpot_alone, ttft_base))
         makespan = np.full(rows, np.nan) if rows else np.nan
 
-    # the steady step's explanatory terms (the first of the stacked evaluations)
-    terms = {k: _first(v, len(shape)) for k, v in explanatory_terms_ms(terms6, pp).items()}
+    # the steady step's explanatory terms (of the first of the stacked evaluations)
+    steady = StepTerms(**{f.name: _first(getattr(terms6, f.name), len(shape)) for f in fields(StepTerms)})
+    terms = explanatory_terms_ms(steady, pp)
     # per token period each GPU streams its weights once per micro-batch (pp times) plus its share of the KV
     hbm_util = (pp * wbytes + kvb * batch * ctx) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
 

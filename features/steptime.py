@@ -229,6 +229,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     kv = np.asarray(decode_kv_tokens, dtype=float)
     T = np.asarray(prefill_tokens, dtype=float)
     m = d + T  # tokens through the GEMMs
+    running = m > 0  # rows whose step runs any token
     h, hd = model.hidden_size, model.head_dim
     a_tp = layout.attention_tp
     heads_g = maximum(1, model.num_heads / a_tp)
@@ -288,7 +289,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
         moe_flops = 2.0 * group_tokens * k_top * 3 * h * model.moe_intermediate_size / layout.moe_group
         moe_mem = moe_bytes / (cal.moe_bw_frac * hbm) * 1e3
         moe_comp = moe_flops / (cal.moe_rate_frac * peak * 1e12) * 1e3
-        moe_layer = np.where(has_experts & (m > 0), cal.moe_floor_ms + moe_mem + moe_comp, 0.0) * moe_frac
+        moe_layer = np.where(has_experts & running, cal.moe_floor_ms + moe_mem + moe_comp, 0.0) * moe_frac
     else:  # a dense model: no expert is hit and no expert FLOPs run
         moe_mem = moe_comp = 0.0
         moe_layer = _zeros_over(m, has_experts, moe_frac, h, model.moe_intermediate_size, wb, layout.tp, layout.ep, a_tp,
@@ -296,7 +297,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
 
     attn_dec, kv_read = decode_attention_ms(d, kv, model, layout, gpu, cal, kv_dtype)
     attn_pre = prefill_attention_ms(T, prefill_prefix_tokens, model, layout, gpu, cal)
-    misc = np.where(m > 0, cal.layer_misc_ms + cal.misc_bytes_per_token_hidden * m * h / hbm * 1e3, 0.0)
+    misc = np.where(running, cal.layer_misc_ms + cal.misc_bytes_per_token_hidden * m * h / hbm * 1e3, 0.0)
     rope_kv = np.asarray(rope_kv, dtype=float)
     if _any(rope_kv):
         misc = misc + rope_kv * rope_kv_append_ms(m, model, layout, gpu, cal, kv_dtype)
@@ -316,18 +317,20 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
         else:  # no row spreads experts over EP ranks: nothing to dispatch
             ep_comm = _zeros_over(m, ep_rows, moe_frac, k_top, h, layout.tp, layout.pp, gpu.gpus_per_node,
                                   gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps)
-        comm_layer = np.where(m > 0, tp_comm + ep_comm, 0.0)
+        comm_layer = np.where(running, tp_comm + ep_comm, 0.0)
     else:
         comm_layer = np.zeros_like(m)
 
     n_layers = layers_per_stage(model, layout)
-    # LM head on the last stage for the sequences that emit a token this step
-    out_rows = d + np.where(T > 0, 1.0, 0.0)
-    lm = np.where(out_rows > 0, gemm_ms(out_rows, model.vocab_size / layout.tp, h, gpu, cal, "bf16") + cal.sampling_ms, 0.0)
+    # LM head (bf16) on the last stage for the sequences that emit a token this step (a prefill chunk emits one)
+    out_rows = d + (T > 0)
+    lm_head = gemm_ms(out_rows, model.vocab_size / layout.tp, h, gpu, cal, peak=gpu.bf16_tflops,
+                      weight_bytes=_bytes("bf16"))
+    lm = np.where(out_rows > 0, lm_head + cal.sampling_ms, 0.0)
     lm = lm if include_lm_head else np.zeros_like(lm)
-    overhead = np.where(m > 0, cal.step_overhead_ms, 0.0) if include_overhead else np.zeros_like(m)
+    overhead = np.where(running, cal.step_overhead_ms, 0.0) if include_overhead else np.zeros_like(m)
     if _any(layout.pp > 1):
-        p2p = np.where((layout.pp > 1) & (m > 0), comm.p2p_ms(m * h * ACT_BYTES, gpu, cal,
+        p2p = np.where((layout.pp > 1) & running, comm.p2p_ms(m * h * ACT_BYTES, gpu, cal,
                                                               layout.tp * layout.pp > gpu.gpus_per_node), 0.0)
     else:  # one pipeline stage: no hand-off
         p2p = _zeros_over(m, layout.pp, h, layout.tp, gpu.gpus_per_node, gpu.internode_bandwidth_gbps,
