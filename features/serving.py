@@ -6,7 +6,7 @@ request-level simulation (`features.scheduler`) refines makespan, preemptions an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -129,19 +129,32 @@ def _rows_shape(values) -> tuple:
     return shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes)
 
 
-def _stack_rows(values, shape) -> np.ndarray:
-    """`values` (each broadcast to `shape`) stacked on a new leading axis, as floats."""
+def _stack_rows(values, shape, per=1) -> np.ndarray:
+    """`values` (each broadcast to `shape`) stacked on a new leading axis, as floats, each divided by `per` (the
+    pipeline depth: a micro-batch's share; plain numbers are divided before they are stacked, one array op less)."""
+    if not shape and plain(*values, per):  # one scenario
+        return np.array([v / per for v in values], dtype=float)
     if all(getattr(v, "shape", ()) == shape for v in values):
-        return np.array(values, dtype=float)  # already row-shaped (or plain numbers): one call
+        return np.array(values, dtype=float) / per  # already row-shaped: one call
     out = np.empty((len(values),) + shape)
     for i, v in enumerate(values):
         out[i] = v
-    return out
+    return out / per
 
 
 def _first(v, row_ndim: int):
     """The first of the stacked evaluations of a term (a term that did not vary is returned as it is)."""
     return v[0] if np.ndim(v) > row_ndim else v
+
+
+class _FirstTerms:
+    """The `StepTerms` of the first of stacked evaluations, each term taken when it is read."""
+
+    def __init__(self, terms: StepTerms, row_ndim: int):
+        self._terms, self._row_ndim = terms, row_ndim
+
+    def __getattr__(self, name: str):
+        return _first(getattr(self._terms, name), self._row_ndim)
 
 
 def refill_chunk_tokens(batch, isl, max_batched_tokens):
@@ -233,8 +246,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
         decode, kv, prefill = (b, b, b), (b * (isl + osl / 2.0), refill_kv, refill_kv), (T, 0.0,
                                                                                           refill_chunk_tokens(b, isl, mnbt))
         rows = _rows_shape(decode + kv + prefill + (layout.pp,))
-        steps = layout.pp * stage_step_terms(model, gpu, layout, cal, _stack_rows(decode, rows) / layout.pp,
-                                             _stack_rows(kv, rows) / layout.pp, _stack_rows(prefill, rows) / layout.pp,
+        steps = layout.pp * stage_step_terms(model, gpu, layout, cal, *(_stack_rows(v, rows, layout.pp)
+                                                                        for v in (decode, kv, prefill)),
                                              0.0, engine.weight_dtype, engine.kv_dtype).stage_ms
         return where(refill, refill_mean_step_ms(steps[1], steps[2], b, isl, osl, mnbt), steps[0])
 
@@ -273,8 +286,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
             prefill_tokens += (zero, refill_chunk_tokens(b, isl, mnbt))
     shape = _rows_shape(decode + kv + prefill_tokens + (pp,))
 
-    terms6 = stage_step_terms(model, gpu, layout, cal, _stack_rows(decode, shape) / pp, _stack_rows(kv, shape) / pp,
-                              _stack_rows(prefill_tokens, shape) / pp, 0.0, engine.weight_dtype, engine.kv_dtype)
+    terms6 = stage_step_terms(model, gpu, layout, cal, *(_stack_rows(v, shape, pp) for v in (decode, kv, prefill_tokens)),
+                              0.0, engine.weight_dtype, engine.kv_dtype)
     step6 = pp * terms6.stage_ms
     tpot, tpot_alone, tpot_fullest = step6[0], step6[4], step6[5]
     if any_refill:
@@ -322,8 +335,7 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
         makespan = np.full(rows, np.nan) if rows else np.nan
 
     # the steady step's explanatory terms (of the first of the stacked evaluations)
-    steady = StepTerms(**{f.name: _first(getattr(terms6, f.name), len(shape)) for f in fields(StepTerms)})
-    terms = explanatory_terms_ms(steady, pp)
+    terms = explanatory_terms_ms(_FirstTerms(terms6, len(shape)), pp)
     # per token period each GPU streams its weights once per micro-batch (pp times) plus its share of the KV
     hbm_util = (pp * wbytes + kvb * batch * ctx) / (tpot / 1e3) / (gpu.hbm_bandwidth_gbps * 1e9)
 

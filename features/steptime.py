@@ -15,7 +15,7 @@ import numpy as np
 
 from features import comm
 from features.calibration import Calibration
-from features.elementwise import maximum, minimum, where
+from features.elementwise import as_float, maximum, minimum, where
 from features.memory import _bytes, kv_heads_per_gpu, layers_per_stage
 from features.specs import GPUSpec, Layout, ModelSpec
 
@@ -298,7 +298,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     attn_dec, kv_read = decode_attention_ms(d, kv, model, layout, gpu, cal, kv_dtype)
     attn_pre = prefill_attention_ms(T, prefill_prefix_tokens, model, layout, gpu, cal)
     misc = np.where(running, cal.layer_misc_ms + cal.misc_bytes_per_token_hidden * m * h / hbm * 1e3, 0.0)
-    rope_kv = np.asarray(rope_kv, dtype=float)
+    rope_kv = as_float(rope_kv)
     if _any(rope_kv):
         misc = misc + rope_kv * rope_kv_append_ms(m, model, layout, gpu, cal, kv_dtype)
     else:  # no row runs the unfused RoPE and KV-append kernels
