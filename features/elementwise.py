@@ -18,6 +18,8 @@ import math
 import numpy as np
 
 PLAIN = (int, float)  # plain numbers (bool is an int, numpy's float64 a float): computed without numpy
+_TRUTH = PLAIN + (np.bool_,)  # one truth value (numpy's from comparing numpy floats)
+_PLAIN_OR_TEXT = PLAIN + (str,)
 
 
 def plain(*values) -> bool:
@@ -34,9 +36,9 @@ def where(cond, a, b):
     """`np.where(cond, a, b)`. With one truth value for `cond` (a plain bool, or numpy's from comparing numpy
     floats): `a if cond else b` when both are plain numbers or strings, and the chosen operand itself (not a copy:
     do not modify it in place) when it is a float array with the shape np.where would give."""
-    if isinstance(cond, PLAIN + (np.bool_,)):
+    if isinstance(cond, _TRUTH):
         pick, other = (a, b) if cond else (b, a)
-        if isinstance(pick, PLAIN + (str,)) and isinstance(other, PLAIN + (str,)):
+        if isinstance(pick, _PLAIN_OR_TEXT) and isinstance(other, _PLAIN_OR_TEXT):
             return pick
         if (isinstance(pick, np.ndarray) and pick.dtype == np.float64
                 and (isinstance(other, PLAIN) or (isinstance(other, np.ndarray) and other.shape == pick.shape
