@@ -286,8 +286,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
             prefill_tokens += (zero, refill_chunk_tokens(b, isl, mnbt))
     shape = _rows_shape(decode + kv + prefill_tokens + (pp,))
 
-    terms6 = stage_step_terms(model, gpu, layout, cal, *(_stack_rows(v, shape, pp) for v in (decode, kv, prefill_tokens)),
-                              0.0, engine.weight_dtype, engine.kv_dtype)
+    stacked = (_stack_rows(v, shape, pp) for v in (decode, kv, prefill_tokens))  # a micro-batch's share of each
+    terms6 = stage_step_terms(model, gpu, layout, cal, *stacked, 0.0, engine.weight_dtype, engine.kv_dtype)
     step6 = pp * terms6.stage_ms
     tpot, tpot_alone, tpot_fullest = step6[0], step6[4], step6[5]
     if any_refill:

@@ -15,7 +15,7 @@ import numpy as np
 
 from features import comm
 from features.calibration import Calibration
-from features.elementwise import as_float, maximum, minimum, where
+from features.elementwise import as_float, maximum, where
 from features.memory import _bytes, kv_heads_per_gpu, layers_per_stage
 from features.specs import GPUSpec, Layout, ModelSpec
 
