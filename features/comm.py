@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.calibration import Calibration
+from features.elementwise import PLAIN, any_, maximum, where
 from features.specs import GPUSpec
 
 _DEFAULT = {"all_reduce": (0.008, 0.75), "all_gather": (0.008, 0.75), "alltoall": (0.010, 0.6), "p2p": (0.006, 0.8)}
@@ -54,8 +55,15 @@ def _table(cal: Calibration, op: str) -> _CollectiveTable | None:
 
 
 def _constants(cal: Calibration, op: str, n):
-    """(alpha_ms, bus_bw_frac) arrays for a collective over `n` GPUs (nearest measured group size)."""
+    """(alpha_ms, bus_bw_frac) arrays for a collective over `n` GPUs (nearest measured group size); numbers for
+    a plain number `n`."""
     t = _table(cal, op)
+    if isinstance(n, PLAIN):
+        if t is None:
+            return _DEFAULT[op]
+        hit = t.by_group.get(float(n))
+        if hit is not None:
+            return hit
     n = np.asarray(n)
     if t is None:
         a, f = _DEFAULT[op]
@@ -76,65 +84,70 @@ def _constants(cal: Calibration, op: str, n):
 def link_bandwidth_gbps(gpu: GPUSpec, group_size, gpus_per_node=None):
     """Per-GPU bandwidth of a group: NVLink/fabric inside a node, the NIC when the group spans nodes."""
     per_node = gpu.gpus_per_node if gpus_per_node is None else gpus_per_node
-    return np.where(np.asarray(group_size) > per_node, gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps)
+    return where(_rows(group_size) > per_node, gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps)
 
 
 def ep_group_gpus_per_node(gpu: GPUSpec, layout):
     """GPUs of one EP group that fit in a node. vLLM orders ranks (DP, PP, TP), so an EP group that spans DP ranks
     takes TP-sized blocks `tp × pp` GPUs apart: it spans `ep × pp` GPUs and leaves the node once that exceeds
     `gpus_per_node` (an EP group inside TP is contiguous)."""
-    spans_dp = np.asarray(layout.ep) > np.asarray(layout.tp)
-    return np.where(spans_dp, gpu.gpus_per_node / np.maximum(np.asarray(layout.pp), 1), gpu.gpus_per_node)
+    spans_dp = _rows(layout.ep) > _rows(layout.tp)
+    return where(spans_dp, gpu.gpus_per_node / maximum(_rows(layout.pp), 1), gpu.gpus_per_node)
+
+
+def _rows(v):
+    """A plain number as it is, anything else as an array (`np.asarray`)."""
+    return v if isinstance(v, PLAIN) else np.asarray(v)
 
 
 def _single_gpu_groups(message_bytes, n, gpu: GPUSpec, gpus_per_node=None):
     """Zeros shaped like a collective's time when no row has a group of more than one GPU (nothing to exchange),
     else None: the collectives below skip their arithmetic, whose answer `np.where(n > 1, ...)` would discard."""
-    if (n > 1).any():
+    if any_(n > 1):
         return None
     per_node = gpu.gpus_per_node if gpus_per_node is None else gpus_per_node
-    return np.zeros(np.broadcast_shapes(np.shape(message_bytes), n.shape, np.shape(per_node),
+    return np.zeros(np.broadcast_shapes(np.shape(message_bytes), np.shape(n), np.shape(per_node),
                                         np.shape(gpu.internode_bandwidth_gbps), np.shape(gpu.link_bandwidth_gbps)))
 
 
 def allreduce_ms(message_bytes, n, gpu: GPUSpec, cal: Calibration, gpus_per_node=None):
     """Ring all-reduce of `message_bytes` over `n` GPUs: alpha + 2(n−1)/n × bytes / bus bandwidth; 0 when n = 1."""
-    n = np.asarray(n)
+    n = _rows(n)
     none = _single_gpu_groups(message_bytes, n, gpu, gpus_per_node)
     if none is not None:
         return none
     alpha, frac = _constants(cal, "all_reduce", n)
     bw = link_bandwidth_gbps(gpu, n, gpus_per_node) * 1e9 * frac
-    t = alpha + 2 * (n - 1) / np.maximum(n, 1) * np.asarray(message_bytes) / bw * 1e3
-    return np.where(n > 1, t, 0.0)
+    t = alpha + 2 * (n - 1) / maximum(n, 1) * np.asarray(message_bytes) / bw * 1e3
+    return where(n > 1, t, 0.0)
 
 
 def allgather_ms(message_bytes, n, gpu: GPUSpec, cal: Calibration, gpus_per_node=None):
     """All-gather of a `message_bytes` result over `n` GPUs: alpha + (n−1)/n × bytes / bus bandwidth."""
-    n = np.asarray(n)
+    n = _rows(n)
     none = _single_gpu_groups(message_bytes, n, gpu, gpus_per_node)
     if none is not None:
         return none
     alpha, frac = _constants(cal, "all_gather", n)
     bw = link_bandwidth_gbps(gpu, n, gpus_per_node) * 1e9 * frac
-    t = alpha + (n - 1) / np.maximum(n, 1) * np.asarray(message_bytes) / bw * 1e3
-    return np.where(n > 1, t, 0.0)
+    t = alpha + (n - 1) / maximum(n, 1) * np.asarray(message_bytes) / bw * 1e3
+    return where(n > 1, t, 0.0)
 
 
 def alltoall_ms(message_bytes, n, gpu: GPUSpec, cal: Calibration, gpus_per_node=None):
     """All-to-all where each GPU sends `message_bytes` in total: alpha + (n−1)/n × bytes / bus bandwidth."""
-    n = np.asarray(n)
+    n = _rows(n)
     none = _single_gpu_groups(message_bytes, n, gpu, gpus_per_node)
     if none is not None:
         return none
     alpha, frac = _constants(cal, "alltoall", n)
     bw = link_bandwidth_gbps(gpu, n, gpus_per_node) * 1e9 * frac
-    t = alpha + (n - 1) / np.maximum(n, 1) * np.asarray(message_bytes) / bw * 1e3
-    return np.where(n > 1, t, 0.0)
+    t = alpha + (n - 1) / maximum(n, 1) * np.asarray(message_bytes) / bw * 1e3
+    return where(n > 1, t, 0.0)
 
 
 def p2p_ms(message_bytes, gpu: GPUSpec, cal: Calibration, crosses_node=False):
     """One pipeline-stage hand-off (send/receive of activations) between neighbouring stages."""
     alpha, frac = _DEFAULT["p2p"]
-    bw = np.where(crosses_node, gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps) * 1e9 * frac
+    bw = where(crosses_node, gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps) * 1e9 * frac
     return alpha + np.asarray(message_bytes) / bw * 1e3

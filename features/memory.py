@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from features.elementwise import floor, maximum, minimum, where
 from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec, dtype_bytes
 
 GIB = 1024**3
@@ -36,12 +37,12 @@ def attention_params_per_layer(model: ModelSpec):
     h, hd = model.hidden_size, model.head_dim
     gqa = h * model.num_heads * hd * 2 + h * model.num_kv_heads * hd * 2
     qk_hd = model.qk_nope_head_dim + model.qk_rope_head_dim
-    q_proj = np.where(model.q_lora_rank > 0, h * model.q_lora_rank + model.q_lora_rank * model.num_heads * qk_hd,
+    q_proj = where(model.q_lora_rank > 0, h * model.q_lora_rank + model.q_lora_rank * model.num_heads * qk_hd,
                       h * model.num_heads * qk_hd)
     mla = (q_proj + h * (model.kv_lora_rank + model.qk_rope_head_dim)
            + model.kv_lora_rank * model.num_heads * (model.qk_nope_head_dim + model.v_head_dim)
            + model.num_heads * model.v_head_dim * h)
-    return np.where(model.kv_lora_rank > 0, mla, gqa)
+    return where(model.kv_lora_rank > 0, mla, gqa)
 
 
 def dense_ffn_params_per_layer(model: ModelSpec):
@@ -56,7 +57,7 @@ def expert_params(model: ModelSpec):
 
 def embedding_params(model: ModelSpec):
     """Input embedding plus LM head (shared when tied)."""
-    return model.vocab_size * model.hidden_size * np.where(model.tie_word_embeddings, 1, 2)
+    return model.vocab_size * model.hidden_size * where(model.tie_word_embeddings, 1, 2)
 
 
 def total_params(model: ModelSpec):
@@ -90,14 +91,14 @@ def weight_bytes_per_gpu(model: ModelSpec, layout: Layout, weight_dtype: str | n
     # GQA: Q and O split over TP; K and V split too, but never below one head per GPU.
     gqa_attn = (h * model.num_heads * hd * 2) / a_tp + h * kv_heads_per_gpu(model, layout) * hd * 2
     is_mla = model.kv_lora_rank > 0
-    attn = np.where(is_mla, attention_params_per_layer(model) / a_tp, gqa_attn) if _any(is_mla) else gqa_attn
-    dense_layers_on_stage = np.minimum(model.num_dense_ffn_layers, stage_layers)
+    attn = where(is_mla, attention_params_per_layer(model) / a_tp, gqa_attn) if _any(is_mla) else gqa_attn
+    dense_layers_on_stage = minimum(model.num_dense_ffn_layers, stage_layers)
     moe_layers_on_stage = stage_layers - dense_layers_on_stage
     dense = dense_layers_on_stage * dense_ffn_params_per_layer(model) / a_tp
     experts = moe_layers_on_stage * (model.num_experts * expert_params(model) / layout.moe_group
                                      + model.num_shared_experts * expert_params(model) / a_tp
                                      + model.hidden_size * model.num_experts)
-    embed = np.where(layout.pp > 1, 1, np.where(model.tie_word_embeddings, 1, 2)) * model.vocab_size * h / layout.tp
+    embed = where(layout.pp > 1, 1, where(model.tie_word_embeddings, 1, 2)) * model.vocab_size * h / layout.tp
     return (stage_layers * attn + dense + experts + embed) * wb
 
 
@@ -112,7 +113,7 @@ def kv_bytes_per_token(model: ModelSpec, kv_dtype: str | np.ndarray = "bf16"):
     full_layers = model.num_layers - model.num_sliding_layers
     gqa = full_layers * 2 * model.num_kv_heads * model.head_dim * kb
     mla = full_layers * (model.kv_lora_rank + model.qk_rope_head_dim) * kb
-    return np.where(model.kv_lora_rank > 0, mla, gqa)
+    return where(model.kv_lora_rank > 0, mla, gqa)
 
 
 def kv_bytes_per_token_per_gpu(model: ModelSpec, layout: Layout, kv_dtype: str | np.ndarray = "bf16"):
@@ -123,7 +124,7 @@ def kv_bytes_per_token_per_gpu(model: ModelSpec, layout: Layout, kv_dtype: str |
     full_frac = (model.num_layers - model.num_sliding_layers) / model.num_layers
     gqa = 2 * kv_heads_per_gpu(model, layout) * model.head_dim * kb
     mla = (model.kv_lora_rank + model.qk_rope_head_dim) * kb
-    per_layer = np.where(model.kv_lora_rank > 0, mla, gqa)
+    per_layer = where(model.kv_lora_rank > 0, mla, gqa)
     return stage_layers * full_frac * per_layer
 
 
@@ -141,10 +142,10 @@ def activation_bytes_per_gpu(model: ModelSpec, layout: Layout, engine: EngineCon
     mnbt = max_num_batched_tokens if max_num_batched_tokens is not None else engine.max_num_batched_tokens
     mns = max_num_seqs if max_num_seqs is not None else engine.max_num_seqs
     a_tp = layout.attention_tp
-    ffn_width = np.maximum(model.intermediate_size, model.moe_intermediate_size * np.maximum(model.experts_per_token, 1))
+    ffn_width = maximum(model.intermediate_size, model.moe_intermediate_size * maximum(model.experts_per_token, 1))
     per_token = (4 * model.hidden_size + (model.num_heads + 2 * model.num_kv_heads) * model.head_dim / a_tp
                  + 2 * ffn_width / a_tp) * 2
-    logits = np.minimum(mns, mnbt) * model.vocab_size / layout.tp * 4
+    logits = minimum(mns, mnbt) * model.vocab_size / layout.tp * 4
     return mnbt * per_token + logits
 
 
@@ -178,13 +179,14 @@ def kv_capacity_tokens(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: E
     free = (mem_bytes * util - weights
             - activation_bytes_per_gpu(model, layout, engine, max_num_batched_tokens, max_num_seqs)
             - CUDA_GRAPH_BYTES - NON_TORCH_BYTES)
-    free = np.where(space > 0, space, free)
+    free = where(space > 0, space, free)
     per_token = kv_bytes_per_token_per_gpu(model, layout, kdt) if kv_per_token_per_gpu is None else kv_per_token_per_gpu
     # sliding-window layers: charge their per-sequence cost against a typical 256-sequence batch as per-token slack
     if _any(model.num_sliding_layers):
         per_token = per_token + kv_bytes_per_sequence_fixed(model, layout, kdt) / 4096.0
-    tokens = np.floor(np.maximum(free, 0) / per_token)
-    return np.where(override > 0, np.floor(override) * bs, np.floor(tokens / bs) * bs)[()]
+    tokens = floor(maximum(free, 0) / per_token)
+    blocks = where(override > 0, floor(override) * bs, floor(tokens / bs) * bs)
+    return blocks[()] if isinstance(blocks, np.ndarray) else blocks
 
 
 def fits_in_memory(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: EngineConfig, min_kv_tokens: int = 1):

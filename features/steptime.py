@@ -15,6 +15,7 @@ import numpy as np
 
 from features import comm
 from features.calibration import Calibration
+from features.elementwise import as_float, maximum, where
 from features.memory import _bytes, kv_heads_per_gpu, layers_per_stage
 from features.specs import GPUSpec, Layout, ModelSpec
 
@@ -140,14 +141,14 @@ def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: 
     kv_tokens = np.asarray(kv_tokens, dtype=float)
     kb = _bytes(kv_dtype)
     kvh = kv_heads_per_gpu(model, layout)
-    heads = np.maximum(1, model.num_heads / layout.attention_tp)
+    heads = maximum(1, model.num_heads / layout.attention_tp)
     is_mla = model.kv_lora_rank > 0
-    per_token = np.where(is_mla, (model.kv_lora_rank + model.qk_rope_head_dim) * kb, 2 * kvh * model.head_dim * kb)
-    units = seqs * np.where(is_mla, np.maximum(1, heads / 16), kvh)
+    per_token = where(is_mla, (model.kv_lora_rank + model.qk_rope_head_dim) * kb, 2 * kvh * model.head_dim * kb)
+    units = seqs * where(is_mla, maximum(1, heads / 16), kvh)
     hbm = gpu.hbm_bandwidth_gbps * 1e9
     bw = np.minimum(cal.attn_bw_sat_frac * hbm, np.maximum(units, 1) * cal.attn_unit_gbps * 1e9)
     # FLOPs per KV token and head: 2·(2·kv_lora_rank + rope dim) for MLA's latent, 4·head_dim for GQA (QK and PV)
-    flops = kv_tokens * heads * np.where(is_mla, 2 * (2 * model.kv_lora_rank + model.qk_rope_head_dim), 4 * model.head_dim)
+    flops = kv_tokens * heads * where(is_mla, 2 * (2 * model.kv_lora_rank + model.qk_rope_head_dim), 4 * model.head_dim)
     t_mem = kv_tokens * per_token / bw * 1e3
     t_comp = flops / (cal.prefill_attn_rate_frac * gpu.bf16_tflops * 1e12) * 1e3
     return np.where(seqs > 0, cal.attn_floor_ms + np.maximum(t_mem, t_comp), 0.0), t_mem
@@ -157,8 +158,8 @@ def prefill_attention_ms(prefill_tokens, prefix_tokens, model: ModelSpec, layout
     """Causal attention FLOPs of a prefill chunk of T tokens after P cached tokens: 4·T·(P + T/2)·heads·head_dim."""
     T = np.asarray(prefill_tokens, dtype=float)
     P = np.asarray(prefix_tokens, dtype=float)
-    heads = np.maximum(1, model.num_heads / layout.attention_tp)
-    hd = np.where(model.kv_lora_rank > 0, model.qk_nope_head_dim + model.qk_rope_head_dim, model.head_dim)
+    heads = maximum(1, model.num_heads / layout.attention_tp)
+    hd = where(model.kv_lora_rank > 0, model.qk_nope_head_dim + model.qk_rope_head_dim, model.head_dim)
     flops = 4.0 * T * (P + T / 2.0) * heads * hd
     t = flops / (cal.prefill_attn_rate_frac * gpu.bf16_tflops * 1e12) * 1e3
     return np.where(T > 0, cal.attn_floor_ms + t, 0.0)
@@ -175,11 +176,11 @@ def rope_kv_append_ms(tokens, model: ModelSpec, layout: Layout, gpu: GPUSpec, ca
     m = np.asarray(tokens, dtype=float)
     kb = _bytes(kv_dtype)
     kvh = kv_heads_per_gpu(model, layout)
-    heads = np.maximum(1, model.num_heads / layout.attention_tp)
-    is_mla = np.asarray(model.kv_lora_rank > 0)
-    rot = np.where(is_mla, (heads + 1) * model.qk_rope_head_dim, (heads + kvh) * model.head_dim)
+    heads = maximum(1, model.num_heads / layout.attention_tp)
+    is_mla = model.kv_lora_rank > 0
+    rot = where(is_mla, (heads + 1) * model.qk_rope_head_dim, (heads + kvh) * model.head_dim)
     rope_bytes = 2.0 * rot * ACT_BYTES * cal.rope_traffic
-    append_bytes = 2.0 * np.where(is_mla, (model.kv_lora_rank + model.qk_rope_head_dim) * kb, 2 * kvh * model.head_dim * kb)
+    append_bytes = 2.0 * where(is_mla, (model.kv_lora_rank + model.qk_rope_head_dim) * kb, 2 * kvh * model.head_dim * kb)
     bw = cal.gemm_bw_frac * gpu.hbm_bandwidth_gbps * 1e9
     t = 2.0 * cal.rope_kv_floor_ms + m * (rope_bytes + append_bytes) / bw * 1e3
     return np.where(m > 0, t, 0.0)
@@ -228,14 +229,15 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     kv = np.asarray(decode_kv_tokens, dtype=float)
     T = np.asarray(prefill_tokens, dtype=float)
     m = d + T  # tokens through the GEMMs
+    running = m > 0  # rows whose step runs any token
     h, hd = model.hidden_size, model.head_dim
     a_tp = layout.attention_tp
-    heads_g = np.maximum(1, model.num_heads / a_tp)
+    heads_g = maximum(1, model.num_heads / a_tp)
     kvh_g = kv_heads_per_gpu(model, layout)
     wb = _bytes(weight_dtype)
     peak = peak_tflops(gpu, wb)
 
-    is_mla = np.asarray(model.kv_lora_rank > 0)
+    is_mla = model.kv_lora_rank > 0
     any_mla = _any(is_mla)
     shared_w = model.num_shared_experts * model.moe_intermediate_size / a_tp
     any_shared = _any(shared_w > 0)
@@ -250,24 +252,24 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     if any_mla:
         qk_hd = model.qk_nope_head_dim + model.qk_rope_head_dim
         shapes.update({
-            "q_a": (model.q_lora_rank, h), "q_b": (heads_g * qk_hd, np.maximum(model.q_lora_rank, 1)),
+            "q_a": (model.q_lora_rank, h), "q_b": (heads_g * qk_hd, maximum(model.q_lora_rank, 1)),
             "q": (heads_g * qk_hd, h),  # MLA query: low-rank (q_a, q_b) or one projection
             "kv_a": (model.kv_lora_rank + model.qk_rope_head_dim, h),
-            "kv_b": (heads_g * (model.qk_nope_head_dim + model.v_head_dim), np.maximum(model.kv_lora_rank, 1)),
-            "mla_o": (h, heads_g * np.maximum(model.v_head_dim, 1)),
+            "kv_b": (heads_g * (model.qk_nope_head_dim + model.v_head_dim), maximum(model.kv_lora_rank, 1)),
+            "mla_o": (h, heads_g * maximum(model.v_head_dim, 1)),
         })
     if any_shared:  # shared experts (MoE layers): gate and up, down
-        shapes.update({"shared_in": (2 * np.maximum(shared_w, 1), h), "shared_out": (h, np.maximum(shared_w, 1))})
+        shapes.update({"shared_in": (2 * maximum(shared_w, 1), h), "shared_out": (h, maximum(shared_w, 1))})
     g, explain = gemms_ms(m, shapes, wb, gpu, cal, peak, terms_of=("qkv", "o", "ffn"))
 
     # attention projections
     gqa_proj = g["qkv"] + g["o"]
-    mla_proj = 0.0 if not any_mla else (np.where(model.q_lora_rank > 0, g["q_a"] + g["q_b"], g["q"])
+    mla_proj = 0.0 if not any_mla else (where(model.q_lora_rank > 0, g["q_a"] + g["q_b"], g["q"])
                                          + g["kv_a"] + g["kv_b"] + g["mla_o"])
-    proj = np.where(is_mla, mla_proj, gqa_proj)
+    proj = where(is_mla, mla_proj, gqa_proj)
     # dense FFN (dense layers) and shared experts (MoE layers)
     dense_ffn = g["ffn_in"] + g["ffn_out"]
-    shared = 0.0 if not any_shared else np.where(shared_w > 0, g["shared_in"] + g["shared_out"], 0.0)
+    shared = 0.0 if not any_shared else where(shared_w > 0, g["shared_in"] + g["shared_out"], 0.0)
     L = model.num_layers
     dense_frac = model.num_dense_ffn_layers / L
     moe_frac = model.num_moe_layers / L
@@ -275,7 +277,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
 
     # MoE: tokens entering the MoE group come from every attention replica in it
     has_experts = model.num_experts > 0
-    E = np.maximum(model.num_experts, 1)
+    E = maximum(model.num_experts, 1)
     k_top = model.experts_per_token
     hbm = gpu.hbm_bandwidth_gbps * 1e9
     if _any(has_experts):
@@ -287,7 +289,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
         moe_flops = 2.0 * group_tokens * k_top * 3 * h * model.moe_intermediate_size / layout.moe_group
         moe_mem = moe_bytes / (cal.moe_bw_frac * hbm) * 1e3
         moe_comp = moe_flops / (cal.moe_rate_frac * peak * 1e12) * 1e3
-        moe_layer = np.where(has_experts & (m > 0), cal.moe_floor_ms + moe_mem + moe_comp, 0.0) * moe_frac
+        moe_layer = np.where(has_experts & running, cal.moe_floor_ms + moe_mem + moe_comp, 0.0) * moe_frac
     else:  # a dense model: no expert is hit and no expert FLOPs run
         moe_mem = moe_comp = 0.0
         moe_layer = _zeros_over(m, has_experts, moe_frac, h, model.moe_intermediate_size, wb, layout.tp, layout.ep, a_tp,
@@ -295,8 +297,8 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
 
     attn_dec, kv_read = decode_attention_ms(d, kv, model, layout, gpu, cal, kv_dtype)
     attn_pre = prefill_attention_ms(T, prefill_prefix_tokens, model, layout, gpu, cal)
-    misc = np.where(m > 0, cal.layer_misc_ms + cal.misc_bytes_per_token_hidden * m * h / hbm * 1e3, 0.0)
-    rope_kv = np.asarray(rope_kv, dtype=float)
+    misc = np.where(running, cal.layer_misc_ms + cal.misc_bytes_per_token_hidden * m * h / hbm * 1e3, 0.0)
+    rope_kv = as_float(rope_kv)
     if _any(rope_kv):
         misc = misc + rope_kv * rope_kv_append_ms(m, model, layout, gpu, cal, kv_dtype)
     else:  # no row runs the unfused RoPE and KV-append kernels
@@ -310,23 +312,25 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
         ep_rows = has_experts & (layout.ep > 1)
         if _any(ep_rows):
             a2a_bytes = m * k_top * h * ACT_BYTES
-            ep_comm = np.where(ep_rows, 2 * comm.alltoall_ms(a2a_bytes, layout.moe_group, gpu, cal,
-                                                             comm.ep_group_gpus_per_node(gpu, layout)), 0.0) * moe_frac
+            ep_comm = where(ep_rows, 2 * comm.alltoall_ms(a2a_bytes, layout.moe_group, gpu, cal,
+                                                          comm.ep_group_gpus_per_node(gpu, layout)), 0.0) * moe_frac
         else:  # no row spreads experts over EP ranks: nothing to dispatch
             ep_comm = _zeros_over(m, ep_rows, moe_frac, k_top, h, layout.tp, layout.pp, gpu.gpus_per_node,
                                   gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps)
-        comm_layer = np.where(m > 0, tp_comm + ep_comm, 0.0)
+        comm_layer = np.where(running, tp_comm + ep_comm, 0.0)
     else:
         comm_layer = np.zeros_like(m)
 
     n_layers = layers_per_stage(model, layout)
-    # LM head on the last stage for the sequences that emit a token this step
-    out_rows = d + np.where(T > 0, 1.0, 0.0)
-    lm = np.where(out_rows > 0, gemm_ms(out_rows, model.vocab_size / layout.tp, h, gpu, cal, "bf16") + cal.sampling_ms, 0.0)
+    # LM head (bf16) on the last stage for the sequences that emit a token this step (a prefill chunk emits one)
+    out_rows = d + (T > 0)
+    lm_head = gemm_ms(out_rows, model.vocab_size / layout.tp, h, gpu, cal, peak=gpu.bf16_tflops,
+                      weight_bytes=_bytes("bf16"))
+    lm = np.where(out_rows > 0, lm_head + cal.sampling_ms, 0.0)
     lm = lm if include_lm_head else np.zeros_like(lm)
-    overhead = np.where(m > 0, cal.step_overhead_ms, 0.0) if include_overhead else np.zeros_like(m)
+    overhead = np.where(running, cal.step_overhead_ms, 0.0) if include_overhead else np.zeros_like(m)
     if _any(layout.pp > 1):
-        p2p = np.where((layout.pp > 1) & (m > 0), comm.p2p_ms(m * h * ACT_BYTES, gpu, cal,
+        p2p = np.where((layout.pp > 1) & running, comm.p2p_ms(m * h * ACT_BYTES, gpu, cal,
                                                               layout.tp * layout.pp > gpu.gpus_per_node), 0.0)
     else:  # one pipeline stage: no hand-off
         p2p = _zeros_over(m, layout.pp, h, layout.tp, gpu.gpus_per_node, gpu.internode_bandwidth_gbps,
