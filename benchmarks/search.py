@@ -131,7 +131,7 @@ def speed(p: Predictor) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=100, help="Optuna trial budget (layouts scored) per search")
+    ap.add_argument("--trials", type=int, default=400, help="Optuna trial budget (layouts scored) per search")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="8 and 64 GPUs, two models, one seed")
     args = ap.parse_args(argv)

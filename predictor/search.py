@@ -474,7 +474,7 @@ class _progress:
 
 
 def search(model: str, gpu: str, num_gpus: int, workload: str | Workload = "reasoning", objective: str = "throughput",
-           slo: dict | None = None, trials: int = 200, exhaustive: bool = False, num_requests: int | None = None,
+           slo: dict | None = None, trials: int = 400, exhaustive: bool = False, num_requests: int | None = None,
            concurrency: int = 0, isl: int | None = None, osl: int | None = None, knobs: dict | None = None,
            weight_dtype: str | None = None, refine_top: int = 8, seed: int = 0, predictor: Predictor | None = None,
            show_progress: bool = False, request_rate: float = 0.0, modes: tuple[str, ...] | list[str] = MODES,

@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--slo-tpot-ms", type=float, default=None)
     p.add_argument("--slo-ttft-p99-ms", type=float, default=None)
     p.add_argument("--slo-tpot-p99-ms", type=float, default=None)
-    p.add_argument("--trials", type=int, default=200, help="Optuna trial budget (default 200)")
+    p.add_argument("--trials", type=int, default=400, help="Optuna trial budget (default 400)")
     p.add_argument("--exhaustive", action="store_true", help="score every candidate instead of Optuna")
     p.add_argument("--sampler", default="auto", choices=["auto", "tpe", "nsga2", "random"])
     p.add_argument("--modes", default=None,
