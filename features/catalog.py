@@ -64,9 +64,15 @@ def gpu_catalog() -> dict[str, GPUSpec]:
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:
-    """A catalog name, an HF id whose last component matches one (case-insensitive), or a config.json path."""
+    """A catalog name, an HF id whose last component matches one (case-insensitive), or a config.json path (or a
+    directory holding one). A bare name that is in the catalog is the catalog's; `./name` reads a local directory."""
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise InputError("model name is empty")
+    if not name_or_path.endswith(".json") and "/" not in name_or_path and os.sep not in name_or_path:
+        # a bare name: the catalog's (no file-system lookups on the hot path); `./name` reads a local model directory
+        found = _model_aliases().get(_norm(name_or_path))
+        if found is not None:
+            return model_catalog()[found]
     p = Path(name_or_path)
     if name_or_path.endswith(".json") or (p.exists() and p.is_file()) or (p.is_dir() and (p / "config.json").exists()):
         if p.is_dir():

@@ -362,8 +362,17 @@ def _take(spec, idx):
 
 
 def _descriptor_features(model, gpu, layout, wdt, kdt) -> dict[str, np.ndarray]:
-    n = len(np.atleast_1d(model.num_layers))
-    ones = np.ones(n)
+    """Model, GPU and layout descriptors per row (one row for a single spec of plain numbers)."""
+    if isinstance(model.num_layers, (int, float)) and isinstance(layout.tp, (int, float)):
+        # one scenario: the descriptors as one row of plain numbers, made into 1-element columns at once
+        values = _descriptor_values(model, gpu, layout, wdt, kdt, 1.0)
+        table = np.array([float(v) for v in values.values()])
+        return {name: table[j:j + 1] for j, name in enumerate(values)}
+    return _descriptor_values(model, gpu, layout, wdt, kdt, np.ones(len(np.atleast_1d(model.num_layers))))
+
+
+def _descriptor_values(model, gpu, layout, wdt, kdt, ones) -> dict:
+    """The descriptors, each times `ones` (per-row arrays, or 1.0 for plain numbers)."""
     return {
         "f_params_b": total_params(model) / 1e9 * ones,
         "f_active_params_b": active_params_per_token(model) / 1e9 * ones,
@@ -395,6 +404,8 @@ def _masked(mask: np.ndarray):
     n = len(mask)
     if mask.all():  # every row (the usual case): a plain copy, no masking
         def whole(v) -> np.ndarray:
+            if n == 1 and isinstance(v, (int, float)):  # one scenario's plain number
+                return np.array([v], dtype=float)
             out = np.empty(n)
             out[:] = v
             return out

@@ -172,7 +172,8 @@ class Predictor:
         for v, name in ((num_requests, "requests"), (concurrency, "concurrency"), (request_rate, "rate")):
             if v and v < 0:
                 raise InputError(f"--{name} must be positive")
-        engine = replace(engine, weight_dtype=engine.weight_dtype or model.native_dtype)
+        if not engine.weight_dtype:
+            engine = replace(engine, weight_dtype=model.native_dtype)
         min_tokens = int(min(wl.isl.max_tokens, wl.isl.median * 4)) + 1
         check_layout(model, gpu, layout, engine, min_tokens, memory=False)
         physics = scenario_physics(model, gpu, layout, engine, wl, self.calibration)
@@ -184,7 +185,7 @@ class Predictor:
         r = {c: v[0] for c, v in physics.items()}
         targets = {t: {"value": float(pred[f"pred_{t}"][0]), "lo": float(pred[f"pred_{t}_lo"][0]),
                        "hi": float(pred[f"pred_{t}_hi"][0])}
-                   for t in SERVING_TARGETS if np.isfinite(pred[f"pred_{t}"][0])}
+                   for t in SERVING_TARGETS if math.isfinite(pred[f"pred_{t}"][0])}
         makespan = targets.get("makespan_s", {}).get("value")
         preemptions = None
         simulated = False

@@ -61,7 +61,7 @@ def float_column(frame: pd.DataFrame, col: str, default: float = np.nan) -> np.n
     """A column as float64 (missing or absent = `default`), without pandas' slower coercion paths."""
     if isinstance(frame, Columns):  # a column table (numpy arrays)
         out = float_array(frame[col]) if col in frame else np.full(frame.n, default)
-        return out if np.isnan(default) else np.where(np.isnan(out), default, out)
+        return out if default != default else np.where(np.isnan(out), default, out)
     if col not in frame.columns:
         return np.full(len(frame), default)
     s = frame[col]

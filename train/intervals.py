@@ -201,26 +201,32 @@ class IntervalCalibration:
         self._fill_novelty(frame, keys)
         # a row's terms depend only on its stratum and on which of its model, GPU and layout training saw: they
         # are looked up in a table of the calibration (per stratum, over every novelty), made once
-        if n == 1:  # a single scenario: its novelty profile as one number
+        if n == 1:  # a single scenario: its novelty profile as one number, its stratum's table sliced
             profile = 0
             for dim in NOVELTY_DIMS:
                 profile = 2 * profile + int(dim in self.seen and keys[dim][0] not in self.seen[dim])
-            profile = np.array([profile], dtype=np.intp)
+            _, uniques = self._strata_codes(frame, keys)
+            one = self._table_of(uniques[0])
+            return one[0, profile:profile + 1], one[1, profile:profile + 1], one[2, profile:profile + 1]
         else:
             profile = np.zeros(n, dtype=np.intp)
             for dim in NOVELTY_DIMS:
                 unseen = _unseen(keys, dim, self.seen[dim], n) if dim in self.seen else np.zeros(n, dtype=bool)
                 profile = 2 * profile + unseen
         codes, uniques = self._strata_codes(frame, keys)
-        made = self.__dict__.setdefault("_profiles", {})
-        for stratum in uniques.tolist():
-            if stratum not in made:
-                made[stratum] = self._stratum_table(stratum)
-        if len(uniques) == 1:  # one stratum (a single scenario, one data set): index its table directly
-            one = made[uniques[0]]
+        if len(uniques) == 1:  # one stratum (one data set): index its table directly
+            one = self._table_of(uniques[0])
             return one[0][profile], one[1][profile], one[2][profile]
-        table = np.stack([made[u] for u in uniques.tolist()], axis=1)  # (trust, lo, hi) x stratum x novelty
+        table = np.stack([self._table_of(u) for u in uniques.tolist()], axis=1)  # (trust, lo, hi) x stratum x novelty
         return table[0][codes, profile], table[1][codes, profile], table[2][codes, profile]
+
+    def _table_of(self, stratum: str) -> np.ndarray:
+        """`_stratum_table(stratum)`, made once per calibration and stratum."""
+        made = self.__dict__.setdefault("_profiles", {})
+        table = made.get(stratum)
+        if table is None:
+            table = made[stratum] = self._stratum_table(stratum)
+        return table
 
     def _stratum_table(self, stratum: str) -> np.ndarray:
         """(trust, lower, upper) x novelty of a row of `stratum`, for every combination of unseen model, GPU and
