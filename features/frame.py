@@ -8,6 +8,7 @@ column table of plain numpy arrays (`features.columns`): a frame is wrapped into
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import fields
 
@@ -371,11 +372,22 @@ def _descriptor_features(model, gpu, layout, wdt, kdt) -> dict[str, np.ndarray]:
     return _descriptor_values(model, gpu, layout, wdt, kdt, np.ones(len(np.atleast_1d(model.num_layers))))
 
 
+@functools.lru_cache(maxsize=1024)
+def _model_sizes(model: ModelSpec, kdt: float) -> tuple[float, float, float]:
+    """(parameters, active parameters per token, KV bytes per token) of one catalog model: facts of its spec,
+    worked out once per spec and KV dtype."""
+    return float(total_params(model)), float(active_params_per_token(model)), float(kv_bytes_per_token(model, kdt))
+
+
 def _descriptor_values(model, gpu, layout, wdt, kdt, ones) -> dict:
     """The descriptors, each times `ones` (per-row arrays, or 1.0 for plain numbers)."""
+    if isinstance(ones, float):  # one spec of plain numbers
+        params, active, kv_per_token = _model_sizes(model, float(kdt))
+    else:
+        params, active, kv_per_token = total_params(model), active_params_per_token(model), kv_bytes_per_token(model, kdt)
     return {
-        "f_params_b": total_params(model) / 1e9 * ones,
-        "f_active_params_b": active_params_per_token(model) / 1e9 * ones,
+        "f_params_b": params / 1e9 * ones,
+        "f_active_params_b": active / 1e9 * ones,
         "f_layers": model.num_layers * ones,
         "f_hidden": model.hidden_size * ones,
         "f_heads": model.num_heads * ones,
@@ -383,7 +395,7 @@ def _descriptor_values(model, gpu, layout, wdt, kdt, ones) -> dict:
         "f_experts": model.num_experts * ones,
         "f_topk": model.experts_per_token * ones,
         "f_mla": (model.kv_lora_rank > 0) * ones,
-        "f_kv_bytes_per_token": kv_bytes_per_token(model, kdt) * ones,
+        "f_kv_bytes_per_token": kv_per_token * ones,
         "f_weight_bytes_per_elem": wdt * ones,
         "f_gpu_mem_gb": gpu.memory_gb * ones,
         "f_gpu_hbm_gbps": gpu.hbm_bandwidth_gbps * ones,
