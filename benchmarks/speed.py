@@ -91,6 +91,10 @@ def main() -> dict:
     # warm-up: the first single predict of a process compiles the learned trees for small batches (once); steady
     # state is every later one, on configurations not computed before (a fresh Predictor: an empty cache)
     Predictor(p.calibration, p.learned).predict(model="llama-3.1-8b", gpu="h100", concurrency=4, simulate=False)
+    # and the sweep's model once (a concurrency the sweep does not ask): the first predict of a model in a process
+    # also works out its parameter counts, once (the mixed-catalog row below includes every model's first predict)
+    Predictor(p.calibration, p.learned).predict(model="qwen2.5-32b", gpu="h200", tp=2, dp=4, concurrency=5,
+                                                simulate=False)
     uncached = [timeit(lambda c=c: Predictor(p.calibration, p.learned).predict(**c), 1)[0] for c in configs[:20]]
     mixed = mixed_uncached(p)
     for c in configs:

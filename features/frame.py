@@ -463,8 +463,11 @@ def _serving_columns(model, gpu, layout, engine: EngineArrays, cal, isl, osl, nu
     }
     for k, v in e.terms.items():
         cols[f"f_term_{k}_ms"] = m(v)
-    regime[mask] = np.broadcast_to(e.regime, (n,))[mask]
-    bottleneck[mask] = np.broadcast_to(e.bottleneck, (n,))[mask]
+    if n == 1 and isinstance(e.regime, str):  # one scenario: its labels as they are
+        regime[0], bottleneck[0] = e.regime, e.bottleneck
+    else:
+        regime[mask] = np.broadcast_to(e.regime, (n,))[mask]
+        bottleneck[mask] = np.broadcast_to(e.bottleneck, (n,))[mask]
     return cols
 
 

@@ -250,7 +250,7 @@ def final_predictions(phys: Columns, learned: dict[str, np.ndarray], targets: tu
     unc = physics_uncertainty()
     n = phys.n
     if n == 1:
-        return _final_prediction_of_one(phys, learned, targets, unc)
+        return _final_prediction_of_one(phys, learned, targets)
 
     def column(col: str) -> np.ndarray:
         if col in learned:
@@ -279,8 +279,8 @@ def final_predictions(phys: Columns, learned: dict[str, np.ndarray], targets: tu
     return new
 
 
-def _final_prediction_of_one(phys: Columns, learned: dict[str, np.ndarray], targets: tuple[str, ...],
-                             unc: dict) -> dict[str, np.ndarray]:
+def _final_prediction_of_one(phys: Columns, learned: dict[str, np.ndarray], targets: tuple[str, ...]
+                             ) -> dict[str, np.ndarray]:
     """`final_predictions` of a one-row table, worked out on plain floats (the same rules, a single scenario)."""
 
     def value(col: str) -> float:
@@ -291,8 +291,8 @@ def _final_prediction_of_one(phys: Columns, learned: dict[str, np.ndarray], targ
     new: dict[str, float] = {}
     for t in targets:
         p = value(f"phys_{t}")
-        lo_q, hi_q = unc.get(t, (math.nan, math.nan))
-        band = (p, p * math.exp(lo_q), p * math.exp(hi_q))
+        lo_f, hi_f = _physics_band_factors(t)
+        band = (p, p * lo_f, p * hi_f)
         if (f"pred_{t}" in learned or f"pred_{t}" in phys) and math.isfinite(value(f"pred_{t}")):
             band = (value(f"pred_{t}"), value(f"pred_{t}_lo"), value(f"pred_{t}_hi"))
         new[f"pred_{t}"], new[f"pred_{t}_lo"], new[f"pred_{t}_hi"] = band
@@ -303,7 +303,15 @@ def _final_prediction_of_one(phys: Columns, learned: dict[str, np.ndarray], targ
             a, b = new[f"pred_{p99}{suffix}"], new[f"pred_{mean}{suffix}"]
             if math.isfinite(a) and math.isfinite(b):
                 new[f"pred_{p99}{suffix}"] = max(a, b)
-    return {c: np.array([v]) for c, v in new.items()}
+    table = np.array(list(new.values()), dtype=float)  # one array, each column a 1-element view of it
+    return {c: table[j:j + 1] for j, c in enumerate(new)}
+
+
+@functools.lru_cache(maxsize=None)
+def _physics_band_factors(target: str) -> tuple[float, float]:
+    """exp of the physics answer's held-out 80% band (`physics_uncertainty`) of `target`: (low, high) factors."""
+    lo_q, hi_q = physics_uncertainty().get(target, (math.nan, math.nan))
+    return math.exp(lo_q), math.exp(hi_q)
 
 
 def _f(v) -> float:

@@ -214,6 +214,8 @@ class FrameModel(ABC):
         kinds = np.asarray(cols["kind"], dtype=object)
         out: dict[str, np.ndarray] = {}
         for kind, targets in PHYSICS_TARGETS.items():
+            if n == 1 and kinds[0] != kind:  # one row: only its own kind
+                continue
             mask = kinds == kind
             if not mask.any():
                 continue
@@ -227,9 +229,8 @@ class FrameModel(ABC):
                 if key not in bounds:
                     cal = self.calibration_.get(key) or IntervalCalibration(self.coverage)
                     bounds[key] = cal.terms(sub, keys)
-            trusted = {t: bounds[t][0] > 0 for t in bounds}
             logs = log_physics(sub, targets)  # log physics answers of the kind's targets, in one pass
-            corrections = self._corrections(kind, targets, space, sub, trusted, logs)
+            corrections = self._corrections(kind, targets, space, sub, bounds, logs)
             keys_of = {t: self._shared_source(t) or t for t in targets}
             points, lo_offs, hi_offs = [], [], []
             for t in targets:
@@ -256,10 +257,11 @@ class FrameModel(ABC):
         return out
 
     def _corrections(self, kind: str, targets, space: FeatureSpace | None, sub: Columns,
-                     trusted: dict[str, np.ndarray], logs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Per learned target of `kind`: the clipped log correction (residual families; 0 where not `trusted`,
-        which large batches skip computing) or the log prediction (other families). `logs`: the log physics answer
-        of each target (`log_physics`)."""
+                     bounds: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], logs: dict[str, np.ndarray]
+                     ) -> dict[str, np.ndarray]:
+        """Per learned target of `kind`: the clipped log correction (residual families; 0 where the target's trust
+        in it (`bounds`, from `IntervalCalibration.terms`) is 0, which large batches skip computing) or the log
+        prediction (other families). `logs`: the log physics answer of each target (`log_physics`)."""
         learned = [t for t in targets if t in self.learners_]
         if not learned:
             return {}
@@ -277,7 +279,7 @@ class FrameModel(ABC):
             raw = {}
             for t in learned:
                 X[:, -1] = logs[t]
-                need = trusted.get(t)
+                need = bounds[t][0] > 0 if t in bounds else None
                 if need is None or need.all():
                     raw[t] = self.learners_[t].predict(X)
                 else:  # rows the correction does not carry to (unseen GPU with one GPU in training, say)
