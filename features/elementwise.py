@@ -71,24 +71,32 @@ def clip(v, lo, hi):
 
 def ceil(v):
     """`np.ceil(v)` as a float (NaN and infinities unchanged, the sign of a zero kept: ceil(-0.5) is -0.0)."""
-    if isinstance(v, PLAIN):
-        if not math.isfinite(v):
-            return float(v)
-        r = float(math.ceil(v))
-        return math.copysign(r, v) if r == 0.0 else r
-    return np.ceil(v)
+    return _rounded(v, math.ceil) if isinstance(v, PLAIN) else np.ceil(v)
 
 
 def floor(v):
     """`np.floor(v)` as a float (NaN and infinities unchanged, the sign of a zero kept)."""
-    if isinstance(v, PLAIN):
-        if not math.isfinite(v):
-            return float(v)
-        r = float(math.floor(v))
-        return math.copysign(r, v) if r == 0.0 else r
-    return np.floor(v)
+    return _rounded(v, math.floor) if isinstance(v, PLAIN) else np.floor(v)
+
+
+def _rounded(v, to_int) -> float:
+    """`to_int` (math.ceil or math.floor) of a plain number as numpy rounds: a float, NaN and infinities kept, and
+    a zero result carrying the sign of `v`."""
+    if not math.isfinite(v):
+        return float(v)
+    r = float(to_int(v))
+    return math.copysign(r, v) if r == 0.0 else r
 
 
 def any_(v) -> bool:
     """Whether any row is true (nonzero)."""
     return bool(v.any()) if isinstance(v, np.ndarray) else bool(v)
+
+
+def rows_shape(values) -> tuple:
+    """The broadcast shape of `values` (plain numbers and per-row arrays; the common case, one shape, without
+    numpy's general broadcasting machinery); () for plain numbers only."""
+    shapes = {getattr(v, "shape", ()) for v in values} - {()}
+    if not shapes:
+        return ()
+    return shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes)

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from features.elementwise import floor, maximum, minimum, where
+from features.elementwise import any_, floor, maximum, minimum, where
 from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec, dtype_bytes
 
 GIB = 1024**3
@@ -91,7 +91,7 @@ def weight_bytes_per_gpu(model: ModelSpec, layout: Layout, weight_dtype: str | n
     # GQA: Q and O split over TP; K and V split too, but never below one head per GPU.
     gqa_attn = (h * model.num_heads * hd * 2) / a_tp + h * kv_heads_per_gpu(model, layout) * hd * 2
     is_mla = model.kv_lora_rank > 0
-    attn = where(is_mla, attention_params_per_layer(model) / a_tp, gqa_attn) if _any(is_mla) else gqa_attn
+    attn = where(is_mla, attention_params_per_layer(model) / a_tp, gqa_attn) if any_(is_mla) else gqa_attn
     dense_layers_on_stage = minimum(model.num_dense_ffn_layers, stage_layers)
     moe_layers_on_stage = stage_layers - dense_layers_on_stage
     dense = dense_layers_on_stage * dense_ffn_params_per_layer(model) / a_tp
@@ -182,7 +182,7 @@ def kv_capacity_tokens(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: E
     free = where(space > 0, space, free)
     per_token = kv_bytes_per_token_per_gpu(model, layout, kdt) if kv_per_token_per_gpu is None else kv_per_token_per_gpu
     # sliding-window layers: charge their per-sequence cost against a typical 256-sequence batch as per-token slack
-    if _any(model.num_sliding_layers):
+    if any_(model.num_sliding_layers):
         per_token = per_token + kv_bytes_per_sequence_fixed(model, layout, kdt) / 4096.0
     tokens = floor(maximum(free, 0) / per_token)
     blocks = where(override > 0, floor(override) * bs, floor(tokens / bs) * bs)
@@ -199,11 +199,6 @@ def _nan_to_num(v):
     if isinstance(v, (int, float)) and math.isfinite(v):
         return float(v)
     return np.nan_to_num(np.asarray(v, dtype=float))
-
-
-def _any(v) -> bool:
-    """Whether any row is nonzero (`np.any` without its overhead on scalars)."""
-    return bool(v.any()) if isinstance(v, np.ndarray) else bool(v)
 
 
 def _bytes(dtype):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.calibration import Calibration
-from features.elementwise import any_, as_float, ceil, clip, floor, maximum, minimum, plain, where
+from features.elementwise import any_, as_float, ceil, clip, floor, maximum, minimum, plain, rows_shape, where
 from features.memory import kv_capacity_tokens, kv_bytes_per_token_per_gpu, weight_bytes_per_gpu
 from features.specs import EngineConfig, GPUSpec, Layout, ModelSpec
 from features.steptime import StepTerms, replica_step_ms, stage_step_terms
@@ -118,15 +118,6 @@ def expected_max_osl(osl_mean, osl_median, osl_sigma, osl_max, n_requests):
     sigma = as_float(osl_sigma)
     lognormal = minimum(as_float(osl_median) * np.exp(sigma * z), osl_max)
     return where(sigma > 0, lognormal, osl_mean)
-
-
-def _rows_shape(values) -> tuple:
-    """The broadcast shape of `values` (scalars and per-row arrays; the common case, one shape, without numpy's
-    general broadcasting machinery)."""
-    shapes = {getattr(v, "shape", ()) for v in values} - {()}
-    if not shapes:  # plain numbers (one scenario)
-        return ()
-    return shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes)
 
 
 def _stack_rows(values, shape, per=1) -> np.ndarray:
@@ -245,7 +236,7 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
         refill_kv = b * (isl + maximum(osl, 1.0) / 2.0)
         decode, kv, prefill = (b, b, b), (b * (isl + osl / 2.0), refill_kv, refill_kv), (T, 0.0,
                                                                                           refill_chunk_tokens(b, isl, mnbt))
-        rows = _rows_shape(decode + kv + prefill + (layout.pp,))
+        rows = rows_shape(decode + kv + prefill + (layout.pp,))
         steps = layout.pp * stage_step_terms(model, gpu, layout, cal, *(_stack_rows(v, rows, layout.pp)
                                                                         for v in (decode, kv, prefill)),
                                              0.0, engine.weight_dtype, engine.kv_dtype).stage_ms
@@ -284,7 +275,7 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
             decode += (b, b)
             kv += (refill_kv, refill_kv)
             prefill_tokens += (zero, refill_chunk_tokens(b, isl, mnbt))
-    shape = _rows_shape(decode + kv + prefill_tokens + (pp,))
+    shape = rows_shape(decode + kv + prefill_tokens + (pp,))
 
     stacked = (_stack_rows(v, shape, pp) for v in (decode, kv, prefill_tokens))  # a micro-batch's share of each
     terms6 = stage_step_terms(model, gpu, layout, cal, *stacked, 0.0, engine.weight_dtype, engine.kv_dtype)
@@ -331,7 +322,7 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
         tail_s = maximum(longest - osl, 0.0) * tpot_alone / 1e3 * 0.5
         makespan = where(closed, maximum(work_s + tail_s + ttft_base / 1e3, longest * tpot_alone / 1e3), np.nan)
     else:  # no closed batch: no makespan (NaN, shaped as the closed-batch formula would be)
-        rows = _rows_shape((closed, demand, osl, tpot, batch, osl_med, osl_sigma, osl_top, nreq, tpot_alone, ttft_base))
+        rows = rows_shape((closed, demand, osl, tpot, batch, osl_med, osl_sigma, osl_top, nreq, tpot_alone, ttft_base))
         makespan = np.full(rows, np.nan) if rows else np.nan
 
     # the steady step's explanatory terms (of the first of the stacked evaluations)

@@ -15,7 +15,7 @@ import numpy as np
 
 from features import comm
 from features.calibration import Calibration
-from features.elementwise import as_float, maximum, where
+from features.elementwise import any_, as_float, maximum, rows_shape, where
 from features.memory import _bytes, kv_heads_per_gpu, layers_per_stage
 from features.specs import GPUSpec, Layout, ModelSpec
 
@@ -118,13 +118,7 @@ def _stack(values: list) -> np.ndarray:
 
 def _zeros_over(*values) -> np.ndarray:
     """Zeros with the broadcast shape of `values`: a term no row has, shaped as its formula over them would be."""
-    shapes = {getattr(v, "shape", ()) for v in values} - {()}
-    return np.zeros(shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes))
-
-
-def _any(v) -> bool:
-    """Whether any row is true (`np.any` without its overhead on scalars)."""
-    return bool(v.any()) if isinstance(v, np.ndarray) else bool(v)
+    return np.zeros(rows_shape(values))
 
 
 def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: GPUSpec, cal: Calibration, kv_dtype="bf16"):
@@ -238,9 +232,9 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     peak = peak_tflops(gpu, wb)
 
     is_mla = model.kv_lora_rank > 0
-    any_mla = _any(is_mla)
+    any_mla = any_(is_mla)
     shared_w = model.num_shared_experts * model.moe_intermediate_size / a_tp
-    any_shared = _any(shared_w > 0)
+    any_shared = any_(shared_w > 0)
     # every dense GEMM of a layer as the (n, k) of x[m, k] @ W[k, n], evaluated together by `gemms_ms`
     shapes = {
         "qkv": ((heads_g + 2 * kvh_g) * hd, h),  # GQA attention projections
@@ -280,7 +274,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     E = maximum(model.num_experts, 1)
     k_top = model.experts_per_token
     hbm = gpu.hbm_bandwidth_gbps * 1e9
-    if _any(has_experts):
+    if any_(has_experts):
         group_tokens = m * layout.moe_group / a_tp
         local_experts = E / layout.ep
         hit = local_experts * (1.0 - (1.0 - k_top / E) ** group_tokens)
@@ -299,7 +293,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     attn_pre = prefill_attention_ms(T, prefill_prefix_tokens, model, layout, gpu, cal)
     misc = np.where(running, cal.layer_misc_ms + cal.misc_bytes_per_token_hidden * m * h / hbm * 1e3, 0.0)
     rope_kv = as_float(rope_kv)
-    if _any(rope_kv):
+    if any_(rope_kv):
         misc = misc + rope_kv * rope_kv_append_ms(m, model, layout, gpu, cal, kv_dtype)
     else:  # no row runs the unfused RoPE and KV-append kernels
         misc = misc + _zeros_over(rope_kv, m, model.num_heads, model.num_kv_heads, hd, model.kv_lora_rank, a_tp,
@@ -310,7 +304,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
         ar_bytes = m * h * ACT_BYTES
         tp_comm = 2 * comm.allreduce_ms(ar_bytes, a_tp, gpu, cal)
         ep_rows = has_experts & (layout.ep > 1)
-        if _any(ep_rows):
+        if any_(ep_rows):
             a2a_bytes = m * k_top * h * ACT_BYTES
             ep_comm = where(ep_rows, 2 * comm.alltoall_ms(a2a_bytes, layout.moe_group, gpu, cal,
                                                           comm.ep_group_gpus_per_node(gpu, layout)), 0.0) * moe_frac
@@ -329,7 +323,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     lm = np.where(out_rows > 0, lm_head + cal.sampling_ms, 0.0)
     lm = lm if include_lm_head else np.zeros_like(lm)
     overhead = np.where(running, cal.step_overhead_ms, 0.0) if include_overhead else np.zeros_like(m)
-    if _any(layout.pp > 1):
+    if any_(layout.pp > 1):
         p2p = np.where((layout.pp > 1) & running, comm.p2p_ms(m * h * ACT_BYTES, gpu, cal,
                                                               layout.tp * layout.pp > gpu.gpus_per_node), 0.0)
     else:  # one pipeline stage: no hand-off
