@@ -2,8 +2,9 @@
 
 For tiny Llama-architecture models (catalog `tiny-llama`, and a larger `small-llama` shape) at TP 1 and 2, a real
 vLLM engine runs a closed batch of long-output requests in a KV cache small enough to force the capacity trap
-(`num_gpu_blocks_override` 40, block size 32: 39 usable blocks, one is vLLM's null block), at several `max_num_seqs`
-(changed between runs on the live scheduler, below the engine's own limit). The engine core runs in this
+(`num_gpu_blocks_override` 40, block size 32: 39 usable blocks, one is vLLM's null block), at `max_num_seqs` 2, 3, 4
+and 8 (changed between runs on the live scheduler, below the engine's own limit of 16; see MAX_NUM_SEQS_SWEEP for why
+not 16). The engine core runs in this
 benchmark's child process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`; one unbound OpenMP thread per process, see
 ENGINE_THREADS_ENV), so its real `Scheduler` is instrumented directly: each step's start/end (wall clock and the
 engine thread's CPU time), running/waiting counts, KV blocks in use, batch composition and preemptions are logged.
@@ -30,15 +31,17 @@ ignoring pairs whose real makespans differ by under 5%), preemptions (within 25%
 (within 10%), time with a full cache (steps that preempted, or where a request waited while the batch was below
 `max_num_seqs`), and the number of engine steps (a timing-free check of the schedule itself).
 
-Pooling (`--pool` earlier sessions' workdirs): the floor over every session's repeats, against the simulation
-calibrated on the floor of every session's calibration repeats. Each pair of settings is diagnosed
+Pooling (`--pool` earlier sessions' workdirs): per setting, the floor over every session's repeats of it, against the
+simulation calibrated on the floor of the same sessions' calibration repeats. Each pair of settings is diagnosed
 (`benchmarks.fidelity_noise`): the real gap on the steps both runs take in identical scheduler state (no step-time
 model can produce it: measurement noise), the real and simulated gap on the other steps, and each session's own gap.
 The strict ordering is reported as is; beside it, the ordering "outside noise" excuses only disagreeing pairs whose
-real gap changes sign between sessions. The six sessions behind the committed result are archived in
-data/vllm_cpu/fidelity_sessions/ (its README has the command that reproduces the result from them).
+real gap changes sign between sessions. The eight sessions behind the committed result are archived in
+data/vllm_cpu/fidelity_sessions/ (`--archive DIR` writes a session there; its README has the command that reproduces
+the result from them).
 
-Run: `python -m benchmarks.scheduler_fidelity [--engines tiny-llama:1 tiny-llama:2 small-llama:1] [--quick]`
+Run: `python -m benchmarks.scheduler_fidelity [--engines tiny-llama:1 tiny-llama:2 small-llama:1]
+[--max-num-seqs 2 3 4 8] [--workdir DIR [--archive DIR]] [--quick]`
 (add `small-llama:2` for the larger shape at TP 2; slow on a loaded 2-core machine).
 Writes benchmarks/results/scheduler_fidelity.json and scheduler_fidelity_timeline.png.
 """
@@ -69,7 +72,12 @@ BLOCK_SIZE = 32
 NUM_GPU_BLOCKS = 40  # vLLM keeps one as its null block: 39 usable
 MAX_MODEL_LEN = 1024
 MAX_NUM_BATCHED_TOKENS = 512
-MAX_NUM_SEQS_SWEEP = (2, 4, 8, 16)
+# The validation settings: each pair schedules differently (the simulator's makespans differ by 10% or more), three
+# of them in the capacity trap (3: 7 preemptions, 4: 13, 8: 57). Sessions 1-6 ran (2, 4, 8, 16), but beyond 8 the cache,
+# not max_num_seqs, binds: 8 and 16 schedule the same requests within 10 of ~2,780 steps, a tie in the simulation
+# (0.05-0.3% apart) that the real engine breaks at random from session to session (README); `--max-num-seqs` runs any set.
+MAX_NUM_SEQS_SWEEP = (2, 3, 4, 8)
+ENGINE_MAX_NUM_SEQS = 16  # the engine's own limit (warm-up and calibration batches run at it; as in sessions 1-6)
 # (requests, isl, osl): decode at 1-12 sequences of short context, a prefill batch, and decode at long contexts (up to
 # ~560 tokens per sequence, as the validation runs reach) so the per-KV-token cost is measured, not extrapolated from
 # contexts under 72 tokens; every set fits the cache (no preemption).
@@ -209,7 +217,7 @@ def child_main(plan_path: str, result_path: str) -> int:
         t = time.time()
         llm = LLM(model=str(folder), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", seed=0,
                   tensor_parallel_size=plan["tp"], block_size=BLOCK_SIZE, num_gpu_blocks_override=NUM_GPU_BLOCKS,
-                  max_model_len=MAX_MODEL_LEN, max_num_seqs=max(MAX_NUM_SEQS_SWEEP),
+                  max_model_len=MAX_MODEL_LEN, max_num_seqs=max(ENGINE_MAX_NUM_SEQS, *plan["max_num_seqs"]),
                   max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS, enable_chunked_prefill=True,
                   enable_prefix_caching=False, async_scheduling=False, enforce_eager=True,
                   gpu_memory_utilization=0.1, disable_log_stats=True)
@@ -220,12 +228,12 @@ def child_main(plan_path: str, result_path: str) -> int:
         out["usable_blocks"] = rec.usable_blocks
         out["scheduler_reserve_full_isl"] = bool(getattr(sched, "scheduler_reserve_full_isl", False))
         isl, osl = plan["isl"], plan["osl"]
-        run_closed_batch(llm, rec, [24] * 8, [16] * 8, max(MAX_NUM_SEQS_SWEEP), seed=999)  # warm-up, discarded
+        run_closed_batch(llm, rec, [24] * 8, [16] * 8, ENGINE_MAX_NUM_SEQS, seed=999)  # warm-up, discarded
         out["runs"] = [[] for _ in plan["max_num_seqs"]]
         for rep in range(plan["repeats"]):
             cal = []
             for k, (b, ci, co) in enumerate(CALIBRATION_BATCHES):
-                r = run_closed_batch(llm, rec, [ci] * b, [co] * b, max(MAX_NUM_SEQS_SWEEP), seed=1000 + k)
+                r = run_closed_batch(llm, rec, [ci] * b, [co] * b, ENGINE_MAX_NUM_SEQS, seed=1000 + k)
                 cal.append({"batch": b, "isl": ci, "osl": co, "steps": r["steps"], "preemptions": r["preemptions"]})
             out["calibration"].append(cal)
             # a fresh order each repeat, so no setting always runs first or last (slow drifts average out)
@@ -475,6 +483,29 @@ def read_result(path: Path) -> dict | None:
     return None
 
 
+def archive_results(workdir: Path, dest: Path) -> list[Path]:
+    """Each engine's raw result in `workdir` as the repository keeps it (data/vllm_cpu/fidelity_sessions/): every
+    float rounded to 0.1 us (7 decimals), the whole xz-compressed as `result_*.json.xz` under `dest`."""
+
+    def rounded(x):
+        if isinstance(x, float):
+            return round(x, 7)
+        if isinstance(x, list):
+            return [rounded(v) for v in x]
+        if isinstance(x, dict):
+            return {k: rounded(v) for k, v in x.items() if k not in ("traceback", "log_tail")}
+        return x
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in sorted(workdir.glob("result_*.json")):
+        target = dest / (path.name + ".xz")
+        target.write_bytes(lzma.compress(json.dumps(rounded(json.loads(path.read_text())),
+                                                    separators=(",", ":")).encode(), preset=9))
+        out.append(target)
+    return out
+
+
 def session_runs(res: dict, pool: list[Path], name: str) -> list[tuple[dict[int, list], list[list[dict]]]]:
     """Per session (this one first, then each `pool` folder holding `name` for the same requests): the repeats of
     every max_num_seqs setting, and the session's calibration repeats."""
@@ -519,8 +550,9 @@ def pooled_floor(eng: dict, res: dict, pool: list[Path], name: str) -> None:
     """The real floor makespans over this session's repeats plus those of earlier sessions kept in `pool` folders
     (same engine, requests and knobs; only repeats scheduled identically count), against the same simulation: more
     repeats give a firmer floor and show how much the real ordering of near-tied settings moves between sessions.
-    The simulation it is compared with is calibrated the same way: on the per-step minimum of every session's
-    calibration repeats (sessions run at different machine speeds; a floor over all of them is the fastest).
+    The simulation it is compared with is calibrated the same way: on the per-step minimum of the calibration repeats
+    of the sessions that ran the setting (sessions run at different machine speeds; a floor over more of them is
+    faster, so a setting only newer sessions ran gets the calibration of those sessions only).
 
     Every pair of settings is also diagnosed (`benchmarks.fidelity_noise`): its real gap split into the steps both
     runs take in identical scheduler state (a gap no step-time model can produce) and the others, and the gap of
@@ -531,7 +563,7 @@ def pooled_floor(eng: dict, res: dict, pool: list[Path], name: str) -> None:
     if len(found) == 1:
         return
     sessions = [runs for runs, _ in found]
-    fit = fit_step_time(pooled_calibration([cal for _, cals in found for cal in cals]))
+    fits: dict[tuple[int, ...], dict] = {}
     rows, durs = [], []
     for entry in eng["runs"]:
         m, n_steps = entry["max_num_seqs"], entry["real"]["steps"]
@@ -539,11 +571,17 @@ def pooled_floor(eng: dict, res: dict, pool: list[Path], name: str) -> None:
         dur = floor_durations_s(reps, n_steps)
         if dur is None:
             return
+        # calibrated on the sessions whose repeats make this setting's floor, no others: a setting run in fewer
+        # sessions (a newer sweep) has a slower floor, and a calibration floor over more sessions would be faster
+        which = tuple(i for i, s in enumerate(sessions) if any(len(r["steps"]) == n_steps for r in s.get(m, [])))
+        if which not in fits:
+            fits[which] = fit_step_time(pooled_calibration([cal for i in which for cal in found[i][1]]))
+        fit = fits[which]
         sim = simulate_run(reps[0], fit, res["usable_blocks"])
         per_session = [floor_durations_s(s[m], n_steps) for s in sessions
                        if len([r for r in s.get(m, []) if len(r["steps"]) == n_steps]) >= 2]
         same = [r for r in reps if len(r["steps"]) == n_steps]
-        rows.append({"max_num_seqs": m, "repeats": len(same),
+        rows.append({"max_num_seqs": m, "repeats": len(same), "sessions": len(which),
                      "real": {"pooled_floor_makespan_s": float(dur.sum())},
                      "sim_pooled_floor_makespan_s": sim.makespan_s,
                      "fastest_repeat_s": min(r["makespan_s"] for r in same),
@@ -570,7 +608,8 @@ def pooled_floor(eng: dict, res: dict, pool: list[Path], name: str) -> None:
     order["pairs_disagree_strict"] = len(wrong)
     order["disagreeing_pairs_within_noise"] = sum(bool(p["within_noise"]) for p in wrong)
     order["identical_outside_noise"] = all(bool(p["within_noise"]) for p in wrong)
-    eng["pooled"] = {"sessions": len(sessions), "fit": fit, "runs": rows, "ordering": order, "pairs": pairs}
+    eng["pooled"] = {"sessions": len(sessions), "fit": fits[max(fits, key=len)], "runs": rows, "ordering": order,
+                     "pairs": pairs, "fits": [{"sessions": list(k), **v} for k, v in fits.items()]}
 
 
 def analyse(eng: dict, res: dict) -> None:
@@ -688,6 +727,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="MODEL:TP engines to run (tiny-llama, small-llama)")
     ap.add_argument("--requests", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=3, help="repeats of every run (the fastest is compared)")
+    ap.add_argument("--max-num-seqs", nargs="+", type=int, default=list(MAX_NUM_SEQS_SWEEP), metavar="N",
+                    help=f"the max_num_seqs settings compared (default {' '.join(map(str, MAX_NUM_SEQS_SWEEP))}; "
+                         "sessions 1-6 of the archive ran 2 4 8 16)")
     ap.add_argument("--quick", action="store_true", help="two max_num_seqs settings, 12 requests (a smoke run)")
     ap.add_argument("--timeout-s", type=float, default=600.0, help="per engine")
     ap.add_argument("--workdir", help="keep the engines' raw step logs and logs here (default: a temporary folder)")
@@ -695,11 +737,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pool", nargs="*", default=[], metavar="DIR",
                     help="workdirs of earlier sessions (same requests): also report the real floor over all their "
                          "repeats (the 'pooled' block)")
+    ap.add_argument("--archive", metavar="DIR", help="also write the engines' raw results, rounded and xz-compressed, "
+                    "to DIR (a new folder of data/vllm_cpu/fidelity_sessions/)")
     args = ap.parse_args(argv)
+    if args.archive and not args.workdir:
+        ap.error("--archive needs --workdir (the raw results to archive)")
     from rich.console import Console
 
     console = Console()
-    sweep = (4, 16) if args.quick else MAX_NUM_SEQS_SWEEP
+    sweep = (4, 16) if args.quick else tuple(args.max_num_seqs)
+    if any(m < 1 for m in sweep) or len(set(sweep)) != len(sweep):
+        ap.error(f"--max-num-seqs: distinct positive integers, got {list(sweep)}")
     isl, osl = trap_workload(12 if args.quick else args.requests)
     results = []
     t_all = time.time()
@@ -729,6 +777,9 @@ def main(argv: list[str] | None = None) -> dict:
             console.print(f"{label}: {len(eng['runs'])} runs compared in {eng['wall_s']:.0f} s")
             results.append(eng)
     print_table(console, results)
+    if args.archive:
+        kept = archive_results(Path(args.workdir), Path(args.archive))
+        console.print(f"archived {len(kept)} engine results to {args.archive}")
     for eng in results:
         if eng.get("pooled"):
             po = eng["pooled"]
