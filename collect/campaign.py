@@ -4,7 +4,8 @@ Candidates are configurations (`collect.sampler` candidate columns): a space fil
 configurations for the replay backend, never their targets. Each iteration fits the surrogate
 (`collect.acquisition.Surrogate`: ResidualModel on what was measured + physics) on the rows measured so far, scores
 the untried candidates with the strategy's acquisition (`random`; `uncertainty`: the widest calibrated intervals among
-a random subsample of the untried candidates; `search`: the chance of solving a scenario), picks a diverse batch
+a random subsample of the untried candidates, drawn from scenarios not measured yet while enough remain; `search`: the
+chance of solving a scenario), picks a diverse batch
 that fits the remaining budget (runs, or GPU-hours with each run's cost estimated by the physics: (makespan + start-up
 overhead) x GPUs), plans it in the ledger, dispatches it (`collect.dispatch`), and records every outcome as it comes.
 The first batch of `uncertainty` -- and of `random`, its baseline -- is a space-filling design (scrambled Sobol over
@@ -95,6 +96,10 @@ class CampaignSettings:
     subsample: int = 3  # uncertainty "width": each batch is chosen among (subsample x batch) random untried candidates
     # uncertainty: "variance" (integrated variance reduction over the untried pool) or "width" (widest intervals)
     acquisition: str = "width"
+    # uncertainty "width": draw the subsample from scenarios not yet measured while enough remain, one pick per
+    # scenario (a scenario's first run teaches most: median error on the rest of a pool with 5% measured, 3 seeds,
+    # DLI 7.7% -> 5.9%, aiconfigurator 11.5% -> 10.5%)
+    cover_scenarios: bool = True
     # search: weight of the physics model's ranking of a scenario's configurations next to the learned model's
     # (None: estimated from the campaign's measurements, out of scenario, see `acquisition.physics_ranking_weight`)
     physics_weight: float | None = None
@@ -509,10 +514,14 @@ class Campaign:
                 # the widest calibrated intervals among a random subsample of the untried candidates: the picks stay
                 # representative (the widest of all are outliers whose errors teach little about the rest)
                 idx = np.flatnonzero(available)
+                if s.cover_scenarios:
+                    fresh = idx[~np.isin(self.scen[idx], list({self.scen[i] for i in np.flatnonzero(tried)}))]
+                    idx = fresh if len(fresh) >= max(k, 1) * s.subsample else idx
                 shortlist = np.zeros(len(self.cand), dtype=bool)
                 shortlist[rng.choice(idx, min(len(idx), max(k, 1) * s.subsample), replace=False)] = True
                 scores = uncertainty_scores(pred, self.targets, cost)
-                picks = select_batch(scores, self.X, k, shortlist, cost, budget_left)
+                picks = select_batch(scores, self.X, k, shortlist, cost, budget_left,
+                                     groups=self.scen if s.cover_scenarios else None)
             else:
                 weight = s.physics_weight
                 if weight is None:

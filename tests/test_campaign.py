@@ -18,7 +18,7 @@ import pytest
 from collect.acquisition import (Prediction, chance_to_solve, expected_improvement, kernel_lengthscale,
                                  physics_ranking_weight, relative_variance, resolve_objective, search_scores,
                                  select_batch, uncertainty_scores, variance_reduction_batch)
-from collect.campaign import Campaign, CampaignSettings, PoolEvaluator, parse_budget
+from collect.campaign import Campaign, CampaignSettings, PoolEvaluator, parse_budget, scenario_ids
 from collect.dispatch import BackendSpec, Job, SerialDispatcher, install_backend, load_pool, measure_job
 from collect.ledger import Ledger
 from collect.sampler import config_hashes, pool_candidates
@@ -558,3 +558,26 @@ def test_search_batches_take_each_scenarios_best_without_a_distance_discount(poo
         for i in picks:
             mine = available & (groups == groups[i]) & np.isfinite(scores)
             assert scores[i] == pytest.approx(scores[mine].max())
+
+
+@needs_data
+def test_uncertainty_spreads_over_scenarios_not_yet_measured(pool):
+    """After the space-filling first batch, `uncertainty` measures one configuration per scenario not measured yet
+    while enough of them remain; without `cover_scenarios` nothing keeps it from measuring a scenario twice."""
+    cand = pool_candidates(pool.frame)
+    scen = scenario_ids(cand, SCENARIO)
+    of = dict(zip(config_hashes(cand), scen))
+    assert len(set(scen)) >= 12
+
+    def scenarios_after_design(**kw):
+        res = _campaign(pool, Store("sqlite://"), "uncertainty", budget="12", batch=4, **kw).run()
+        runs = res.runs.sort_values("seq")
+        first = set(runs.loc[runs["iteration"] == runs["iteration"].min(), "config_hash"])
+        later = [of[h] for h in runs.loc[~runs["config_hash"].isin(first), "config_hash"]]
+        return [of[h] for h in first], later
+
+    design, later = scenarios_after_design()
+    assert len(later) == 8 and len(set(later)) == 8 and not set(later) & set(design)
+    design_off, later_off = scenarios_after_design(cover_scenarios=False)
+    assert design_off == design  # the same space-filling start either way
+    assert len(set(design_off + later_off)) < len(design_off + later_off)  # the plain subsample repeats a scenario
