@@ -189,10 +189,17 @@ def figure(summaries: dict, path) -> None:
         axes[i, 1].set_title(f"{name}: scenarios with a configuration within 3% of the best")
         axes[i, 1].set_ylabel("% of scenarios")
         axes[i, 1].set_ylim(0, 100)
-        for ax in axes[i]:
-            ax.set_xlabel("% of the pool measured")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+    save_curves_figure(fig, axes.ravel(), path)
+
+
+def save_curves_figure(fig, axes, path) -> None:
+    """Label every axis as a curve over the share of a pool measured, grid and legend it, save the figure, close it."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.set_xlabel("% of the pool measured")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

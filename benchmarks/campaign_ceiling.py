@@ -34,7 +34,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from benchmarks._common import RESULTS, SHARED_DATA, write_result
-from benchmarks.campaign import POOLS, load
+from benchmarks.campaign import POOLS, load, save_curves_figure
 from collect.acquisition import Surrogate, resolve_objective
 from collect.campaign import PoolEvaluator, default_targets
 from collect.sampler import config_hashes
@@ -113,13 +113,8 @@ def figure(results: dict, path) -> None:
         ax.axhline(100 * r["random_final_error"], color="grey", ls=":", lw=1)
         ax.axvline(5, color="grey", ls=":", lw=1)
         ax.set_title(f"{name}: median error of {r['target']} on unmeasured rows")
-        ax.set_xlabel("% of the pool measured")
         ax.set_ylabel("median APE %")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_curves_figure(fig, axes[0], path)
 
 
 def main(argv: list[str] | None = None) -> dict:

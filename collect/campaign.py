@@ -515,7 +515,7 @@ class Campaign:
                 # representative (the widest of all are outliers whose errors teach little about the rest)
                 idx = np.flatnonzero(available)
                 if s.cover_scenarios:
-                    fresh = idx[~np.isin(self.scen[idx], list({self.scen[i] for i in np.flatnonzero(tried)}))]
+                    fresh = idx[~np.isin(self.scen[idx], self.scen[tried])]
                     idx = fresh if len(fresh) >= max(k, 1) * s.subsample else idx
                 shortlist = np.zeros(len(self.cand), dtype=bool)
                 shortlist[rng.choice(idx, min(len(idx), max(k, 1) * s.subsample), replace=False)] = True
