@@ -528,6 +528,11 @@ def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, 
     noisy from layout to layout, while the physics ranking is often right; the mixture measures the physics' pick
     too where the two disagree and the model's pick did not settle the scenario.
 
+    The mixture's weight is updated per scenario by what the scenario's measurements say of each hypothesis
+    (`hypothesis_weights`): a scenario where the physics' lifted ranking missed a measurement by much more than the
+    predictive spread trusts it less there (a first pick that came in far below the physics' value no longer holds
+    back second tries in its scenario).
+
     With `measured_utility` (per candidate, its measured log utility, NaN where not measured) each hypothesis is
     conditioned on what its scenario's measurements revealed: the error the model shares across a scenario's
     configurations (correlation SCENARIO_ERROR_CORRELATION) is estimated from the measured ones, and the untried
@@ -566,13 +571,41 @@ def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, 
         if len(alt):
             gain_phys[alt] = chance_to_solve(mu_phys[alt], sigma[alt], p_ok[alt], scenario[alt], inc[alt],
                                              math.log(1.0 - within), seed + 1, samples)
-        gain = (1.0 - physics_weight) * gain + physics_weight * gain_phys
+        weight = hypothesis_weights(objective.log_utility(pred.log_point[t], num_gpus),
+                                    objective.log_utility(log_phys + corr.to_numpy(dtype=float), num_gpus),
+                                    measured_utility, sigma, groups, physics_weight)
+        gain = (1.0 - weight) * gain + weight * gain_phys
     # a scenario with no good measurement would fail for sure: cover every scenario first (one try each, its most
     # promising configuration), then spend on second tries where the incumbent is least likely near-best
     fresh = ~np.isfinite(inc)
     # (the cover-first bonus is not scaled by p_ok: postponing scenarios whose candidates look risky left them
     # uncovered -- fewer failed runs on the DLI pool, 39 vs 55 of 345, but fewer scenarios solved, 79% vs 88%)
     return gain + fresh + 1e-3 * ei / (1.0 + ei)
+
+
+def hypothesis_weights(mu_learned: np.ndarray, mu_physics: np.ndarray, measured_utility: np.ndarray | None,
+                       sigma: np.ndarray, scenario: pd.Series, physics_weight: float) -> np.ndarray:
+    """Per candidate, the posterior weight of the physics-ranking hypothesis in its scenario: the prior
+    `physics_weight` times the Gaussian likelihood of the scenario's measured log utilities under each hypothesis
+    (`mu_physics`, `mu_learned`; spread `sigma`), normalised. The learned model was fitted on those measurements, so
+    its likelihood is optimistic: the physics ranking loses weight only where it missed a measurement by clearly more
+    than the predictive spread. Scenarios without a measurement keep the prior."""
+    n = len(mu_learned)
+    if measured_utility is None:
+        return np.full(n, physics_weight)
+    meas = np.asarray(measured_utility, dtype=float)
+
+    def log_likelihood(mu: np.ndarray) -> np.ndarray:
+        z2 = ((meas - mu) / np.maximum(sigma, 1e-6)) ** 2
+        per = pd.Series(np.where(np.isfinite(z2), -0.5 * z2, 0.0), index=scenario.index)
+        return per.groupby(scenario).transform("sum").to_numpy(dtype=float)
+
+    ll_learned, ll_physics = log_likelihood(np.asarray(mu_learned, dtype=float)), log_likelihood(
+        np.asarray(mu_physics, dtype=float))
+    top = np.maximum(ll_learned, ll_physics)
+    a = physics_weight * np.exp(ll_physics - top)
+    b = (1.0 - physics_weight) * np.exp(ll_learned - top)
+    return a / np.maximum(a + b, 1e-300)
 
 
 def physics_ranking_weight(surrogate: "Surrogate | None", measured: pd.DataFrame | None, objective: Objective,

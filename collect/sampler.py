@@ -424,6 +424,22 @@ def pool_candidates(frame: pd.DataFrame) -> pd.DataFrame:
     return cand.loc[~keys.duplicated().to_numpy()].reset_index(drop=True)
 
 
+def answerable(candidates: pd.DataFrame, frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    """The pool configurations a replay can answer for `target`: those left out ran (status ok) in every pool row
+    without recording it (e.g. aiconfigurator's disaggregated rows with no client concurrency: TTFT and TPOT, no
+    throughput), so replaying them would spend a run that measures nothing the campaign asked for. Configurations
+    with failed rows stay: a failure is an answer. Only whether the target was recorded is read, never its value."""
+    if target not in frame.columns or not len(candidates):
+        return candidates
+    status_ok = frame["status"].astype("string").fillna("ok").eq("ok").to_numpy(bool) if "status" in frame.columns \
+        else np.ones(len(frame), dtype=bool)
+    recorded = pd.to_numeric(frame[target], errors="coerce").notna().to_numpy(bool)
+    hashes = np.asarray(config_hashes(conform(frame.reset_index(drop=True))[list(CANDIDATE_COLUMNS)]), dtype=object)
+    answers = set(hashes[recorded | ~status_ok])
+    keep = np.isin(np.asarray(config_hashes(candidates), dtype=object), list(answers))
+    return candidates.loc[keep].reset_index(drop=True)
+
+
 def narrow_pool(candidates: pd.DataFrame, space: CampaignSpace) -> pd.DataFrame:
     """The pool configurations inside the space: every axis the space names, then its constraints."""
     from features.catalog import resolve_gpu, resolve_model, resolve_workload

@@ -15,15 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collect.acquisition import (Prediction, chance_to_solve, expected_improvement, kernel_lengthscale,
+from collect.acquisition import (Prediction, chance_to_solve, expected_improvement, hypothesis_weights, kernel_lengthscale,
                                  physics_ranking_weight, relative_variance, resolve_objective, search_scores,
                                  select_batch, uncertainty_scores, variance_reduction_batch)
 from collect.campaign import Campaign, CampaignSettings, PoolEvaluator, parse_budget, scenario_ids
 from collect.dispatch import BackendSpec, Job, SerialDispatcher, install_backend, load_pool, measure_job
 from collect.ledger import Ledger
-from collect.sampler import config_hashes, pool_candidates
+from collect.sampler import CANDIDATE_COLUMNS, answerable, config_hashes, pool_candidates
 from collect.store import Store
 from features.errors import InputError
+from features.schema import conform
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -581,3 +582,38 @@ def test_uncertainty_spreads_over_scenarios_not_yet_measured(pool):
     design_off, later_off = scenarios_after_design(cover_scenarios=False)
     assert design_off == design  # the same space-filling start either way
     assert len(set(design_off + later_off)) < len(design_off + later_off)  # the plain subsample repeats a scenario
+
+
+def test_physics_hypothesis_loses_weight_where_its_ranking_missed_a_measurement():
+    """Per scenario, the physics-ranking hypothesis keeps its prior weight until a measurement tells the two apart:
+    it drops where physics missed the measured value by several spreads and rises where the learned model did."""
+    scen = pd.Series(["a", "a", "b", "b", "c", "c"], dtype=object)
+    sigma = np.full(6, 0.1)
+    learned = np.log([100.0, 90.0, 100.0, 90.0, 70.0, 90.0])
+    physics = np.log([140.0, 80.0, 100.0, 90.0, 100.0, 120.0])
+    # a: physics over-predicted the measured row by 40%; b: both agree; c: the learned model under-predicted by 30%
+    measured = np.log([100.0, np.nan, 100.0, np.nan, 100.0, np.nan])
+    w = hypothesis_weights(learned, physics, measured, sigma, scen, 0.5)
+    assert w[0] == w[1] and w[0] < 0.05  # a: 3.4 spreads off for physics
+    assert w[2] == pytest.approx(0.5) and w[3] == w[2]  # b: no evidence either way
+    assert w[4] > 0.95 and w[5] == w[4]  # c: 3.6 spreads off for the learned model
+    assert np.all(hypothesis_weights(learned, physics, None, sigma, scen, 0.3) == 0.3)
+    assert np.allclose(hypothesis_weights(learned, physics, np.full(6, np.nan), sigma, scen, 0.3), 0.3)
+
+
+@needs_data
+def test_replay_offers_only_configurations_the_pool_can_answer(pool):
+    """A configuration whose pool rows all ran without recording the objective's target is no candidate (a replayed
+    run would measure nothing asked for); one that failed stays (a failure is an answer); values are never read."""
+    frame = pool.frame.reset_index(drop=True).copy()
+    cand = pool_candidates(frame)
+    hashes = np.asarray(config_hashes(conform(frame)[list(CANDIDATE_COLUMNS)]), dtype=object)
+    ok = frame["status"].astype("string").fillna("ok").eq("ok").to_numpy(bool)
+    silent, failed = hashes[ok][0], hashes[ok][-1]
+    frame.loc[hashes == silent, "output_throughput"] = np.nan
+    frame.loc[hashes == failed, ["status", "output_throughput"]] = ["oom", np.nan]
+    kept = answerable(cand, frame, "output_throughput")
+    kept_hashes = set(config_hashes(kept))
+    assert silent not in kept_hashes and failed in kept_hashes
+    assert len(kept) == len(cand) - 1
+    assert len(answerable(cand, frame, "no_such_target")) == len(cand)

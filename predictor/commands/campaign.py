@@ -133,6 +133,12 @@ def run(args) -> int:
     if rb is not None:
         install_backend(spec, rb)
     objective = resolve_objective(args.objective or (space.objective if space else None) or None, kind)
+    if rb is not None:
+        from collect.sampler import answerable
+
+        cand = answerable(cand, rb.frame, objective.target)
+        if cand.empty:
+            raise InputError(f"pool {args.pool!r} records no {objective.target} for any configuration in the space")
     scenario = _csv(args.scenario) or (space.scenario if space and space.scenario else ())
     settings_kwargs = {"scenario": scenario} if scenario else {}
     settings = CampaignSettings(backend=args.backend, strategy=args.strategy, budget=budget, batch=args.batch,
