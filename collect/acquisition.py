@@ -550,7 +550,8 @@ def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, 
         err = pd.Series(np.asarray(measured_utility, dtype=float) - m).groupby(groups).transform("mean")
         return m + SCENARIO_ERROR_CORRELATION ** 2 * np.nan_to_num(err.to_numpy(dtype=float), nan=0.0)
 
-    mu = condition(objective.log_utility(pred.log_point[t], num_gpus))
+    u_learned = objective.log_utility(pred.log_point[t], num_gpus)  # before conditioning
+    mu = condition(u_learned)
     sigma = pred.log_sigma(t)
     sigma = np.where(np.isfinite(sigma), sigma, PRIOR_LOG_SIGMA)
     p_ok = pred.p_ok if pred.p_ok is not None else np.ones(n)
@@ -565,15 +566,14 @@ def search_scores(pred: Prediction, objective: Objective, num_gpus: np.ndarray, 
     if log_physics is not None and physics_weight > 0:
         log_phys = np.asarray(log_physics, dtype=float)
         corr = pd.Series(pred.log_point[t] - log_phys).groupby(groups).transform("mean")
-        mu_phys = condition(objective.log_utility(log_phys + corr.to_numpy(dtype=float), num_gpus))
+        u_physics = objective.log_utility(log_phys + corr.to_numpy(dtype=float), num_gpus)
+        mu_phys = condition(u_physics)
         alt = np.flatnonzero(np.isfinite(mu_phys))
         gain_phys = np.zeros(n)
         if len(alt):
             gain_phys[alt] = chance_to_solve(mu_phys[alt], sigma[alt], p_ok[alt], scenario[alt], inc[alt],
                                              math.log(1.0 - within), seed + 1, samples)
-        weight = hypothesis_weights(objective.log_utility(pred.log_point[t], num_gpus),
-                                    objective.log_utility(log_phys + corr.to_numpy(dtype=float), num_gpus),
-                                    measured_utility, sigma, groups, physics_weight)
+        weight = hypothesis_weights(u_learned, u_physics, measured_utility, sigma, groups, physics_weight)
         gain = (1.0 - weight) * gain + weight * gain_phys
     # a scenario with no good measurement would fail for sure: cover every scenario first (one try each, its most
     # promising configuration), then spend on second tries where the incumbent is least likely near-best

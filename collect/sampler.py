@@ -419,9 +419,14 @@ def _enumerate_steps(space: CampaignSpace) -> pd.DataFrame:
 def pool_candidates(frame: pd.DataFrame) -> pd.DataFrame:
     """The distinct configurations of a measurement frame with catalog names (`ReplayBackend.frame`): candidate
     columns only, no targets, no provenance."""
-    cand = conform(frame.reset_index(drop=True))[list(CANDIDATE_COLUMNS)]
+    cand = _candidate_columns(frame)
     keys = pd.Series(config_hashes(cand))
     return cand.loc[~keys.duplicated().to_numpy()].reset_index(drop=True)
+
+
+def _candidate_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A measurement frame's rows as conformed candidate columns (catalog names), in row order."""
+    return conform(frame.reset_index(drop=True))[list(CANDIDATE_COLUMNS)]
 
 
 def answerable(candidates: pd.DataFrame, frame: pd.DataFrame, target: str) -> pd.DataFrame:
@@ -434,7 +439,7 @@ def answerable(candidates: pd.DataFrame, frame: pd.DataFrame, target: str) -> pd
     status_ok = frame["status"].astype("string").fillna("ok").eq("ok").to_numpy(bool) if "status" in frame.columns \
         else np.ones(len(frame), dtype=bool)
     recorded = pd.to_numeric(frame[target], errors="coerce").notna().to_numpy(bool)
-    hashes = np.asarray(config_hashes(conform(frame.reset_index(drop=True))[list(CANDIDATE_COLUMNS)]), dtype=object)
+    hashes = np.asarray(config_hashes(_candidate_columns(frame)), dtype=object)
     answers = set(hashes[recorded | ~status_ok])
     keep = np.isin(np.asarray(config_hashes(candidates), dtype=object), list(answers))
     return candidates.loc[keep].reset_index(drop=True)
