@@ -159,14 +159,15 @@ def refill_mean_step_ms(decode_ms, with_chunk_ms, batch, isl, osl, max_batched_t
     from its decode-only step and its step carrying one prompt chunk (`refill_chunk_tokens`).
 
     Each decode step completes batch / osl requests on average, and each replacement's prompt is prefilled in
-    n_chunks chunk steps. Steps with a whole chunk are compute-bound while decode-only steps stream weights:
-    averaging over the two (rather than spreading the prompt tokens evenly over all steps, which hides them under
-    the weight streaming) is what makes TPOT grow with concurrency as vLLM's does."""
+    isl / chunk chunk steps' worth of work (a last, partial chunk costs its share of a full one: the chunk's extra
+    time is prompt compute, linear in its tokens). Steps with a whole chunk are compute-bound while decode-only
+    steps stream weights: averaging over the two (rather than spreading the prompt tokens evenly over all steps,
+    which hides them under the weight streaming) is what makes TPOT grow with concurrency as vLLM's does."""
     b = as_float(batch)
     isl = as_float(isl)
     osl = maximum(as_float(osl), 1.0)
-    n_chunks = ceil(isl / maximum(refill_chunk_tokens(b, isl, max_batched_tokens), 1.0))
-    return decode_ms + b / osl * n_chunks * maximum(with_chunk_ms - decode_ms, 0.0)
+    chunks = isl / maximum(refill_chunk_tokens(b, isl, max_batched_tokens), 1.0)
+    return decode_ms + b / osl * chunks * maximum(with_chunk_ms - decode_ms, 0.0)
 
 
 def refill_step_ms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibration, batch, isl, osl, max_batched_tokens,
@@ -300,14 +301,25 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     # wave's prompts are prefilled back to back in chunks of the token budget; the k-th waits for k prompts
     per_token = step6[3] / burst_tokens
     first_mean = maximum(per_token * (wave * isl + isl) / 2.0, ttft_base)
-    first_max = maximum(per_token * wave * isl, ttft_base)
     later = maximum(demand - wave, 0.0)
     ttft_closed = (wave * first_mean + later * (ttft_base + wait_mean * demand1 / maximum(later, 1.0)))
     ttft_closed = ttft_closed / maximum(wave + later, 1.0)
     burst = closed | (conc > 0)
-    ttft = where(burst, ttft_closed, ttft_base + wait_mean)
+    # a fixed-concurrency run of more requests than its concurrency: the opening burst is 1 in `rounds` requests;
+    # the others arrive as earlier ones finish, so the mean and p99 TTFT blend the burst with a steady TTFT (a
+    # benchmark of 50 x concurrency requests is ~steady). Prompts prefilled in one step finish together (same
+    # lengths) and their successors arrive together: groups of as many whole prompts as the budget beside the
+    # running decodes holds, all waiting for the group's step; plus the wait for a free slot (Little's law)
+    rounds = where((conc > 0) & (nreq > conc), nreq / maximum(conc, 1.0), 1.0)
+    group = clip(floor(chunk / maximum(isl, 1.0)), 1.0, maximum(wave, 1.0))
+    steady_ttft = maximum(per_token * isl * group, ttft_base) + waiting / completion_rate
+    ttft = where(burst, (ttft_closed + (rounds - 1.0) * steady_ttft) / rounds, ttft_base + wait_mean)
     queued_p99 = ttft_base + wait_p99
-    ttft_p99 = where(burst, maximum(first_max, queued_p99), queued_p99)
+    # the slowest 1% of requests: the burst's last prompt when the burst is the whole run, else the burst's tail while
+    # it is over 1% of the requests (its k-th prompt waits for k prompts)
+    tail_prompts = wave * where(rounds > 1.0, maximum(1.0 - 0.01 * rounds, 0.0), 1.0)
+    burst_p99 = maximum(per_token * tail_prompts * isl, ttft_base)
+    ttft_p99 = where(burst, maximum(burst_p99, queued_p99), queued_p99)
 
     out_tps = replicas * batch / tpot * 1e3
     total_tps = out_tps * (isl + osl) / osl1

@@ -179,6 +179,15 @@ def test_aiconfigurator_end_to_end_dedup_layouts_and_derived_throughput():
     total = (dis["prefill_num_workers"] * dis["prefill_tp_size"] * max(dis["prefill_attention_dp_size"], 1)
              + dis["decode_num_workers"] * dis["decode_tp_size"] * max(dis["decode_attention_dp_size"], 1))
     assert d["num_gpus"] == total and json.loads(d["detail"])["mode"] == "disagg"
+    # engine knobs of aiconfigurator's benchmark generator: max_num_seqs = batch_size per attention-DP rank, token
+    # budget batch_size + ISL + 1500; disaggregated workers and every request count are left unset
+    a = by_id.loc[dpep["id"]]
+    assert (a["max_num_seqs"], a["max_num_batched_tokens"]) == (dpep["batch_size"], dpep["batch_size"] + dpep["isl"] + 1500)
+    assert a["concurrency"] == dpep["batch_size"] * dpep["attention_dp_size"]
+    assert "benchmark generator" in json.loads(a["detail"])["engine_knobs_from"]
+    assert pd.isna(by_id.loc[dis["id"], "max_num_seqs"]) and pd.isna(by_id.loc[dis["id"], "max_num_batched_tokens"])
+    assert "engine_knobs_from" not in json.loads(by_id.loc[dis["id"], "detail"])
+    assert e2e["num_requests"].isna().all()
 
 
 @needs_shared

@@ -9,7 +9,13 @@ End-to-end (`silicon_sample_e2e.csv`, aggregated and disaggregated serving, TRT-
 - layout: attention-DP of degree A with attention TP 1 is `tp=A, attention_dp=true` (DEP-A); with attention TP T > 1
   it is vLLM's DP+EP form `tp=T, dp=A`; `ep` is the MoE expert-parallel degree. Disaggregated rows carry the decode
   worker's layout (`dp` x decode workers where known) with `num_gpus` = all prefill + decode GPUs where the worker
-  counts are recorded, and both pools in `detail` (`mode=disagg`).
+  counts are recorded, and both pools in `detail` (`mode=disagg`);
+- engine knobs are not in the data; aggregated rows get those aiconfigurator's benchmark generator launches a worker
+  with (`generator/rule_plugin/benchmark/<backend>.rule`), named in `detail.engine_knobs_from`: `max_num_seqs` =
+  `batch_size` (per attention-DP rank) and a token budget `max_num_batched_tokens` = `batch_size` + ISL + 1500.
+  The request count is left unknown: the generator's benchmark script runs 50 x concurrency requests after a
+  warm-up, which would make TTFT a steady-state mean, but the measured TTFTs sit well above the physics' steady
+  state and closer to its opening burst, so that harness is not assumed for these rows.
 
 op_perf (`op_perf/<system>/<family>/<framework>/<version>/*.parquet`, about 3 M rows): `--ops` chooses what to import:
 `sample` (default) keeps every communication row (NCCL and custom all-reduce) and 1 in 20 of every other table,
@@ -39,6 +45,9 @@ REFS_FILE = "silicon_refs_subset.csv"
 OPS_MODES = ("sample", "comm", "all", "none")
 DEFAULT_SAMPLE_EVERY = 20
 COMM_TABLES = ("nccl_perf", "custom_allreduce_perf")
+# aiconfigurator's benchmark generator: an aggregated worker's token budget = max_batch_size + ISL + this
+BENCH_EXTRA_TOKENS = 1500
+ENGINE_KNOBS_FROM = "aiconfigurator benchmark generator (rule_plugin/benchmark/<backend>.rule), not recorded in the row"
 
 WORKER_COLS = ("batch_size", "num_workers", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size")
 AGG_LAYOUT = ("tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size")
@@ -113,6 +122,7 @@ def _e2e_frame(raw: pd.DataFrame, names: NameResolver) -> pd.DataFrame:
     fallback = raw["batch_size"].to_numpy(dtype=float)
     conc = np.where(np.isnan(conc) & ~disagg & (_one(raw["attention_dp_size"]) == 1), fallback, conc)
     ttft, tpot, osl, isl = (raw[c].to_numpy(dtype=float) for c in ("silicon_ttft_ms", "silicon_tpot_ms", "osl", "isl"))
+    batch = np.where(disagg, np.nan, raw["batch_size"].to_numpy(dtype=float))  # per attention-DP rank
     request_s = (ttft + (osl - 1.0) * tpot) / 1000.0
     req_tput = conc / request_s
     version = raw["backend_version"].astype("string")
@@ -121,11 +131,12 @@ def _e2e_frame(raw: pd.DataFrame, names: NameResolver) -> pd.DataFrame:
     detail_src = raw.assign(
         version_from=np.where(version.isna() & from_image.notna(), "container image tag", None),
         image=prov["image"], wip=prov["wip"],
+        knobs_from=np.where(np.isnan(batch), None, ENGINE_KNOBS_FROM),
         total_gpus_note=np.where(disagg & np.isnan(num_gpus), "prefill/decode worker counts not recorded", None))
     detail_cols = {c: c for c in LAYOUT_COLS}
     detail_cols.update({"mode": "mode", "gemm_quant_mode": "gemm_quant_mode", "moe_quant_mode": "moe_quant_mode",
                         "silicon_data_source": "data_source", "version_from": "engine_version_from", "image": "image",
-                        "wip": "wip", "total_gpus_note": "num_gpus_note"})
+                        "wip": "wip", "total_gpus_note": "num_gpus_note", "knobs_from": "engine_knobs_from"})
     out = pd.DataFrame({
         "kind": "serving",
         "source": SOURCE,
@@ -143,6 +154,8 @@ def _e2e_frame(raw: pd.DataFrame, names: NameResolver) -> pd.DataFrame:
         "isl_dist": "fixed:" + raw["isl"].astype("Int64").astype(str),
         "osl_dist": "fixed:" + raw["osl"].astype("Int64").astype(str),
         "concurrency": conc,
+        "max_num_seqs": batch,
+        "max_num_batched_tokens": batch + isl + BENCH_EXTRA_TOKENS,
         "output_throughput": req_tput * osl,
         "total_throughput": req_tput * (isl + osl),
         "request_throughput": req_tput,
