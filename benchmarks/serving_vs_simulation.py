@@ -14,21 +14,14 @@ Run: `python -m benchmarks.serving_vs_simulation`. Writes benchmarks/results/ser
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks._common import write_result  # noqa: E402
-from features.calibration import default_calibration  # noqa: E402
-from features.catalog import resolve_gpu, resolve_model  # noqa: E402
-from features.closed_batch import simulate_deployment  # noqa: E402
-from features.serving import EngineArrays, estimate_serving  # noqa: E402
-from features.specs import EngineConfig, Layout, LengthDist, Workload  # noqa: E402
+from benchmarks._common import write_result
+from features.calibration import default_calibration
+from features.catalog import resolve_gpu, resolve_model
+from features.closed_batch import simulate_deployment
+from features.serving import EngineArrays, estimate_serving
+from features.specs import EngineConfig, Layout, LengthDist, Workload
 
 MODELS = (("llama-3.1-8b", 1), ("qwen2.5-32b", 2), ("llama-3.1-70b", 4))
 CONCURRENCY = (4, 16, 64)

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._common import SHARED_DATA, write_result
-from collect.importers import SHARED_PATHS, run_import
+from benchmarks.accuracy import _load_builder
 from features.catalog import resolve_workload
 from features.specs import EngineConfig, Layout
 from predictor.api import Predictor, scenario_row
@@ -42,12 +42,8 @@ def learned_factors(predictor: Predictor) -> dict[str, dict[str, float]]:
 
 def measured_factors() -> dict[str, dict[str, float]]:
     """Median measured / physics TPOT by TP over shared serving rows with large batches and long outputs."""
-    frames = []
-    for source, rel in SHARED_PATHS.items():
-        if (SHARED_DATA / rel).exists():
-            f = run_import(source, SHARED_DATA / rel)[0]
-            frames.append(f[f["kind"] == "serving"])
-    ph = physics(pd.concat(frames, ignore_index=True))
+    rows = pd.concat(_load_builder().shared_measurements(SHARED_DATA), ignore_index=True)
+    ph = physics(rows[rows["kind"] == "serving"].reset_index(drop=True))
     ratio = float_column(ph, "tpot_ms") / float_column(ph, "phys_tpot_ms")
     closed = np.fmin(float_column(ph, "num_requests"), float_column(ph, "max_num_seqs"))
     batch = np.fmax(float_column(ph, "concurrency"), closed)
