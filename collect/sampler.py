@@ -27,7 +27,7 @@ from features.errors import InputError
 from features.schema import CONFIG_COLUMNS, conform
 
 # the columns that say what a candidate configuration is (what the replay backend matches on, and what is hashed)
-CANDIDATE_COLUMNS: tuple[str, ...] = ("kind", "engine") + tuple(CONFIG_COLUMNS)
+CANDIDATE_COLUMNS: tuple[str, ...] = ("kind", "engine", "engine_version") + tuple(CONFIG_COLUMNS)
 LAYOUT_AXES = ("tp", "pp", "dp", "ep", "attention_dp")
 ENGINE_AXES = ("weight_dtype", "kv_cache_dtype", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
                "block_size")

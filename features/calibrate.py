@@ -1,8 +1,8 @@
 """Fit the physics model's efficiency constants on measured data (GPU-probe steps, measured collectives).
 
 Each stage fits a few constants by least squares on log(predicted / measured), in dependency order: GEMM,
-decode attention, per-layer small kernels and prefill attention (on decode/prefill layer stacks), MoE blocks,
-then collectives. `fit_calibration(probe_step, probe_moe, nccl_frames)` returns a `Calibration`.
+decode attention (SDPA on the probe; engines' split-KV shape on their measured kernels), per-layer small kernels
+and prefill attention (on decode/prefill layer stacks), MoE blocks, then collectives. `fit_calibration(probe_step, probe_moe, nccl_frames)` returns a `Calibration`.
 """
 
 from __future__ import annotations
@@ -56,11 +56,41 @@ def fit_attention(attn_rows: pd.DataFrame, cal: Calibration, gpu_name: str = REF
 
     def resid(x):
         c = dataclasses.replace(cal, attn_bw_sat_frac=x[0], attn_unit_gbps=x[1] * 100.0, attn_floor_ms=x[2])
-        t, _ = decode_attention_ms(b, b * ctx, PROBE_ATTN_MODEL, Layout(), gpu, c)
+        t, _ = decode_attention_ms(b, b * ctx, PROBE_ATTN_MODEL, Layout(), gpu, c, split_kv=0.0)  # SDPA
         return np.log(t / y)
 
     x = _fit(resid, [0.9, 0.4, 0.01], [0.1, 1e-3, 0.0], [1.2, 20.0, 0.1])  # x[1]: per-unit rate in 100 GB/s
     return dataclasses.replace(cal, attn_bw_sat_frac=x[0], attn_unit_gbps=x[1] * 100.0, attn_floor_ms=x[2])
+
+
+SPLIT_TOKENS_GRID = (128.0, 256.0, 512.0, 1024.0, 2048.0)
+MAX_SPLITS_GRID = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+
+
+def fit_split_attention(engine_attn: pd.DataFrame, cal: Calibration, gpu_name: str = REFERENCE_GPU) -> Calibration:
+    """Split-KV shape of serving engines' decode attention (`attn_split_tokens`, `attn_max_splits`) from a serving
+    engine's measured decode-attention kernels (aiconfigurator's generation_attention table: `batch_size`, context
+    `isl + step`, `num_heads`, `num_key_value_heads`, `head_dim`, `latency` ms), with the probe-fitted floor and
+    rates kept. A grid (the two are integers in the kernels' heuristics) minimising the median |log error| over
+    contexts of at least 256 tokens, where serving decodes run."""
+    gpu = resolve_gpu(gpu_name)
+    rows = engine_attn[(engine_attn["isl"] + engine_attn["step"]) >= 256].reset_index(drop=True)
+    groups = list(rows.groupby(["num_heads", "num_key_value_heads", "head_dim"]).indices.items())
+    y = rows["latency"].to_numpy(float)
+
+    def error(c: Calibration) -> float:
+        pred = np.empty(len(rows))
+        for (h, kvh, hd), idx in groups:
+            sub = rows.iloc[idx]
+            spec = ModelSpec("attn", 1, 1, int(h), int(kvh), int(hd), 1, 1)
+            b = sub["batch_size"].to_numpy(float)
+            ctx = (sub["isl"] + sub["step"]).to_numpy(float)
+            pred[idx], _ = decode_attention_ms(b, b * ctx, spec, Layout(), gpu, c, split_kv=1.0)
+        return float(np.median(np.abs(np.log(pred / y))))
+
+    grid = [dataclasses.replace(cal, attn_split_tokens=t, attn_max_splits=m)
+            for t in SPLIT_TOKENS_GRID for m in MAX_SPLITS_GRID]
+    return min(grid, key=error)
 
 
 def fit_rope_kv(rope_rows: pd.DataFrame, cal: Calibration, gpu_name: str = REFERENCE_GPU) -> Calibration:
@@ -94,7 +124,8 @@ def predict_probe_layer_ms(rows: pd.DataFrame, cal: Calibration, gpu_name: str =
         kv = np.where(decode, b * ctx, 0.0)
         T = np.where(decode, 0.0, ctx)
         terms = stage_step_terms(model, gpu, Layout(tp=int(tp)), cal, d, kv, T, 0.0,
-                                 include_comm=False, include_lm_head=False, include_overhead=False, rope_kv=rope[idx])
+                                 include_comm=False, include_lm_head=False, include_overhead=False, rope_kv=rope[idx],
+                                 split_kv=0.0)  # the probe's layers ran SDPA
         out[idx] = terms.layer_ms
     return out
 
@@ -209,16 +240,21 @@ def probe_rows_from_schema(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
 def fit_calibration(probe_step: pd.DataFrame, probe_moe: pd.DataFrame | None = None,
                     nccl: pd.DataFrame | None = None, custom_allreduce: pd.DataFrame | None = None,
                     holdout_models: tuple[str, ...] = (), provenance: dict | None = None,
-                    gpu: str = REFERENCE_GPU, rope_ops: pd.DataFrame | None = None) -> Calibration:
+                    gpu: str = REFERENCE_GPU, rope_ops: pd.DataFrame | None = None,
+                    engine_attention: pd.DataFrame | None = None) -> Calibration:
     """Fit every stage in order; `holdout_models` are excluded from the layer fit (for honest evaluation).
 
     Every constant comes from the rows of the one GPU `gpu` (for a leave-GPU-out evaluation, the training GPU's).
     `rope_ops` (RoPE / KV-append op rows, see `probe_rows_from_schema`) fit those kernels' floor and traffic
-    before the layer fit; without them the built-in defaults stay.
+    before the layer fit; without them the built-in defaults stay. `engine_attention` (a serving engine's measured
+    decode-attention kernels on `gpu`) fits the split-KV constants (`fit_split_attention`); without it the
+    built-in defaults stay.
     """
     cal = Calibration()
     cal = fit_gemm(probe_step[probe_step["kind"] == "gemm"], cal, gpu)
     cal = fit_attention(probe_step[probe_step["kind"] == "attn"], cal, gpu)
+    if engine_attention is not None and len(engine_attention):
+        cal = fit_split_attention(engine_attention, cal, gpu)
     if rope_ops is not None and len(rope_ops):
         cal = fit_rope_kv(rope_ops, cal, gpu)
     layers = probe_step[probe_step["kind"].isin(["decode", "prefill"]) & ~probe_step["model"].isin(holdout_models)]

@@ -31,6 +31,10 @@ class Calibration:
     attn_bw_sat_frac: float = 0.95
     attn_unit_gbps: float = 43.0
     attn_floor_ms: float = 0.008
+    # split-KV decode kernels of serving engines: each (sequence, KV head) is cut into ceil(context / split_tokens)
+    # blocks, at most max_splits; fitted on vLLM's measured FlashAttention decode kernels (the probe ran SDPA)
+    attn_split_tokens: float = 512.0
+    attn_max_splits: float = 16.0
     # prefill attention FLOPs run at this fraction of the dense peak
     prefill_attn_rate_frac: float = 0.4
     # small kernels of a layer (norms, residual adds, activation, RoPE, KV append): fixed cost + bytes moved

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import fields
 
 import numpy as np
@@ -28,7 +29,28 @@ from features.steptime import decode_attention_ms, gemm_ms, stage_step_terms
 # step rows measured by layoutcast's torch backend: its decoder layers run RoPE (unfused) and the KV append as
 # separate kernels, which the physics adds (`rope_kv_append_ms`); the GPU probe ran neither, and engines (fpm
 # iterations, serving) fuse them into kernels the fitted small-kernel term already covers
-ROPE_KV_SOURCES = ("torch-probe",)
+ROPE_KV_SOURCES = ("torch-probe", "layoutcast-campaign-torch")
+# rows whose decode attention ran PyTorch SDPA (one thread block per sequence and KV head: the GPU probe and the
+# torch backend); every other source's engine splits long contexts over blocks (`steptime.kv_splits`)
+SDPA_SOURCES = ("gpu-probe", "torch-probe", "layoutcast-campaign-torch")
+# TensorRT-LLM split decode attention over blocks ("multi-block mode") only when an engine was built with it before
+# 0.12, when the option moved to the runtime and became the default
+TRTLLM_MULTI_BLOCK_DEFAULT_FROM = (0, 12)
+
+
+def engine_splits_kv(engine: np.ndarray, engine_version: np.ndarray) -> np.ndarray:
+    """1.0 per serving row whose engine's decode attention splits long contexts over thread blocks (vLLM, SGLang,
+    TensorRT-LLM from 0.12, unknown versions), 0.0 for TensorRT-LLM before 0.12 (e.g. the DLI sweep's 0.9)."""
+    out = np.ones(len(engine))
+    for i, (e, v) in enumerate(zip(engine, engine_version)):
+        if str(e).lower() != "trtllm" or v is None or v != v:
+            continue
+        parts = re.findall(r"\d+", str(v))[:2]
+        if len(parts) == 2 and (int(parts[0]), int(parts[1])) < TRTLLM_MULTI_BLOCK_DEFAULT_FROM:
+            out[i] = 0.0
+    return out
+
+
 MODEL_NUMERIC = [f.name for f in fields(ModelSpec) if f.type in ("int", "bool")]
 GPU_NUMERIC = [f.name for f in fields(GPUSpec) if f.type in ("float", "int")]
 
@@ -433,7 +455,7 @@ def _serving_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottl
         weight_dtype=wdt, kv_dtype=kdt,
         max_num_seqs=_num(out, "max_num_seqs", 256), max_num_batched_tokens=_num(out, "max_num_batched_tokens", 8192),
         gpu_memory_utilization=_num(out, "gpu_memory_utilization", 0.9), block_size=_num(out, "block_size", 16),
-        **engine_kv_sizing(out))
+        split_kv=engine_splits_kv(_text(out, "engine"), _text(out, "engine_version")), **engine_kv_sizing(out))
     isl = np.where(np.isnan(isl), 1024, isl)
     osl = np.where(np.isnan(osl), 1024, osl)
     return _serving_columns(model, gpu, layout, engine, cal, isl, osl, _num(out, "num_requests", 0),
@@ -483,9 +505,11 @@ def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottlene
     kv = np.where(decode, batch * ctx, 0.0)
     T = np.where(decode, 0.0, tokens)
     prefix = np.where(decode, 0.0, np.maximum(ctx - tokens, 0.0))
-    rope_kv = np.isin(_text(out, "source"), list(ROPE_KV_SOURCES)).astype(float)
+    source = _text(out, "source")
+    rope_kv = np.isin(source, list(ROPE_KV_SOURCES)).astype(float)
+    split_kv = 1.0 - np.isin(source, list(SDPA_SOURCES)).astype(float)
     t = stage_step_terms(model, gpu, layout, cal, d, kv, T, prefix, wdt, kdt, include_comm=False,
-                         include_lm_head=False, include_overhead=False, rope_kv=rope_kv)
+                         include_lm_head=False, include_overhead=False, rope_kv=rope_kv, split_kv=split_kv)
     lm = gemm_ms(np.maximum(d, 1), model.vocab_size / layout.tp, model.hidden_size, gpu, cal)
 
     m = _masked(mask)
@@ -552,7 +576,8 @@ def _op_physics(out, mask, model_unused, gpu, layout_unused, wdt, kdt_unused, ca
         spec = ModelSpec("op", 1, 1, np.nan_to_num(heads, nan=32), np.nan_to_num(kvh, nan=8), np.nan_to_num(hd, nan=128), 1, 1)
         b = _num(out, "batch", 1)
         ctx = _num(out, "context", 0)
-        t, _ = decode_attention_ms(b, b * ctx, spec, Layout(), gpu, cal)
+        split_kv = 1.0 - np.isin(_text(out, "source"), list(SDPA_SOURCES)).astype(float)
+        t, _ = decode_attention_ms(b, b * ctx, spec, Layout(), gpu, cal, split_kv=split_kv)
         phys = np.where(sel, t, phys)
     return {"phys_op_ms": np.where(mask, phys, np.nan)}
 
@@ -560,7 +585,8 @@ def _op_physics(out, mask, model_unused, gpu, layout_unused, wdt, kdt_unused, ca
 # per kind: its physics, and the input columns it reads besides the model, GPU, layout and dtypes (rows agreeing on
 # all of them get the same answer and are computed once; None: every row computed)
 KIND_PHYSICS = {
-    "serving": (_serving_physics, ("isl", "osl", "isl_dist", "osl_dist", "max_num_seqs", "max_num_batched_tokens",
+    "serving": (_serving_physics, ("engine", "engine_version", "isl", "osl", "isl_dist", "osl_dist", "max_num_seqs",
+                                   "max_num_batched_tokens",
                                    "gpu_memory_utilization", "block_size", "num_requests", "concurrency",
                                    "request_rate", *ENGINE_KV_SIZING, "detail")),
     "step": (_step_physics, ("phase", "batch", "context", "tokens", "source")),

@@ -32,6 +32,7 @@ class EngineArrays:
     block_size: object = 16
     num_gpu_blocks_override: object = 0  # > 0: the engine's KV cache is exactly this many blocks
     kv_cache_memory_bytes: object = 0  # > 0: explicit KV space per GPU rank (vLLM-CPU: VLLM_CPU_KVCACHE_SPACE GiB)
+    split_kv: object = 1.0  # 1: decode attention splits long contexts over thread blocks (`steptime.kv_splits`)
 
     @classmethod
     def from_config(cls, e: EngineConfig) -> "EngineArrays":
@@ -232,7 +233,7 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
         T = b * isl / maximum(osl, 1.0)  # chunked prefill work amortised over each request's decode steps
         if not any_refill:
             return replica_step_ms(model, gpu, layout, cal, b, b * (isl + osl / 2.0), T, 0.0, engine.weight_dtype,
-                                   engine.kv_dtype)
+                                   engine.kv_dtype, engine.split_kv)
         # the amortised step and `refill_step_ms`'s two steps (decode only, with one prompt chunk), in one pass
         refill_kv = b * (isl + maximum(osl, 1.0) / 2.0)
         decode, kv, prefill = (b, b, b), (b * (isl + osl / 2.0), refill_kv, refill_kv), (T, 0.0,
@@ -240,7 +241,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
         rows = rows_shape(decode + kv + prefill + (layout.pp,))
         steps = layout.pp * stage_step_terms(model, gpu, layout, cal, *(_stack_rows(v, rows, layout.pp)
                                                                         for v in (decode, kv, prefill)),
-                                             0.0, engine.weight_dtype, engine.kv_dtype).stage_ms
+                                             0.0, engine.weight_dtype, engine.kv_dtype,
+                                             split_kv=engine.split_kv).stage_ms
         return where(refill, refill_mean_step_ms(steps[1], steps[2], b, isl, osl, mnbt), steps[0])
 
     if any_(open_loop):
@@ -279,7 +281,8 @@ def estimate_serving(model: ModelSpec, gpu: GPUSpec, layout: Layout, engine: Eng
     shape = rows_shape(decode + kv + prefill_tokens + (pp,))
 
     stacked = (_stack_rows(v, shape, pp) for v in (decode, kv, prefill_tokens))  # a micro-batch's share of each
-    terms6 = stage_step_terms(model, gpu, layout, cal, *stacked, 0.0, engine.weight_dtype, engine.kv_dtype)
+    terms6 = stage_step_terms(model, gpu, layout, cal, *stacked, 0.0, engine.weight_dtype, engine.kv_dtype,
+                              split_kv=engine.split_kv)
     step6 = pp * terms6.stage_ms
     tpot, tpot_alone, tpot_fullest = step6[0], step6[4], step6[5]
     if any_refill:

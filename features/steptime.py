@@ -121,7 +121,23 @@ def _zeros_over(*values) -> np.ndarray:
     return np.zeros(rows_shape(values))
 
 
-def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: GPUSpec, cal: Calibration, kv_dtype="bf16"):
+def kv_splits(seqs, kv_tokens, cal: Calibration, split_kv=1.0) -> np.ndarray:
+    """Thread blocks each (sequence, KV head) is cut into along its context by a split-KV (flash-decoding) kernel.
+
+    Serving engines' decode kernels (FlashAttention's and FlashInfer's split-KV, TensorRT-LLM's multi-block XQA)
+    cut a long context into chunks of at least `attn_split_tokens` KV tokens, at most `attn_max_splits` of them
+    (both fitted on vLLM's measured decode kernels, `calibrate.fit_split_attention`), so few sequences still fill
+    the GPU. `split_kv` 0 (per row) keeps one block per (sequence, KV head), as PyTorch's SDPA ran in the GPU probe
+    and the torch backend, and TensorRT-LLM before 0.12 unless built with multi-block mode.
+    """
+    seqs = np.asarray(seqs, dtype=float)
+    ctx = np.asarray(kv_tokens, dtype=float) / np.maximum(seqs, 1.0)
+    splits = np.clip(np.ceil(ctx / cal.attn_split_tokens), 1.0, cal.attn_max_splits)
+    return 1.0 + as_float(split_kv) * (splits - 1.0)
+
+
+def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: GPUSpec, cal: Calibration, kv_dtype="bf16",
+                        split_kv=1.0):
     """Decode attention of one layer on one GPU: floor + max(KV bytes / achieved bandwidth, FLOPs / rate).
 
     The achieved bandwidth is min(saturated, units × per-unit) with units = sequences × KV heads per GPU (one
@@ -129,7 +145,8 @@ def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: 
     The saturated bandwidth is a fraction of the datasheet HBM bandwidth; the per-unit bandwidth is an absolute
     rate (`attn_unit_gbps`): one thread block streams KV as fast as its loads in flight over the memory latency
     allow, whatever the HBM generation (an H100 and an H200 run batch-1 attention in the same time, while
-    batch ≥ 32 attention scales with their 1.43× datasheet bandwidth ratio).
+    batch ≥ 32 attention scales with their 1.43× datasheet bandwidth ratio). Serving engines split each context
+    over several blocks (`kv_splits`), so their units are sequences × KV heads × splits.
     """
     seqs = np.asarray(seqs, dtype=float)
     kv_tokens = np.asarray(kv_tokens, dtype=float)
@@ -138,7 +155,7 @@ def decode_attention_ms(seqs, kv_tokens, model: ModelSpec, layout: Layout, gpu: 
     heads = maximum(1, model.num_heads / layout.attention_tp)
     is_mla = model.kv_lora_rank > 0
     per_token = where(is_mla, (model.kv_lora_rank + model.qk_rope_head_dim) * kb, 2 * kvh * model.head_dim * kb)
-    units = seqs * where(is_mla, maximum(1, heads / 16), kvh)
+    units = seqs * where(is_mla, maximum(1, heads / 16), kvh) * kv_splits(seqs, kv_tokens, cal, split_kv)
     hbm = gpu.hbm_bandwidth_gbps * 1e9
     bw = np.minimum(cal.attn_bw_sat_frac * hbm, np.maximum(units, 1) * cal.attn_unit_gbps * 1e9)
     # FLOPs per KV token and head: 2·(2·kv_lora_rank + rope dim) for MLA's latent, 4·head_dim for GQA (QK and PV)
@@ -206,7 +223,8 @@ class StepTerms:
 
 def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibration, decode_seqs, decode_kv_tokens,
                      prefill_tokens=0.0, prefill_prefix_tokens=0.0, weight_dtype="bf16", kv_dtype="bf16",
-                     include_comm=True, include_lm_head=True, include_overhead=True, rope_kv=0.0) -> StepTerms:
+                     include_comm=True, include_lm_head=True, include_overhead=True, rope_kv=0.0,
+                     split_kv=1.0) -> StepTerms:
     """Time of one step of the most loaded pipeline stage for one attention replica's batch.
 
     `decode_seqs` sequences each decode one token with `decode_kv_tokens` KV tokens in total; `prefill_tokens`
@@ -214,7 +232,9 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
     `rope_kv` (0 or 1, per row) adds the RoPE and KV-append kernels as layoutcast's torch backend runs them
     (unfused: `rope_kv_append_ms`): 1 for its layer stacks (source `torch-probe`); 0 for serving engines, whose
     fused rotary and cache-write kernels are a few microseconds and sit in the fitted small-kernel term
-    (`layer_misc_ms`), and for the H200 GPU probe, whose layers ran without them.
+    (`layer_misc_ms`), and for the H200 GPU probe, whose layers ran without them. `split_kv` (0 or 1, per row):
+    whether decode attention splits each context over several thread blocks (`kv_splits`): 1 for serving engines,
+    0 for PyTorch SDPA (the GPU probe and the torch backend).
 
     Terms that no row has (MLA projections, shared or routed experts, EP all-to-all, the pipeline hand-off, the
     RoPE/KV-append kernels) are not evaluated: they are zeros shaped as their formula would have been.
@@ -289,7 +309,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
         moe_layer = _zeros_over(m, has_experts, moe_frac, h, model.moe_intermediate_size, wb, layout.tp, layout.ep, a_tp,
                                 hbm, peak)
 
-    attn_dec, kv_read = decode_attention_ms(d, kv, model, layout, gpu, cal, kv_dtype)
+    attn_dec, kv_read = decode_attention_ms(d, kv, model, layout, gpu, cal, kv_dtype, split_kv)
     attn_pre = prefill_attention_ms(T, prefill_prefix_tokens, model, layout, gpu, cal)
     misc = np.where(running, cal.layer_misc_ms + cal.misc_bytes_per_token_hidden * m * h / hbm * 1e3, 0.0)
     rope_kv = as_float(rope_kv)
@@ -299,7 +319,8 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
         misc = misc + _zeros_over(rope_kv, m, model.num_heads, model.num_kv_heads, hd, model.kv_lora_rank, a_tp,
                                   hbm, _bytes(kv_dtype))
 
-    # communication per layer: 2 all-reduces of m×hidden under attention TP; EP all-to-all dispatch + combine
+    # communication per layer: 2 all-reduces of m×hidden under attention TP; EP all-to-all dispatch + combine; the
+    # token exchange of MoE TP across attention-DP ranks
     if include_comm:
         ar_bytes = m * h * ACT_BYTES
         tp_comm = 2 * comm.allreduce_ms(ar_bytes, a_tp, gpu, cal)
@@ -311,7 +332,16 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
         else:  # no row spreads experts over EP ranks: nothing to dispatch
             ep_comm = _zeros_over(m, ep_rows, moe_frac, k_top, h, layout.tp, layout.pp, gpu.gpus_per_node,
                                   gpu.internode_bandwidth_gbps, gpu.link_bandwidth_gbps)
-        comm_layer = np.where(running, tp_comm + ep_comm, 0.0)
+        # MoE TP over attention-DP ranks (attention DP without EP): each rank's tokens are gathered over the MoE group
+        # before the experts and the partial outputs reduce-scattered back, the traffic of an all-reduce of the group's
+        # tokens (vLLM's DP with MoE sharded over all DP x TP ranks)
+        dp_moe_rows = has_experts & (layout.ep <= 1) & (layout.moe_group > a_tp)
+        if any_(dp_moe_rows):
+            group_bytes = m * layout.moe_group / a_tp * h * ACT_BYTES
+            dp_moe_comm = where(dp_moe_rows, comm.allreduce_ms(group_bytes, layout.moe_group, gpu, cal), 0.0) * moe_frac
+        else:  # no row shards experts over attention-DP ranks without EP
+            dp_moe_comm = 0.0
+        comm_layer = np.where(running, tp_comm + ep_comm + dp_moe_comm, 0.0)
     else:
         comm_layer = np.zeros_like(m)
 
@@ -353,7 +383,7 @@ def stage_step_terms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibr
 
 
 def replica_step_ms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibration, decode_seqs, decode_kv_tokens,
-                    prefill_tokens=0.0, prefill_prefix_tokens=0.0, weight_dtype="bf16", kv_dtype="bf16"):
+                    prefill_tokens=0.0, prefill_prefix_tokens=0.0, weight_dtype="bf16", kv_dtype="bf16", split_kv=1.0):
     """Time between two tokens of a request in one replica running `decode_seqs` sequences.
 
     PP = 1: one stage step. PP > 1: the batch is split into `pp` micro-batches in flight (vLLM's batch queue),
@@ -362,5 +392,5 @@ def replica_step_ms(model: ModelSpec, gpu: GPUSpec, layout: Layout, cal: Calibra
     pp = layout.pp
     terms = stage_step_terms(model, gpu, layout, cal, np.asarray(decode_seqs, float) / pp,
                              np.asarray(decode_kv_tokens, float) / pp, np.asarray(prefill_tokens, float) / pp,
-                             prefill_prefix_tokens, weight_dtype, kv_dtype)
+                             prefill_prefix_tokens, weight_dtype, kv_dtype, split_kv=split_kv)
     return pp * terms.stage_ms

@@ -2,8 +2,8 @@
 
 Inputs: the project's own GPU-probe measurements (data/gpu_probe/, H200), the RoPE and KV-append op timings of the
 H200 torch probe (data/torch_probe/h200_dense_grid.csv; the GPU probe's layers ran without those kernels) and, when
-../shared/data is present, the measured NCCL and vLLM custom all-reduce timings on H200 from aiconfigurator's op
-data. Deterministic.
+../shared/data is present, the measured NCCL and vLLM custom all-reduce timings and vLLM's decode-attention kernel
+timings (split-KV shape) on H200 from aiconfigurator's op data. Deterministic.
     python scripts/calibrate.py [--shared ../shared/data]
 """
 
@@ -40,7 +40,17 @@ def main() -> int:
                                "custom_allreduce_perf.parquet (ai-dynamo/aiconfigurator@095f58a5, Apache-2.0)")
     else:
         print(f"note: {comm} not found; collectives keep built-in defaults")
-    cal = fit_calibration(step, moe, nccl, custom, provenance=prov, rope_ops=rope_ops)
+    attn = Path(args.shared) / "public" / "aiconfigurator" / "op_perf" / "h200_sxm" / "attention" / "vllm"
+    engine_attn = None
+    if attn.exists():
+        engine_attn = pd.read_parquet(next(attn.rglob("generation_attention_perf.parquet")))
+        # bf16 KV, full attention (no sliding window): the kernels the split-KV constants describe
+        engine_attn = engine_attn[(engine_attn["kv_cache_dtype"] == "bfloat16") & (engine_attn["window_size"] == 0)]
+        prov["engine_attention"] = ("aiconfigurator op_perf h200_sxm attention vllm 0.24.0 "
+                                    "generation_attention_perf.parquet (FlashAttention 3 decode; bf16 KV, no window)")
+    else:
+        print(f"note: {attn} not found; split-KV attention keeps built-in defaults")
+    cal = fit_calibration(step, moe, nccl, custom, provenance=prov, rope_ops=rope_ops, engine_attention=engine_attn)
     save_calibration(cal, CALIBRATION_PATH)
     print(describe(cal))
     print(f"wrote {CALIBRATION_PATH}")

@@ -174,6 +174,12 @@ def test_aiconfigurator_end_to_end_dedup_layouts_and_derived_throughput():
     dpep = dpep[dpep["id"].isin(by_id.index)].iloc[0]
     d = by_id.loc[dpep["id"]]
     assert (d["tp"], d["dp"], d["ep"], bool(d["attention_dp"]), d["num_gpus"]) == (2, 2, dpep["moe_ep_size"], False, 4)
+    # attention-DP left empty while the MoE group spans more GPUs than tp (vLLM's DP attention with MoE TP over all
+    # ranks): Qwen3-235B at tp 1, moe_tp 2 runs on 2 GPUs as DEP-2, not on one GPU
+    implied = agg[(agg["backend"] == "vllm") & (agg["tp_size"] == 1) & agg["attention_dp_size"].isna()
+                  & (agg["moe_tp_size"] == 2) & (agg["moe_ep_size"] == 1) & agg["id"].isin(by_id.index)].iloc[0]
+    d = by_id.loc[implied["id"]]
+    assert (d["tp"], d["dp"], bool(d["attention_dp"]), d["num_gpus"]) == (2, 1, True, 2)
     dis = raw[(raw["mode"] == "disagg") & raw["prefill_num_workers"].notna() & raw["id"].isin(by_id.index)].iloc[0]
     d = by_id.loc[dis["id"]]
     total = (dis["prefill_num_workers"] * dis["prefill_tp_size"] * max(dis["prefill_attention_dp_size"], 1)

@@ -195,3 +195,22 @@ def test_refilled_tpot_charges_a_partial_last_chunk_its_share(name, tp, conc):
     est = estimate_serving(m, H200, layout, EngineArrays.from_config(eng), CAL, 8192.0, 1024.0, num_requests=n,
                            concurrency=conc)
     assert abs(est.tpot_ms / (sim.tpot_mean_s * 1e3) - 1) < 0.10
+
+
+def test_moe_tp_over_attention_dp_ranks_exchanges_tokens():
+    # Qwen3-235B as vLLM runs DP2 without EP (attention per rank, experts sharded over both): the MoE layers gather
+    # the two ranks' tokens and reduce-scatter back, the traffic of an all-reduce of the group's tokens per MoE layer
+    from features import comm
+    from features.steptime import stage_step_terms
+
+    m = resolve_model("qwen3-235b-a22b")
+    dep = stage_step_terms(m, H200, Layout(tp=2, attention_dp=True), CAL, 8.0, 8 * 2000.0, weight_dtype="fp8")
+    group_bytes = 8 * 2 * m.hidden_size * 2.0  # 8 tokens a rank, 2 ranks, bf16 activations
+    per_layer = comm.allreduce_ms(group_bytes, 2, H200, CAL) * m.num_moe_layers / m.num_layers
+    assert dep.comm_ms > 0
+    assert np.isclose(dep.comm_ms, m.num_layers * per_layer)  # attention TP 1: no attention all-reduce
+    # with EP the exchange is the all-to-all instead, and a dense model has nothing to exchange
+    ep = stage_step_terms(m, H200, Layout(tp=2, ep=2, attention_dp=True), CAL, 8.0, 8 * 2000.0, weight_dtype="fp8")
+    assert not np.isclose(ep.comm_ms, dep.comm_ms)
+    dense = stage_step_terms(resolve_model("qwen3-32b"), H200, Layout(tp=2, attention_dp=True), CAL, 8.0, 16000.0)
+    assert dense.comm_ms == 0

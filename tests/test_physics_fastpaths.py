@@ -8,7 +8,11 @@ attention-DP layouts, closed batch / concurrency / request rate, fp8/fp4 weights
 calibration), direct step-time calls and a small mixed frame through `physics_frame` (columnar specs); every
 value must match to rtol 1e-10 and every shape exactly. One deliberate physics change since: the TTFT of a
 fixed-concurrency run with more requests than its concurrency blends the opening burst with the steady state
-(session 9); only those TTFT values (`ttft_ms`, `ttft_p99_ms` of such cases) were taken from the new code.
+(session 9); only those TTFT values (`ttft_ms`, `ttft_p99_ms` of such cases) were taken from the new code. A second
+(session 11): serving engines' decode attention splits long contexts over thread blocks (`steptime.kv_splits`). The
+reference predates it, so every comparison here runs with `attn_max_splits=1` (one block per sequence and KV head,
+the reference's attention), which leaves every other term as it was; split-KV has its own tests
+(tests/test_physics_gpu_transfer.py).
 
 Regenerate the fixture only from a trusted implementation: `PYTHONPATH=. python tests/test_physics_fastpaths.py`.
 """
@@ -16,7 +20,7 @@ Regenerate the fixture only from a trusted implementation: `PYTHONPATH=. python 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +103,21 @@ STEP_FIELDS = [f.name for f in fields(StepTerms)]
 SERVING_FIELDS = [f.name for f in fields(ServingEstimate) if f.name != "terms"]
 
 
+def _unsplit(cal: Calibration) -> Calibration:
+    """`cal` with split-KV attention off: the attention the frozen reference was computed with."""
+    return replace(cal, attn_max_splits=1.0)
+
+
+def _fitted() -> Calibration:
+    return _unsplit(default_calibration())
+
+
+def _default() -> Calibration:
+    return _unsplit(Calibration())
+
+
 def _cal(which: str) -> Calibration:
-    return default_calibration() if which == "fitted" else Calibration()
+    return _fitted() if which == "fitted" else _default()
 
 
 def _encode(v) -> dict:
@@ -134,14 +151,14 @@ def run_multi(name: str) -> dict:
     model, gpu, layout, w = MULTI[name]
     arr = (lambda v: np.asarray(v, dtype=float)) if isinstance(w["isl"], list) else float
     e = estimate_serving(resolve_model(model), resolve_gpu(gpu), layout, EngineArrays.from_config(EngineConfig()),
-                         default_calibration(), arr(w["isl"]), arr(w["osl"]), arr(w["nreq"]), arr(w["conc"]),
+                         _fitted(), arr(w["isl"]), arr(w["osl"]), arr(w["nreq"]), arr(w["conc"]),
                          arr(w["rate"]))
     return _serving_outputs(e)
 
 
 def _step_cases() -> dict:
     """Direct step-time calls: scalars, stacked (k, 1) variants, per-row arrays, flags off, RoPE/KV append."""
-    cal = default_calibration()
+    cal = _fitted()
     h200, h100 = resolve_gpu("h200"), resolve_gpu("h100-sxm")
     stacked = (np.array([[1.0], [0.0], [31.0], [0.0], [1.0], [64.0]]),
                np.array([[4600.0], [0.0], [150000.0], [0.0], [4600.0], [300000.0]]),
@@ -164,7 +181,7 @@ def _step_cases() -> dict:
         "r1-rope-kv-scalar": lambda: stage_step_terms(resolve_model("deepseek-r1"), h200, Layout(8), cal, 4.0, 4e4,
                                                       rope_kv=1.0),
         "gptoss-default-cal": lambda: stage_step_terms(resolve_model("gpt-oss-120b"), h200, Layout(2, 1, 1, 2),
-                                                       Calibration(), *stacked),
+                                                       _default(), *stacked),
         "moe-only-no-comm": lambda: stage_step_terms(resolve_model("qwen3-30b-a3b"), h200, Layout(1, 1, 1, 1), cal,
                                                      np.array([1.0, 8.0, 64.0]), 0 * np.array([1.0, 8.0, 64.0]),
                                                      include_comm=False, include_lm_head=False, include_overhead=False),
@@ -177,7 +194,7 @@ def run_step(name: str) -> dict:
 
 
 def run_replica() -> dict:
-    cal = default_calibration()
+    cal = _fitted()
     out = {}
     for name, model, gpu, layout in (("llama70-pp2", "llama-3.1-70b", "h200", Layout(4, 2)),
                                      ("r1-ep8", "deepseek-r1", "h200", Layout(8, 1, 1, 8))):
@@ -220,7 +237,7 @@ def mixed_frame() -> pd.DataFrame:
 
 
 def run_frame() -> dict:
-    df = physics_frame(mixed_frame())
+    df = physics_frame(mixed_frame(), _fitted())
     cols = [c for c in df.columns if c.startswith(("phys_", "f_"))] + ["regime", "bottleneck"]
     out = {}
     for c in cols:
@@ -259,7 +276,7 @@ def test_gemms_ms_is_gemm_ms_per_shape(stacked, monkeypatch):
     bytes)."""
     if not stacked:
         monkeypatch.setattr(steptime, "STACKED_GEMMS_MAX", 0)
-    gpu, cal = resolve_gpu("h200"), default_calibration()
+    gpu, cal = resolve_gpu("h200"), _fitted()
     m = np.array([[1.0], [8.0], [0.0], [300.0]])
     rows = np.array([1.0, 2.0, 3.0])
     shapes = {"a": (5120.0, rows * 1000), "b": (100.0, 7), "c": (rows + 3, 9.0), "d": (rows * 64, rows * 128)}
@@ -279,7 +296,7 @@ def test_collective_constants_one_group_size_and_rows_agree():
     from features.comm import _constants
 
     sizes = np.arange(1, 65)
-    for cal in (default_calibration(), Calibration()):
+    for cal in (_fitted(), _default()):
         for op in ("all_reduce", "all_gather", "alltoall"):
             alpha_rows, frac_rows = _constants(cal, op, sizes)
             for _ in range(2):

@@ -21,24 +21,49 @@ LLAMA = resolve_model("llama-3.1-8b")
 
 
 def test_small_batch_attention_does_not_scale_with_hbm_bandwidth():
-    # one sequence: 8 thread blocks, each latency-bound; H100 and H200 (same SMs) take the same time
-    t100, _ = decode_attention_ms(1, 4096, LLAMA, Layout(), H100, CAL)
-    t200, _ = decode_attention_ms(1, 4096, LLAMA, Layout(), H200, CAL)
+    # one sequence under SDPA: 8 thread blocks, each latency-bound; H100 and H200 (same SMs) take the same time
+    t100, _ = decode_attention_ms(1, 4096, LLAMA, Layout(), H100, CAL, split_kv=0.0)
+    t200, _ = decode_attention_ms(1, 4096, LLAMA, Layout(), H200, CAL, split_kv=0.0)
     assert np.isclose(t100, t200)
+
+
+def test_split_kv_fills_the_gpu_with_one_long_sequence():
+    # a serving engine cuts one 16k-token sequence into 32 splits per KV head: 256 blocks saturate HBM, so the
+    # time follows the datasheet bandwidth and is far below SDPA's 8 latency-bound blocks
+    sdpa, _ = decode_attention_ms(1, 16384, LLAMA, Layout(), H200, CAL, split_kv=0.0)
+    split200, _ = decode_attention_ms(1, 16384, LLAMA, Layout(), H200, CAL)
+    split100, _ = decode_attention_ms(1, 16384, LLAMA, Layout(), H100, CAL)
+    assert split200 < sdpa / 5
+    assert np.isclose((split100 - CAL.attn_floor_ms) / (split200 - CAL.attn_floor_ms), 4800 / 3350)
+    # a short context is not split: 200 tokens are one block per KV head, as under SDPA
+    short_sdpa, _ = decode_attention_ms(1, 200, LLAMA, Layout(), H200, CAL, split_kv=0.0)
+    assert np.isclose(decode_attention_ms(1, 200, LLAMA, Layout(), H200, CAL)[0], short_sdpa)
+    # per row: the flag picks the kernel of each row
+    both, _ = decode_attention_ms(np.array([1.0, 1.0]), np.array([16384.0, 16384.0]), LLAMA, Layout(), H200, CAL,
+                                  split_kv=np.array([0.0, 1.0]))
+    assert np.allclose(both, [sdpa, split200])
+
+
+def test_step_rows_split_kv_by_source():
+    # the same decode step measured by the GPU probe (SDPA) and by a vLLM engine (fpm): only the engine's splits
+    rows = pd.DataFrame({"kind": "step", "source": ["gpu-probe", "fpm"], "model": "llama-3.1-8b", "gpu": "h200",
+                         "tp": 1, "phase": "decode", "batch": 1, "context": 32768})
+    layer = physics_frame(rows)["phys_layer_ms"].to_numpy(float)
+    assert layer[1] < 0.5 * layer[0]
 
 
 def test_large_batch_attention_scales_with_hbm_bandwidth():
     # 256 sequences saturate HBM: the time ratio approaches the datasheet bandwidth ratio 4800 / 3350
-    t100, kv100 = decode_attention_ms(256, 256 * 16384, LLAMA, Layout(), H100, CAL)
-    t200, kv200 = decode_attention_ms(256, 256 * 16384, LLAMA, Layout(), H200, CAL)
+    t100, kv100 = decode_attention_ms(256, 256 * 16384, LLAMA, Layout(), H100, CAL, split_kv=0.0)
+    t200, kv200 = decode_attention_ms(256, 256 * 16384, LLAMA, Layout(), H200, CAL, split_kv=0.0)
     assert np.isclose(kv100 / kv200, 4800 / 3350)
     assert 1.35 < t100 / t200 < 4800 / 3350
 
 
 def test_attention_per_unit_rate_is_absolute():
     fast = dataclasses.replace(CAL, attn_unit_gbps=2 * CAL.attn_unit_gbps)
-    t1, _ = decode_attention_ms(1, 65536, LLAMA, Layout(), H200, CAL)
-    t2, _ = decode_attention_ms(1, 65536, LLAMA, Layout(), H200, fast)
+    t1, _ = decode_attention_ms(1, 65536, LLAMA, Layout(), H200, CAL, split_kv=0.0)
+    t2, _ = decode_attention_ms(1, 65536, LLAMA, Layout(), H200, fast, split_kv=0.0)
     # bandwidth-limited part halves; the floor stays
     assert np.isclose(t2 - CAL.attn_floor_ms, (t1 - CAL.attn_floor_ms) / 2)
 
@@ -64,8 +89,10 @@ def test_rope_kv_counts_in_layer_time_only_when_asked():
 
 
 def test_physics_frame_adds_rope_for_torch_backend_rows_only():
+    # 256 tokens of context: one split-KV block per sequence, so the engine row (fpm) differs from the probe's only
+    # in what the RoPE / KV-append kernels add
     row = {"kind": "step", "model": "llama-3.1-8b", "gpu": "h200", "tp": 1, "phase": "decode", "batch": 8,
-           "context": 1024, "tokens": 8, "layer_ms": 0.1}
+           "context": 256, "tokens": 8, "layer_ms": 0.1}
     f = physics_frame(pd.DataFrame([{**row, "source": s} for s in ("gpu-probe", "torch-probe", "fpm")]), CAL)
     diff = f["phys_layer_ms"].iloc[1] - f["phys_layer_ms"].iloc[0]
     assert np.isclose(diff, rope_kv_append_ms(8, LLAMA, Layout(), H200, CAL))
@@ -102,3 +129,18 @@ def test_probe_rows_from_schema_converts_torch_probe_rows():
     assert rows.loc[rows["kind"] == "prefill", "context"].item() == 512
     assert rows.loc[rows["kind"] == "gemm", ["m", "n", "k"]].to_numpy().tolist() == [[1, 4096, 4096]]
     assert rope.to_dict("records") == [{"op": "kv_append", "bytes_moved": 8192, "ms_median": 0.012}]
+
+
+def test_serving_rows_split_kv_by_engine_version():
+    # TensorRT-LLM before 0.12 split decode attention only when built with multi-block mode (off by default): the DLI
+    # sweep's 0.9 engines decode a long context with one block per sequence and KV head, later ones (and vLLM) split
+    from features.frame import engine_splits_kv
+
+    assert engine_splits_kv(np.array(["trtllm", "trtllm", "trtllm", "vllm", "trtllm"], dtype=object),
+                            np.array(["0.9.0", "0.12.0", "1.0", "0.5.0", ""], dtype=object)).tolist() == [0, 1, 1, 1, 1]
+    rows = pd.DataFrame({"kind": "serving", "model": "llama-3.1-8b", "gpu": "h200", "tp": 1, "isl": 8192, "osl": 1024,
+                         "concurrency": 1, "engine": ["trtllm", "trtllm", "vllm"],
+                         "engine_version": ["0.9.0", "0.14.0", "0.12.0"]})
+    tpot = physics_frame(rows, CAL)["phys_tpot_ms"].to_numpy(float)
+    assert tpot[0] > 1.05 * tpot[1]  # one sequence at 8k context: unsplit attention is latency-bound
+    assert np.isclose(tpot[1], tpot[2])

@@ -7,8 +7,10 @@ End-to-end (`silicon_sample_e2e.csv`, aggregated and disaggregated serving, TRT-
 - repeated measurements of one configuration (same config, TTFT, TPOT under two dump ids) are kept once, the other
   ids listed in `detail.duplicate_ids`; rows of the curated `silicon_refs_subset.csv` are marked `detail.anchor`;
 - layout: attention-DP of degree A with attention TP 1 is `tp=A, attention_dp=true` (DEP-A); with attention TP T > 1
-  it is vLLM's DP+EP form `tp=T, dp=A`; `ep` is the MoE expert-parallel degree. Disaggregated rows carry the decode
-  worker's layout (`dp` x decode workers where known) with `num_gpus` = all prefill + decode GPUs where the worker
+  it is vLLM's DP+EP form `tp=T, dp=A`; `ep` is the MoE expert-parallel degree. Where an aggregated row leaves
+  `attention_dp_size` empty but its MoE group (moe_tp x moe_ep) spans more GPUs than `tp_size`, A is that ratio
+  (vLLM shards MoE layers over all DP x TP ranks: e.g. Qwen3-235B at tp 1, moe_tp 2 runs on 2 GPUs, not 1).
+  Disaggregated rows carry the decode worker's layout (`dp` x decode workers where known) with `num_gpus` = all prefill + decode GPUs where the worker
   counts are recorded, and both pools in `detail` (`mode=disagg`);
 - engine knobs are not in the data; aggregated rows get those aiconfigurator's benchmark generator launches a worker
   with (`generator/rule_plugin/benchmark/<backend>.rule`), named in `detail.engine_knobs_from`: `max_num_seqs` =
@@ -94,9 +96,15 @@ def _one(x: pd.Series) -> np.ndarray:
     return np.where(np.isnan(v) | (v <= 0), 1.0, v)
 
 
-def _worker_layout(tp: pd.Series, pp: pd.Series, adp: pd.Series, moe_ep: pd.Series) -> dict[str, np.ndarray]:
+def _worker_layout(tp: pd.Series, pp: pd.Series, adp: pd.Series, moe_ep: pd.Series,
+                   moe_tp: pd.Series | None = None) -> dict[str, np.ndarray]:
     """Schema layout columns for one aiconfigurator worker (see the module docstring for the mapping)."""
     t, p, a = _one(tp), _one(pp), _one(adp)
+    if moe_tp is not None:  # attention-DP not recorded: the MoE group (moe_tp x moe_ep) spans tp x DP ranks
+        group = moe_tp.to_numpy(dtype=float) * moe_ep.to_numpy(dtype=float)
+        implied = group / t
+        unrecorded = adp.isna().to_numpy() & np.isfinite(implied) & (implied > 1) & (implied == np.round(implied))
+        a = np.where(unrecorded, implied, a)
     e = moe_ep.to_numpy(dtype=float)
     e = np.where(np.isnan(e) | (e <= 0), np.nan, e)
     dep = (a > 1) & (t == 1)
@@ -109,7 +117,8 @@ def _e2e_frame(raw: pd.DataFrame, names: NameResolver) -> pd.DataFrame:
     """Schema rows for end-to-end measurements (before de-duplication)."""
     prov = _provenance(raw["silicon_data_source"])
     disagg = (raw["mode"].astype(str) == "disagg").to_numpy()
-    agg_l = _worker_layout(raw["tp_size"], raw["pp_size"], raw["attention_dp_size"], raw["moe_ep_size"])
+    agg_l = _worker_layout(raw["tp_size"], raw["pp_size"], raw["attention_dp_size"], raw["moe_ep_size"],
+                           raw["moe_tp_size"])
     dec_l = _worker_layout(raw["decode_tp_size"], raw["decode_pp_size"], raw["decode_attention_dp_size"],
                            raw["decode_moe_ep_size"])
     pre_l = _worker_layout(raw["prefill_tp_size"], raw["prefill_pp_size"], raw["prefill_attention_dp_size"],
