@@ -98,8 +98,8 @@ class CampaignSettings:
     acquisition: str = "width"
     # uncertainty "width": draw the subsample from scenarios not yet measured while enough remain, one pick per
     # scenario (a scenario's first run teaches most: median error on the rest of the DLI pool with 5% measured,
-    # 3 seeds, 7.7% -> 5.9%; on the aiconfigurator pool, whose few large scenarios dominate the error, it does not
-    # beat random: 11.9% vs 11.9%, 5 seeds, benchmarks/campaign.py)
+    # 3 seeds, 7.7% -> 5.9%; on the aiconfigurator pool, whose few large scenarios dominate the error, it is only
+    # a little ahead of random: 9.9% vs 10.5%, 5 seeds, benchmarks/campaign.py)
     cover_scenarios: bool = True
     # search: weight of the physics model's ranking of a scenario's configurations next to the learned model's
     # (None: estimated from the campaign's measurements, out of scenario, see `acquisition.physics_ranking_weight`)

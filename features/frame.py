@@ -38,17 +38,26 @@ SDPA_SOURCES = ("gpu-probe", "torch-probe", "layoutcast-campaign-torch")
 TRTLLM_MULTI_BLOCK_DEFAULT_FROM = (0, 12)
 
 
+def _engine_splits_kv_one(engine, version) -> float:
+    """`engine_splits_kv` of one (engine, version) pair."""
+    if str(engine).lower() != "trtllm" or version is None or version != version:
+        return 1.0
+    parts = re.findall(r"\d+", str(version))[:2]
+    return 0.0 if len(parts) == 2 and (int(parts[0]), int(parts[1])) < TRTLLM_MULTI_BLOCK_DEFAULT_FROM else 1.0
+
+
 def engine_splits_kv(engine: np.ndarray, engine_version: np.ndarray) -> np.ndarray:
     """1.0 per serving row whose engine's decode attention splits long contexts over thread blocks (vLLM, SGLang,
-    TensorRT-LLM from 0.12, unknown versions), 0.0 for TensorRT-LLM before 0.12 (e.g. the DLI sweep's 0.9)."""
-    out = np.ones(len(engine))
-    for i, (e, v) in enumerate(zip(engine, engine_version)):
-        if str(e).lower() != "trtllm" or v is None or v != v:
-            continue
-        parts = re.findall(r"\d+", str(v))[:2]
-        if len(parts) == 2 and (int(parts[0]), int(parts[1])) < TRTLLM_MULTI_BLOCK_DEFAULT_FROM:
-            out[i] = 0.0
-    return out
+    TensorRT-LLM from 0.12, unknown versions), 0.0 for TensorRT-LLM before 0.12 (e.g. the DLI sweep's 0.9); each
+    distinct (engine, version) pair is read once."""
+    pairs = list(zip(engine, engine_version))
+    answer = {p: _engine_splits_kv_one(*p) for p in set(pairs)}
+    return np.array([answer[p] for p in pairs], dtype=float)
+
+
+def _sdpa_split_kv(cols) -> np.ndarray:
+    """`split_kv` per step or op row: 0 where the source ran PyTorch SDPA (`SDPA_SOURCES`), else 1."""
+    return 1.0 - np.isin(_text(cols, "source"), list(SDPA_SOURCES)).astype(float)
 
 
 MODEL_NUMERIC = [f.name for f in fields(ModelSpec) if f.type in ("int", "bool")]
@@ -505,11 +514,9 @@ def _step_physics(out, mask, model, gpu, layout, wdt, kdt, cal, regime, bottlene
     kv = np.where(decode, batch * ctx, 0.0)
     T = np.where(decode, 0.0, tokens)
     prefix = np.where(decode, 0.0, np.maximum(ctx - tokens, 0.0))
-    source = _text(out, "source")
-    rope_kv = np.isin(source, list(ROPE_KV_SOURCES)).astype(float)
-    split_kv = 1.0 - np.isin(source, list(SDPA_SOURCES)).astype(float)
+    rope_kv = np.isin(_text(out, "source"), list(ROPE_KV_SOURCES)).astype(float)
     t = stage_step_terms(model, gpu, layout, cal, d, kv, T, prefix, wdt, kdt, include_comm=False,
-                         include_lm_head=False, include_overhead=False, rope_kv=rope_kv, split_kv=split_kv)
+                         include_lm_head=False, include_overhead=False, rope_kv=rope_kv, split_kv=_sdpa_split_kv(out))
     lm = gemm_ms(np.maximum(d, 1), model.vocab_size / layout.tp, model.hidden_size, gpu, cal)
 
     m = _masked(mask)
@@ -576,8 +583,7 @@ def _op_physics(out, mask, model_unused, gpu, layout_unused, wdt, kdt_unused, ca
         spec = ModelSpec("op", 1, 1, np.nan_to_num(heads, nan=32), np.nan_to_num(kvh, nan=8), np.nan_to_num(hd, nan=128), 1, 1)
         b = _num(out, "batch", 1)
         ctx = _num(out, "context", 0)
-        split_kv = 1.0 - np.isin(_text(out, "source"), list(SDPA_SOURCES)).astype(float)
-        t, _ = decode_attention_ms(b, b * ctx, spec, Layout(), gpu, cal, split_kv=split_kv)
+        t, _ = decode_attention_ms(b, b * ctx, spec, Layout(), gpu, cal, split_kv=_sdpa_split_kv(out))
         phys = np.where(sel, t, phys)
     return {"phys_op_ms": np.where(mask, phys, np.nan)}
 

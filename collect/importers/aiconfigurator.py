@@ -10,8 +10,8 @@ End-to-end (`silicon_sample_e2e.csv`, aggregated and disaggregated serving, TRT-
   it is vLLM's DP+EP form `tp=T, dp=A`; `ep` is the MoE expert-parallel degree. Where an aggregated row leaves
   `attention_dp_size` empty but its MoE group (moe_tp x moe_ep) spans more GPUs than `tp_size`, A is that ratio
   (vLLM shards MoE layers over all DP x TP ranks: e.g. Qwen3-235B at tp 1, moe_tp 2 runs on 2 GPUs, not 1).
-  Disaggregated rows carry the decode worker's layout (`dp` x decode workers where known) with `num_gpus` = all prefill + decode GPUs where the worker
-  counts are recorded, and both pools in `detail` (`mode=disagg`);
+  Disaggregated rows carry the decode worker's layout (`dp` x decode workers where known) with `num_gpus` = all
+  prefill + decode GPUs where the worker counts are recorded, and both pools in `detail` (`mode=disagg`);
 - engine knobs are not in the data; aggregated rows get those aiconfigurator's benchmark generator launches a worker
   with (`generator/rule_plugin/benchmark/<backend>.rule`), named in `detail.engine_knobs_from`: `max_num_seqs` =
   `batch_size` (per attention-DP rank) and a token budget `max_num_batched_tokens` = `batch_size` + ISL + 1500.
