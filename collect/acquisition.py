@@ -1,9 +1,10 @@
 """What a campaign learns between batches and how it picks the next one: the surrogate, acquisition scores, batches.
 
 The surrogate is the project's learned model (`train.residual.ResidualModel`: physics answer x a learned, calibrated
-correction; in a campaign each correction averages boosted trees with trees over a ridge trend, which carries smooth
-trends between the few measured rows, `CampaignResidualModel`) fitted on what the campaign has measured, plus a small
-bootstrap ensemble of the same residual learner whose disagreement makes the calibrated interval vary from row to row, and a feasibility model (`FeasibilityModel`:
+correction; in a campaign each correction blends a Gaussian process with boosted trees and trees over a ridge trend,
+which carry smooth trends between the few measured rows, `CampaignResidualModel`) fitted on what the campaign has
+measured, plus a small bootstrap ensemble of the trees whose disagreement makes the calibrated interval vary from row
+to row, and a feasibility model (`FeasibilityModel`:
 a memory model as the prior -- `MemoryFitModel`, a Bayesian logistic regression of "did not run out of memory" on the
 physics' memory demand, `memory_demand`, with learned offsets per model, GPU and layout, so one OOM teaches the
 threshold of every workload of its group -- times the measured rate of other failures, blended with a classifier
@@ -36,7 +37,7 @@ from scipy.stats import norm
 
 from features.errors import InputError
 from train.frames import FeatureSpace, float_column, physics_answer, target_rows
-from train.learners import AveragedLearner, RidgeBoostLearner, XGBLearner
+from train.learners import AveragedLearner, GaussianProcessLearner, RidgeBoostLearner, XGBLearner
 from train.residual import MAX_LOG_CORRECTION, ResidualModel, nan_safe_log
 from train.targets import ALL_TARGETS, KIND_OF_TARGET, pred_cols
 
@@ -108,29 +109,43 @@ class Prediction:
 
 
 RIDGE_ALPHA = 3.0  # penalty of the linear part (standardised features) of the campaign's blended learner
+GP_WEIGHT = 0.5  # share of the Gaussian process in the campaign's blended correction (the trees share the rest)
 
 
 class CampaignResidualModel(ResidualModel):
-    """The residual model as a campaign fits it: each correction is the mean of boosted trees and of boosted trees
-    over a ridge trend (`RidgeBoostLearner`); `ridge_alpha` 0 leaves the trees alone.
+    """The residual model as a campaign fits it: each correction blends a Gaussian process (`gp_weight`) with the
+    mean of boosted trees and of boosted trees over a ridge trend (`RidgeBoostLearner`); `ridge_alpha` 0 leaves the
+    trees alone, `gp_weight` 0 the trees alone.
 
-    With tens of rows trees cut smooth trends (an error that grows with the load, one offset per model) into a few
-    steps; the linear member carries them between the measured rows, and averaging it with the plain trees keeps the
-    pools whose corrections are not linear from paying for it. Median error on the rest of a pool, trees alone ->
-    blend (mean of 8 random draws each): aiconfigurator vLLM rows, 50 configurations, 12.8% -> 11.5%; DLI sweep, 172
-    and 345 configurations, 7.2% -> 7.3% and 5.3% -> 5.2%; GPU-probe steps, 18 configurations, 1.57% -> 1.54%. (Choosing
-    one learner or the other by cross-validation on the campaign's rows was worse: the choice flips on noise.)"""
+    With tens to hundreds of rows, trees cut smooth trends (an error that grows with the load, one offset per model)
+    into a few steps; the linear member carries them between the measured rows, and averaging it with the plain trees
+    keeps the pools whose corrections are not linear from paying for it. A kernel carries a smooth correction
+    between the rows better still, and the trees keep the sharp steps it would blur. Median error on the rest of a
+    pool, trees' blend -> with the process (benchmarks/campaign.py, 5 seeds, median; 5% / 10% of the pool measured):
+    DLI sweep `random` 7.3% / 5.4% -> 6.9% / 5.7%, `uncertainty` 5.9% / 5.0% -> 6.3% / 4.3%; aiconfigurator vLLM rows
+    `random` 10.5% / 8.8% -> 9.5% / 8.1%, `uncertainty` 9.9% / 8.3% -> 9.0% / 7.7%. Cross-validation folds keep the
+    kernel the full fit tuned (`fold_learner`): tuning it per fold would triple the fit time. `search` campaigns leave
+    the process out (`campaign.STRATEGY_MODEL_PARAMS`)."""
 
-    defaults = {**ResidualModel.defaults, "ridge_alpha": RIDGE_ALPHA}
+    defaults = {**ResidualModel.defaults, "ridge_alpha": RIDGE_ALPHA, "gp_weight": GP_WEIGHT}
 
-    def make_learner(self, n_features: int, seed: int):
+    def make_learner(self, n_features: int, seed: int, gp: GaussianProcessLearner | None = None):
         h = dict(self.hyper)
         alpha = float(h.pop("ridge_alpha"))
+        gp_weight = float(h.pop("gp_weight"))
         monotone = (0,) * (n_features - 1) + (int(h.pop("monotone_phys")),)
         trees = XGBLearner(monotone=monotone, seed=seed, **h)
-        if alpha <= 0:
+        if alpha > 0:
+            trees = AveragedLearner((trees, RidgeBoostLearner(alpha, XGBLearner(monotone=monotone, seed=seed + 1, **h))))
+        if gp_weight <= 0:
             return trees
-        return AveragedLearner((trees, RidgeBoostLearner(alpha, XGBLearner(monotone=monotone, seed=seed + 1, **h))))
+        return AveragedLearner((trees, gp or GaussianProcessLearner(seed=seed)), (1.0 - gp_weight, gp_weight))
+
+    def fold_learner(self, fitted, n_features: int, seed: int):
+        gp = fitted.members[-1] if isinstance(fitted, AveragedLearner) and fitted.weights is not None else None
+        if isinstance(gp, GaussianProcessLearner):
+            return self.make_learner(n_features, seed, gp.frozen(seed))
+        return self.make_learner(n_features, seed)
 
 
 class Surrogate:
@@ -214,7 +229,7 @@ def residual_xy(space: FeatureSpace, frame: pd.DataFrame, target: str) -> tuple[
 
 def _learner_params(model: ResidualModel, n_features: int) -> dict:
     """The residual model's own learner settings (monotone in the physics answer, the last column)."""
-    h = {k: v for k, v in model.hyper.items() if k != "ridge_alpha"}  # (the trees' settings only)
+    h = {k: v for k, v in model.hyper.items() if k not in ("ridge_alpha", "gp_weight")}  # (the trees' settings only)
     mono = int(h.pop("monotone_phys"))
     return {**h, "monotone": (0,) * (n_features - 1) + (mono,)}
 
@@ -860,3 +875,4 @@ def variance_reduction_batch(variance: np.ndarray, X: np.ndarray, k: int, availa
         spent += 0.0 if cost is None else float(np.asarray(cost, dtype=float)[cands[j]])
         vr *= 1.0 - 0.95 * K[j]
     return chosen
+

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -478,22 +479,75 @@ def test_ridge_boost_learner_carries_a_trend_trees_cut_into_steps():
     assert bound._coef[2] == 0.0
 
 
+def test_gaussian_process_learner_carries_a_smooth_correction_and_folds_keep_its_kernel():
+    import pickle
+
+    from train.learners import GaussianProcessLearner, XGBLearner
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.uniform(0, 1, 40), rng.uniform(0, 1, 40), np.full(40, 7.0)])  # a constant column
+    X[5, 1] = np.nan  # missing: the column's median
+    y = np.sin(3.0 * X[:, 0]) + 0.02 * rng.standard_normal(40)
+    grid = np.column_stack([np.linspace(0.02, 0.98, 50), np.full(50, 0.5), np.full(50, 7.0)])
+    truth = np.sin(3.0 * grid[:, 0])
+    gp = GaussianProcessLearner(seed=1).fit(X, y)
+    trees = XGBLearner(n_estimators=60, max_depth=6, learning_rate=0.15, seed=1).fit(X, y)
+    assert np.abs(gp.predict(grid) - truth).mean() < 0.5 * np.abs(trees.predict(grid) - truth).mean()
+    assert list(gp._keep) == [0, 1]  # the constant column is dropped
+    tuned = gp.kernel_.theta
+    assert not np.allclose(tuned, gp._kernel(2).theta)  # the marginal likelihood moved the kernel off its start
+    fold = gp.frozen(seed=2).fit(X[:30], y[:30])
+    assert np.allclose(fold.kernel_.theta, tuned)  # a fold refits the weights under the full fit's kernel
+    assert not np.allclose(fold.predict(grid), gp.predict(grid))
+    again = pickle.loads(pickle.dumps(gp))
+    assert np.allclose(again.predict(grid), gp.predict(grid))
+    capped = GaussianProcessLearner(max_rows=20).fit(X, y)
+    assert len(capped._model.X_train_) == 20
+
+
 @needs_data
-def test_campaign_surrogate_blends_trees_with_a_monotone_ridge_trend(pool):
-    from collect.acquisition import Surrogate
+def test_campaign_surrogate_blends_a_gaussian_process_with_trees_over_a_monotone_ridge_trend(pool):
+    from collect.acquisition import GP_WEIGHT, Surrogate
     from train.frames import physics
-    from train.learners import AveragedLearner, RidgeBoostLearner, XGBLearner
+    from train.learners import AveragedLearner, GaussianProcessLearner, RidgeBoostLearner, XGBLearner
 
     rows = physics(pool.frame[pool.frame["status"].astype("string").fillna("ok").eq("ok")].reset_index(drop=True))
     sur = Surrogate(("output_throughput",), members=0, model_params=FAST).fit(rows)
     learner = sur.model.learners_["output_throughput"]
-    assert isinstance(learner, AveragedLearner) and isinstance(learner.members[1], RidgeBoostLearner)
-    ridge = learner.members[1]
+    assert isinstance(learner, AveragedLearner) and learner.weights == (1.0 - GP_WEIGHT, GP_WEIGHT)
+    blend, gp = learner.members
+    assert isinstance(gp, GaussianProcessLearner) and gp.kernel is None and gp.kernel_ is not None
+    assert isinstance(blend, AveragedLearner) and isinstance(blend.members[1], RidgeBoostLearner)
+    ridge = blend.members[1]
     assert ridge._coef[-1] >= 0.0  # the trend never runs against the monotone constraint in the physics answer
     pred = sur.model.predict_arrays(rows)["pred_output_throughput"]
     assert np.isfinite(pred).all() and (pred > 0).all()
-    trees = Surrogate(("output_throughput",), members=0, model_params={**FAST, "ridge_alpha": 0.0}).fit(rows)
-    assert type(trees.model.learners_["output_throughput"]) is XGBLearner  # ridge_alpha 0: trees alone
+    # cross-validation folds (interval calibration) keep the kernel the full fit tuned
+    fold = sur.model.fold_learner(learner, len(sur.model.spaces_["serving"].names), seed=5)
+    assert fold.members[1].kernel is gp.kernel_
+    no_gp = Surrogate(("output_throughput",), members=0, model_params={**FAST, "gp_weight": 0.0}).fit(rows)
+    plain = no_gp.model.learners_["output_throughput"]
+    assert isinstance(plain, AveragedLearner) and plain.weights is None  # gp_weight 0: the trees' blend alone
+    trees = Surrogate(("output_throughput",), members=0,
+                      model_params={**FAST, "ridge_alpha": 0.0, "gp_weight": 0.0}).fit(rows)
+    assert type(trees.model.learners_["output_throughput"]) is XGBLearner  # and ridge_alpha 0: trees alone
+
+
+@needs_data
+def test_search_surrogate_keeps_trees_alone_unless_asked(pool):
+    from train.learners import GaussianProcessLearner
+
+    def has_gp(camp):
+        res = camp.run()
+        learner = camp._fit(camp._load_measured(res.runs[res.runs["state"] == "done"])).model.learners_[
+            "output_throughput"]
+        return any(isinstance(m, GaussianProcessLearner) for m in getattr(learner, "members", ()))
+
+    assert has_gp(_campaign(pool, Store("sqlite://"), "uncertainty", budget="12"))
+    assert not has_gp(_campaign(pool, Store("sqlite://"), "search", budget="12"))  # STRATEGY_MODEL_PARAMS
+    asked = _campaign(pool, Store("sqlite://"), "search", budget="12")
+    asked.settings = replace(asked.settings, model_params={**FAST, "gp_weight": 0.5})
+    assert has_gp(asked)
 
 
 def _memory_frame(batches, osl, gpu="h100-sxm", mem_gb=80.0, status=None) -> pd.DataFrame:

@@ -1,5 +1,5 @@
 """Regressors on a feature matrix, one per target: XGBoost (alone, or over a ridge trend), random forest, k-nearest
-neighbours, a torch MLP; and the mean of several.
+neighbours, a torch MLP, a Gaussian process; and the (weighted) mean of several.
 
 Each has `fit(X, y) -> self` and `predict(X) -> ndarray`, is deterministic for its seed and pickles compactly.
 """
@@ -149,9 +149,10 @@ class RidgeBoostLearner:
 
 @dataclass
 class AveragedLearner:
-    """The mean prediction of several learners, each fitted on the same rows."""
+    """The mean prediction of several learners, each fitted on the same rows (`weights`: a weighted mean)."""
 
     members: tuple = ()
+    weights: tuple[float, ...] | None = None
 
     def fit(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> "AveragedLearner":
         for m in self.members:
@@ -159,7 +160,7 @@ class AveragedLearner:
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.mean([m.predict(X) for m in self.members], axis=0)
+        return np.average([m.predict(X) for m in self.members], axis=0, weights=self.weights)
 
 
 @dataclass
@@ -290,3 +291,75 @@ class MLPLearner:
             if i < len(self._weights) - 1:
                 h = np.maximum(h, 0.0)
         return h.reshape(-1) * self._y_scale + self._y_mean
+
+
+GP_CLIP = 5.0  # GaussianProcessLearner: a standardised value beyond this many deviations counts as this many
+
+
+@dataclass
+class GaussianProcessLearner:
+    """A Gaussian process (Matern 5/2 with one length scale per feature, plus white noise) on standardised,
+    median-imputed features.
+
+    With tens to hundreds of rows a smooth correction is better carried between the measured rows by a kernel than cut
+    into tree steps. The kernel
+    hyperparameters are found by marginal likelihood (L-BFGS, at most `max_iter` steps); `frozen(seed)` gives an unfitted
+    copy that keeps them (cross-validation folds refit the weights only, not the kernel). Constant columns are dropped;
+    more than `max_rows` rows: a random subset of them (the fit is cubic in the rows, and its pickle quadratic). Row
+    weights are ignored (one noise level for all rows)."""
+
+    nu: float = 2.5
+    max_iter: int = 60
+    max_rows: int = 1000
+    seed: int = 0
+    kernel: object = field(default=None, repr=False)  # a fixed kernel (frozen copies); None: tune one in `fit`
+    kernel_: object = field(default=None, repr=False)  # the fitted kernel
+    _std: object = field(default=None, repr=False)
+    _keep: object = field(default=None, repr=False)
+    _model: object = field(default=None, repr=False)
+
+    def _kernel(self, n_features: int):
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+        return (ConstantKernel(0.1, (1e-4, 1e2))
+                * Matern(length_scale=np.full(n_features, 3.0), length_scale_bounds=(0.05, 1e3), nu=self.nu)
+                + WhiteKernel(0.01, (1e-5, 1.0)))
+
+    def _optimizer(self, obj_func, initial_theta, bounds):
+        from scipy.optimize import minimize
+
+        res = minimize(obj_func, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds,
+                       options={"maxiter": int(self.max_iter)})
+        return res.x, res.fun
+
+    def fit(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> "GaussianProcessLearner":
+        from sklearn.gaussian_process import GaussianProcessRegressor
+
+        X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+        if len(y) > self.max_rows:
+            idx = np.random.default_rng(self.seed).choice(len(y), self.max_rows, replace=False)
+            X, y = X[idx], y[idx]
+        frozen = self.kernel is not None
+        if not frozen:  # a frozen copy keeps the scaling and columns its kernel was tuned on
+            self._std = _Standardizer(X)
+            self._keep = np.flatnonzero(np.std(self._std(X), axis=0) > 0)
+        Z = self._z(X)
+        kernel = self.kernel if frozen else self._kernel(max(1, Z.shape[1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bounds reached / convergence notes on small, noisy sets
+            self._model = GaussianProcessRegressor(kernel, normalize_y=len(y) > 1, random_state=self.seed,
+                                                   optimizer=None if frozen else self._optimizer).fit(Z, y)
+        self.kernel_ = self._model.kernel_
+        return self
+
+    def _z(self, X: np.ndarray) -> np.ndarray:
+        Z = self._std(X)[:, self._keep] if len(self._keep) else np.zeros((len(X), 1))
+        return np.clip(Z, -GP_CLIP, GP_CLIP)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self._model.predict(self._z(np.asarray(X, dtype=float)))
+
+    def frozen(self, seed: int) -> "GaussianProcessLearner":
+        """An unfitted copy with this fit's kernel, scaling and columns (folds refit the weights, not the kernel)."""
+        return GaussianProcessLearner(self.nu, self.max_iter, self.max_rows, seed, kernel=self.kernel_, _std=self._std,
+                                      _keep=self._keep)

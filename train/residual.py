@@ -127,7 +127,7 @@ class FrameModel(ABC):
                 if learner is not None:
                     learner.fit(X, y, w)
                     self.learners_[t] = learner
-                self.calibration_[t], self.fit_report_[t] = self._calibrate(space, sub, t, X, y, w)
+                self.calibration_[t], self.fit_report_[t] = self._calibrate(space, sub, t, X, y, w, learner)
         return self
 
     def _shared_source(self, target: str) -> str | None:
@@ -164,7 +164,12 @@ class FrameModel(ABC):
         X[:, -1] = log_phys
         return X, log_meas - log_phys
 
-    def _calibrate(self, space, sub, target, X, y, w=None) -> tuple[IntervalCalibration, dict]:
+    def fold_learner(self, fitted, n_features: int, seed: int):
+        """A fresh learner for one cross-validation fold; `fitted`: the target's learner fitted on all its rows
+        (families whose hyperparameters are tuned in the fit keep that fit's, rather than tune them per fold)."""
+        return self.make_learner(n_features, seed)
+
+    def _calibrate(self, space, sub, target, X, y, w=None, fitted=None) -> tuple[IntervalCalibration, dict]:
         """Out-of-fold predictions under each grouping give that grouping's trust in the learned correction
         (residual families) and the conformal offsets of the remaining error (`train.intervals.calibrate_held_out`)."""
         uncalibrated, held = [], {}
@@ -178,7 +183,7 @@ class FrameModel(ABC):
             truth, preds, labels, held_strata, in_train = [], [], [], [], []
             keys = group_key(sub, grouping).to_numpy(dtype=object)
             for k, (tr, te) in enumerate(folds):
-                learner = self.make_learner(X.shape[1], self.seed + 1 + k)
+                learner = self.fold_learner(fitted, X.shape[1], self.seed + 1 + k)
                 pred = (np.zeros(len(te)) if learner is None
                         else learner.fit(X[tr], y[tr], None if w is None else w[tr]).predict(X[te]))
                 if self.residual:
