@@ -142,7 +142,7 @@ class CampaignResidualModel(ResidualModel):
         return AveragedLearner((trees, gp or GaussianProcessLearner(seed=seed)), (1.0 - gp_weight, gp_weight))
 
     def fold_learner(self, fitted, n_features: int, seed: int):
-        gp = fitted.members[-1] if isinstance(fitted, AveragedLearner) and fitted.weights is not None else None
+        gp = fitted.members[-1] if isinstance(fitted, AveragedLearner) else None
         if isinstance(gp, GaussianProcessLearner):
             return self.make_learner(n_features, seed, gp.frozen(seed))
         return self.make_learner(n_features, seed)
@@ -875,4 +875,3 @@ def variance_reduction_batch(variance: np.ndarray, X: np.ndarray, k: int, availa
         spent += 0.0 if cost is None else float(np.asarray(cost, dtype=float)[cands[j]])
         vr *= 1.0 - 0.95 * K[j]
     return chosen
-

@@ -302,11 +302,10 @@ class GaussianProcessLearner:
     median-imputed features.
 
     With tens to hundreds of rows a smooth correction is better carried between the measured rows by a kernel than cut
-    into tree steps. The kernel
-    hyperparameters are found by marginal likelihood (L-BFGS, at most `max_iter` steps); `frozen(seed)` gives an unfitted
-    copy that keeps them (cross-validation folds refit the weights only, not the kernel). Constant columns are dropped;
-    more than `max_rows` rows: a random subset of them (the fit is cubic in the rows, and its pickle quadratic). Row
-    weights are ignored (one noise level for all rows)."""
+    into tree steps. The kernel hyperparameters are found by marginal likelihood (L-BFGS, at most `max_iter` steps);
+    `frozen(seed)` gives an unfitted copy that keeps them (cross-validation folds refit the weights only, not the
+    kernel). Constant columns are dropped; more than `max_rows` rows: a random subset of them (the fit is cubic in the
+    rows, and its pickle quadratic). Row weights are ignored (one noise level for all rows)."""
 
     nu: float = 2.5
     max_iter: int = 60
