@@ -491,6 +491,23 @@ def _relative_to_median(values: np.ndarray, missing: float) -> np.ndarray:
     return v / mid if mid > 0 else v
 
 
+def scenario_centrality(X: np.ndarray, scenario: np.ndarray) -> np.ndarray:
+    """How typical each configuration is of its scenario, in (0, 1]: exp(-d^2 / (2 ell^2)) with d its distance from the
+    centroid of its scenario's configurations in the encoded space and ell the median non-zero d over the pool.
+
+    A scenario's first run teaches the model that scenario's offset from the physics; measured at a typical
+    configuration (middle of its layouts and loads) that offset carries to the rest of the scenario, measured at an
+    extreme one it carries the extreme's own error with it."""
+    X = np.asarray(X, dtype=float)
+    d = np.zeros(len(X))
+    if not len(X) or not X.shape[1]:
+        return np.ones(len(X))
+    for rows in pd.DataFrame({"s": np.asarray(scenario, dtype=object)}).groupby("s", sort=False).indices.values():
+        d[rows] = np.sqrt(((X[rows] - X[rows].mean(axis=0)) ** 2).sum(axis=1))
+    ell = float(np.median(d[d > 0])) if (d > 0).any() else 1.0
+    return np.exp(-0.5 * (d / ell) ** 2)
+
+
 def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndarray | None = None) -> np.ndarray:
     """Calibrated log-interval width, each target's relative to its median (rows without a prediction count as the
     widest) and averaged over the targets, times the chance the run succeeds, divided by its cost if given."""
@@ -502,7 +519,12 @@ def uncertainty_scores(pred: Prediction, targets: tuple[str, ...], cost: np.ndar
     if not widths:
         n = len(pred.p_ok) if pred.p_ok is not None else 0
         return np.ones(n)
-    score = np.mean(widths, axis=0) * (pred.p_ok if pred.p_ok is not None else 1.0)
+    return per_run_value(np.mean(widths, axis=0), pred.p_ok, cost)
+
+
+def per_run_value(value: np.ndarray, p_ok: np.ndarray | None, cost: np.ndarray | None = None) -> np.ndarray:
+    """What measuring each candidate is worth: `value` times its chance of running, divided by its cost if given."""
+    score = np.asarray(value, dtype=float) * (p_ok if p_ok is not None else 1.0)
     if cost is not None:
         score = score / np.maximum(np.asarray(cost, dtype=float), 1e-12)
     return score

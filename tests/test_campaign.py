@@ -17,12 +17,13 @@ import pandas as pd
 import pytest
 
 from collect.acquisition import (Prediction, chance_to_solve, expected_improvement, hypothesis_weights, kernel_lengthscale,
-                                 physics_ranking_weight, relative_variance, resolve_objective, search_scores,
-                                 select_batch, uncertainty_scores, variance_reduction_batch)
+                                 per_run_value, physics_ranking_weight, relative_variance, resolve_objective,
+                                 scenario_centrality, search_scores, select_batch, uncertainty_scores,
+                                 variance_reduction_batch)
 from collect.campaign import Campaign, CampaignSettings, PoolEvaluator, parse_budget, scenario_ids
 from collect.dispatch import BackendSpec, Job, SerialDispatcher, install_backend, load_pool, measure_job
 from collect.ledger import Ledger
-from collect.sampler import CANDIDATE_COLUMNS, answerable, config_hashes, pool_candidates
+from collect.sampler import CANDIDATE_COLUMNS, answerable, config_hashes, encode, pool_candidates
 from collect.store import Store
 from features.errors import InputError
 from features.schema import conform
@@ -636,6 +637,42 @@ def test_uncertainty_spreads_over_scenarios_not_yet_measured(pool):
     design_off, later_off = scenarios_after_design(cover_scenarios=False)
     assert design_off == design  # the same space-filling start either way
     assert len(set(design_off + later_off)) < len(design_off + later_off)  # the plain subsample repeats a scenario
+
+
+def test_scenario_centrality_peaks_at_each_scenarios_middle_configuration():
+    """Each configuration's typicality is measured from its own scenario's centroid: the middle one of a scenario is
+    the most typical, its ends equally less so, a scenario of one configuration is fully typical, and the chance of
+    running and the cost scale what measuring it is worth."""
+    X = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [5.0, 5.0], [9.0, 1.0], [9.0, 3.0]])
+    scen = np.array(["a", "a", "a", "b", "c", "c"], dtype=object)
+    c = scenario_centrality(X, scen)
+    assert c[1] == pytest.approx(1.0) and c[3] == pytest.approx(1.0)  # a's middle, b's only configuration
+    assert c[0] == pytest.approx(c[2]) and c[0] < 1.0
+    assert c[4] == pytest.approx(c[5]) and c[4] == pytest.approx(c[0])  # both one unit from their centroid
+    far = scenario_centrality(np.array([[0.0], [1.0], [2.0], [0.0], [10.0]]), np.array(list("aaabb"), dtype=object))
+    assert far[4] < far[0] < far[1]  # five units out is less typical than one
+    assert np.all(scenario_centrality(np.zeros((3, 0)), np.array(list("abc"), dtype=object)) == 1.0)
+    v = per_run_value(c, np.array([1.0, 0.5, 1.0, 1.0, 1.0, 1.0]), cost=np.array([1.0, 1.0, 4.0, 1.0, 1.0, 1.0]))
+    assert v[1] == pytest.approx(0.5) and v[2] == pytest.approx(c[2] / 4.0) and v[0] == pytest.approx(c[0])
+
+
+@needs_data
+def test_uncertainty_measures_a_typical_configuration_of_each_new_scenario(pool):
+    """While it covers scenarios not measured yet, `uncertainty` measures typical configurations of them (nearest
+    their scenario's centroid), not their widest intervals; with `typical_first` off it picks by width."""
+    cand = pool_candidates(pool.frame)
+    typical = dict(zip(config_hashes(cand), scenario_centrality(encode(cand), scenario_ids(cand, SCENARIO))))
+
+    def picks_after_design(**kw):
+        res = _campaign(pool, Store("sqlite://"), "uncertainty", budget="16", batch=4, **kw).run()
+        runs = res.runs.sort_values("seq")
+        later = runs.loc[runs["iteration"] > runs["iteration"].min(), "config_hash"]
+        return np.array([typical[h] for h in later])
+
+    on, off = picks_after_design(), picks_after_design(typical_first=False)
+    assert len(on) == len(off) == 12
+    assert on.mean() > off.mean() + 0.15  # seeds 0-2: 0.86-0.91 vs 0.56-0.70
+    assert np.median(on) > 0.8
 
 
 def test_physics_hypothesis_loses_weight_where_its_ranking_missed_a_measurement():
