@@ -24,6 +24,7 @@ model's pick where predictions may overrule measurements); it only reports, the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -109,7 +110,8 @@ class CampaignSettings:
     # scenario (a scenario's first run teaches most: median error on the rest of the DLI pool with 5% measured,
     # 3 seeds, 7.7% -> 5.9%; on the aiconfigurator pool, whose few large scenarios dominate the error, it is only
     # a little ahead of random: 9.9% vs 10.5%, 5 seeds, benchmarks/campaign.py; both with the trees-only surrogate;
-    # with the Gaussian process in it, 6.3% vs random's 6.9% on DLI, 9.0% vs 9.5% on aiconfigurator)
+    # with the Gaussian process in it and widest-interval picks, 6.3% vs random's 6.9% on DLI, 9.0% vs 9.5% on
+    # aiconfigurator; for the typical-configuration picks see `typical_first`)
     cover_scenarios: bool = True
     # uncertainty "width": while it covers scenarios not measured yet, pick each one's most typical configuration
     # (`acquisition.scenario_centrality`) rather than its widest interval: the first run's offset then carries to the
@@ -351,11 +353,15 @@ class Campaign:
         self.cost = estimate_cost_gpu_h(self.cand_phys, overhead)
         self.index = {h: i for i, h in enumerate(self.cand["config_hash"])}
         self.scen = scenario_ids(self.cand, settings.scenario)
-        self.centrality = scenario_centrality(self.X, self.scen)
         self.num_gpus = float_column(self.cand, "num_gpus", 1.0)
         self.log_physics = nan_safe_log(physics_answer(self.cand_phys, self.objective.target))
         self._utility: dict[str, float] = {}
         self.last_physics_weight: float | None = None
+
+    @functools.cached_property
+    def centrality(self) -> np.ndarray:
+        """How typical each candidate is of its scenario (only `uncertainty` asks, so computed on first use)."""
+        return scenario_centrality(self.X, self.scen)
 
     # --- settings stored with the campaign ---
     def _stored_settings(self) -> dict:
