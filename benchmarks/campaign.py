@@ -3,9 +3,11 @@
 Pools (shared data): the TRT-LLM 0.9 DLI sweep (`dli` importer: TP x batch per model, GPU, dtype, ISL/OSL), the vLLM
 rows of aiconfigurator's silicon sample (layout x concurrency per model, system, ISL/OSL), and the H200 GPU-probe
 decoder-step rows (TP shard per model and shape). For each pool, strategy (random, uncertainty, search) and seed, one
-campaign runs with the replay backend up to 10% of the pool's configurations in batches of ~1%; after every batch the
-model is scored on the pool rows not yet measured (median absolute % error) and each scenario's best measured
-configuration is compared with the pool's true best. The campaign never reads a row's targets before measuring it.
+campaign runs with the replay backend up to 10% of the pool's configurations in batches of ~1% (random and
+uncertainty ones stopped at half that budget and resumed, so their curves have a point at exactly half); after every
+batch the model is scored on the pool rows not yet measured (median absolute % error) and each scenario's best
+measured configuration is compared with the pool's true best. The campaign never reads a row's targets before
+measuring it. `--strategies` reruns only some strategies and keeps the others' runs from the last results file.
 
 Targets (issue 6): `uncertainty` reaches `random`'s final error with at most half its budget; with 5% of a pool
 measured the median error on the rest is <= 10%; `search` finds a configuration within 3% of the pool's true best in
@@ -35,6 +37,7 @@ from collect.sampler import answerable, pool_candidates
 from collect.store import Store
 
 STRATEGIES = ("random", "uncertainty", "search")
+HALF_BUDGET_STRATEGIES = ("random", "uncertainty")  # compared at half the budget: their curves get a point there
 FRACTIONS = (0.01, 0.02, 0.05, 0.10)
 POOLS = {
     # name: (importer source, shared-data folder, row filter, kind, scenario columns, objective)
@@ -69,16 +72,23 @@ def run_one(name: str, rb: ReplayBackend, cand: pd.DataFrame, evaluator: PoolEva
     spec = BackendSpec.make("replay", pool=name)
     install_backend(spec, rb)
     store = Store("sqlite://")
-    settings = CampaignSettings(backend="replay", strategy=strategy, budget=parse_budget(budget), batch=batch,
-                                seed=seed, objective=objective, scenario=scenario)
     t0 = time.monotonic()
-    res = Campaign(settings, cand, SerialDispatcher(spec, store), store, evaluator=evaluator, progress=False).run()
+    points = []
+    # random and uncertainty campaigns stop at half their budget and are resumed to the full budget (one campaign, as
+    # a user extends one): the learning curve then has a point at exactly half the budget, where the half-budget
+    # target is judged; search campaigns, judged at the full budget only, run in one go
+    stops = sorted({budget // 2, budget} - {0}) if strategy in HALF_BUDGET_STRATEGIES else [budget]
+    for stop in stops:
+        settings = CampaignSettings(backend="replay", strategy=strategy, budget=parse_budget(stop), batch=batch,
+                                    seed=seed, objective=objective, scenario=scenario)
+        res = Campaign(settings, cand, SerialDispatcher(spec, store), store, evaluator=evaluator, progress=False).run()
+        points += [p for p in res.curve if not points or p.runs > points[-1].runs]  # a resumed run repeats its start
     store.close()
     curve = [{"runs": p.runs, "fraction": p.runs / n, "ok_runs": p.ok_runs, "heldout": p.heldout,
               "within_3pct": p.best.get("within_3pct"), "measured_scenarios": p.best.get("measured_scenarios"),
               "mean_regret": p.best.get("mean_regret"), "recommended_within_3pct": p.best.get("recommended_within_3pct"),
               "model_pick_within_3pct": p.best.get("model_pick_within_3pct")}
-             for p in res.curve]
+             for p in points]
     return {"pool": name, "strategy": strategy, "seed": seed, "configs": n, "batch": batch, "budget": budget,
             "seconds": round(time.monotonic() - t0, 1), "curve": curve}
 
@@ -213,6 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pools", default=",".join(POOLS))
     ap.add_argument("--max-fraction", type=float, default=0.10)
     ap.add_argument("--quick", action="store_true", help="one seed, pools as given")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="the strategies to run; the other strategies' "
+                    "runs of the same pools and seeds are kept from benchmarks/results/campaign.json")
     ap.add_argument("--resummarise", action="store_true", help="recompute the summary of the last results file "
                     "(no campaign is run)")
     args = ap.parse_args(argv)
@@ -221,6 +233,11 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = range(1 if args.quick else args.seeds)
     console = Console(width=200)
     summaries, all_runs = {}, []
+    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        ap.exit(2, f"error: unknown strategies {unknown} (choose from {', '.join(STRATEGIES)})\n")
+    kept = _kept_runs(set(STRATEGIES) - set(strategies), set(seeds))
     for name in [p.strip() for p in args.pools.split(",") if p.strip()]:
         if not (SHARED_DATA / POOLS[name][1]).exists():
             console.print(f"[yellow]skip {name}: {SHARED_DATA / POOLS[name][1]} is absent[/yellow]")
@@ -232,9 +249,9 @@ def main(argv: list[str] | None = None) -> dict:
         evaluator = PoolEvaluator(rb.frame, objective, scenario, targets, kind)
         console.print(f"[bold]{name}[/bold]: {len(cand):,} configurations, {len(evaluator.true_best):,} scenarios "
                       f"(objective {objective.name}, error on {objective.target})")
-        runs = []
+        runs = [r for r in kept if r["pool"] == name]
         for seed in seeds:
-            for strategy in STRATEGIES:
+            for strategy in strategies:
                 r = run_one(name, rb, cand, evaluator, strategy, seed, args.max_fraction)
                 last = r["curve"][-1]
                 console.print(f"  {strategy:12s} seed {seed}: {last['runs']} runs, held-out "
@@ -252,6 +269,16 @@ def main(argv: list[str] | None = None) -> dict:
                                      "runs": all_runs, "figure": str(png.name)})
     console.print(f"wrote {path} and {png}")
     return summaries
+
+
+def _kept_runs(strategies: set[str], seeds: set[int]) -> list[dict]:
+    """The runs of `strategies` and `seeds` in the last results file (none when it is absent or none are asked for)."""
+    import json
+
+    path = RESULTS / "campaign.json"
+    if not strategies or not path.exists():
+        return []
+    return [r for r in json.loads(path.read_text())["runs"] if r["strategy"] in strategies and r["seed"] in seeds]
 
 
 def resummarise(console: Console) -> dict:
