@@ -28,7 +28,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks._common import RESULTS, SHARED_DATA, write_result
+from benchmarks._common import RESULTS, SHARED_DATA, code_version, write_result
 from collect.acquisition import resolve_objective
 from collect.backends.replay import ReplayBackend
 from collect.campaign import Campaign, CampaignSettings, PoolEvaluator, default_targets, parse_budget
@@ -90,7 +90,7 @@ def run_one(name: str, rb: ReplayBackend, cand: pd.DataFrame, evaluator: PoolEva
               "model_pick_within_3pct": p.best.get("model_pick_within_3pct")}
              for p in points]
     return {"pool": name, "strategy": strategy, "seed": seed, "configs": n, "batch": batch, "budget": budget,
-            "seconds": round(time.monotonic() - t0, 1), "curve": curve}
+            "seconds": round(time.monotonic() - t0, 1), "code": code_version(), "curve": curve}
 
 
 def nearest(curve: list[dict], runs: int) -> dict:

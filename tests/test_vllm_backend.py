@@ -279,45 +279,53 @@ def test_kv_exhaustion_records_preemptions(offline_tp1):
 @pytest.mark.vllm
 @pytest.mark.slow
 @needs_vllm
-def test_offline_tp2(tmp_path_factory):
-    from collect.backends.vllm import VLLMBackend
-
-    url, _, sink = _store(tmp_path_factory, "offline_tp2")
+def test_offline_tp2_through_the_cli_at_a_request_rate(tmp_path):
     # eager (no torch.compile warm-up): the first batch is small, which crashed vLLM-CPU's AMX attention with SIGILL
     # until the backend asked for AMX permission in its engine processes (collect/backends/vllm_site)
-    frame = VLLMBackend(mode="offline", on_row=sink, timeout_s=900).measure(
-        "tiny-llama", Layout(tp=2), EngineConfig(block_size=32, max_num_seqs=16, enforce_eager=True), SMALL, seed=12)
-    detail = _check_ok_row(frame.iloc[0], SMALL, tp=2)
+    store, csv = tmp_path / "s.sqlite", tmp_path / "rows.csv"
+    r = _cli("collect", "--backend", "vllm", "--mode", "offline", "--model", "tiny-llama", "--tp", "2", "--isl", "16",
+             "--osl", "32", "--requests", "8", "--rate", "20", "--max-num-seqs", "16", "--seed", "12",
+             "--enforce-eager", "--store", str(store), "--out", str(csv), "--json", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(r.stdout)
+    assert len(rows) == 1 and rows[0]["request_rate"] == 20.0
+    row = pd.Series(rows[0])
+    detail = _check_ok_row(row, fixed(16, 32, 8), tp=2)
+    assert detail["mode"] == "offline" and row["source"] == "layoutcast-vllm-offline"
     assert detail["engine_config"]["enforce_eager"] is True and detail["engine_config"]["max_num_seqs"] == 16
-    assert len(_stored(url)) == 1
+    assert _stored(f"sqlite:///{store}")["run_id"].tolist() == [row["run_id"]]
+    assert pd.read_csv(csv)["run_id"].tolist() == [row["run_id"]]
 
 
 CONC2 = fixed(16, 32, 6, concurrency=2, name="conc2")
+RATE20 = fixed(16, 32, 8, rate=20.0, name="rate20")
 
 
 @pytest.fixture(scope="module")
 def online_tp1_dp2(tmp_path_factory):
     """One `vllm serve --data-parallel-size 2` start (TP 1 per replica, vLLM's documented online DP) serving a closed
-    batch and a fixed concurrency: the online TP-1 checks and the data-parallel checks share this engine start."""
+    batch, a fixed concurrency and a request rate: the online checks and the data-parallel checks share this start."""
     from collect.backends.vllm import VLLMBackend
 
     url, _, sink = _store(tmp_path_factory, "online_tp1_dp2")
     frame = VLLMBackend(mode="online", on_row=sink, timeout_s=900).measure_many(
-        "tiny-llama", Layout(tp=1, dp=2), dataclasses.replace(ENGINE_SMALL_KV, enforce_eager=True), [SMALL, CONC2],
-        seed=13)
+        "tiny-llama", Layout(tp=1, dp=2), dataclasses.replace(ENGINE_SMALL_KV, enforce_eager=True),
+        [SMALL, CONC2, RATE20], seed=13)
     return frame, url
 
 
 @pytest.mark.vllm
 @pytest.mark.slow
 @needs_vllm
-def test_online_tp1_closed_batch_and_fixed_concurrency(online_tp1_dp2):
+def test_online_closed_batch_fixed_concurrency_and_request_rate(online_tp1_dp2):
     frame, url = online_tp1_dp2
     d0 = _check_ok_row(frame.iloc[0], SMALL, tp=1, dp=2)
     _check_ok_row(frame.iloc[1], CONC2, tp=1, dp=2)
+    _check_ok_row(frame.iloc[2], RATE20, tp=1, dp=2)
     assert d0["mode"] == "online" and frame.iloc[0]["kv_capacity_tokens"] == 1280
     assert frame.iloc[1]["concurrency"] == 2 and frame.iloc[0]["source"] == "layoutcast-vllm-online"
-    assert len(_stored(url)) == 2
+    assert frame.iloc[2]["request_rate"] == 20.0 and frame.iloc[2]["concurrency"] == 0
+    assert len(_stored(url)) == 3
 
 
 @pytest.mark.vllm
@@ -341,27 +349,8 @@ def test_online_data_parallel_2_is_vllms_own_and_recorded(online_tp1_dp2):
 @pytest.mark.vllm
 @pytest.mark.slow
 @needs_vllm
-def test_online_tp2_through_the_cli_at_a_request_rate(tmp_path):
-    store, csv = tmp_path / "s.sqlite", tmp_path / "rows.csv"
-    r = _cli("collect", "--backend", "vllm", "--mode", "online", "--model", "tiny-llama", "--tp", "2", "--isl", "16",
-             "--osl", "32", "--requests", "8", "--rate", "20", "--max-num-seqs", "16", "--seed", "14", "--enforce-eager",
-             "--store", str(store), "--out", str(csv), "--json", timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = json.loads(r.stdout)
-    assert len(rows) == 1 and rows[0]["request_rate"] == 20.0
-    row = pd.Series(rows[0])
-    _check_ok_row(row, fixed(16, 32, 8), tp=2)
-    assert _stored(f"sqlite:///{store}")["run_id"].tolist() == [row["run_id"]]
-    assert pd.read_csv(csv)["run_id"].tolist() == [row["run_id"]]
-
-
-@pytest.mark.vllm
-@pytest.mark.slow
-@needs_vllm
 def test_a_run_that_times_out_is_an_error_row_and_leaves_no_processes(tmp_path):
     import psutil
-
-    from collect.backends.vllm import VLLMBackend
 
     from collect.backends.vllm import RUN_MARKER_ENV, VLLMBackend
 

@@ -192,4 +192,9 @@ if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.stderr.write("usage: python -m collect.backends.vllm_offline PLAN.json RESULT.json\n")
         raise SystemExit(2)
-    raise SystemExit(main(sys.argv[1], sys.argv[2]))
+    code = main(sys.argv[1], sys.argv[2])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the results are written: skip vLLM's engine teardown (it waits at least 5 s on its worker before killing it);
+    # the parent ends this process group (collect.procs.stop_group), engine core and workers included
+    os._exit(code)
