@@ -153,7 +153,8 @@ def summarise(name: str, runs: list[dict], target: str, scenarios: int) -> dict:
         need = reach[0] if reach else None
         checks["uncertainty_half_budget"] = {"random_final_runs": r_runs, "random_final_error": r_err,
                                              "uncertainty_runs_to_reach_it": need,
-                                             "met": need is not None and need <= r_runs / 2}
+                                             "met": need is not None and need <= r_runs / 2,
+                                             "by_budget": _half_budget_by_budget(out["by_strategy"], finals)}
     five = {s: v["at_fraction"]["5%"]["median_ape"] for s, v in out["by_strategy"].items()}
     checks["error_at_5pct_le_10pct"] = {"median_ape": five, "met": {s: bool(e <= 0.10) for s, e in five.items()}}
     if "search" in out["by_strategy"]:
@@ -172,6 +173,23 @@ def summarise(name: str, runs: list[dict], target: str, scenarios: int) -> dict:
             "failed_runs": at10.get("failed_runs"),
             "met": bool(at10["within_3pct"] >= 0.9)}
     out["checks"] = checks
+    return out
+
+
+def _half_budget_by_budget(by_strategy: dict, finals: dict) -> list[dict]:
+    """The half-budget comparison at each smaller budget too, as if the campaigns had stopped there: random's error
+    at the budget, the fewest runs with which uncertainty's median curve reaches it (on its batch grid: the runs
+    needed may lie between two points), and uncertainty's error at the curve point nearest half the budget."""
+    out = []
+    for f in FRACTIONS:
+        budget = by_strategy["random"]["at_fraction"][f"{f:.0%}"]
+        r_err = budget["median_ape"]
+        reach = [k for k, (e, *_) in sorted(finals["uncertainty"].items()) if e <= r_err]
+        half = min(finals["uncertainty"], key=lambda k: (abs(k - budget["runs"] / 2), k))
+        out.append({"budget": f"{f:.0%}", "runs": budget["runs"], "random_error": r_err,
+                    "uncertainty_runs_to_reach_it": reach[0] if reach else None,
+                    "uncertainty_runs_near_half": half, "uncertainty_error_near_half": finals["uncertainty"][half][0],
+                    "met": bool(reach) and reach[0] <= budget["runs"] / 2})
     return out
 
 
@@ -329,7 +347,19 @@ def _print(console: Console, name: str, s: dict) -> None:
                   f"{top.get('failed_runs', float('nan')):.0f}/{top['runs']}")
     console.print(t)
     for k, v in s["checks"].items():
-        console.print(f"  {k}: {v}")
+        console.print(f"  {k}: { {a: b for a, b in v.items() if a != 'by_budget'} }")
+    by_budget = s["checks"].get("uncertainty_half_budget", {}).get("by_budget")
+    if by_budget:
+        h = Table(title=f"{name}: uncertainty vs random's error at each budget (met: reached with at most half of it)")
+        for c in ("budget", "runs", "random error", "uncertainty runs to reach it", "uncertainty near half",
+                  "met"):
+            h.add_column(c, justify="right")
+        for b in by_budget:
+            need = b["uncertainty_runs_to_reach_it"]
+            h.add_row(b["budget"], str(b["runs"]), f"{b['random_error']:.1%}", "-" if need is None else str(need),
+                      f"{b['uncertainty_error_near_half']:.1%} at {b['uncertainty_runs_near_half']}",
+                      "yes" if b["met"] else "no")
+        console.print(h)
 
 
 if __name__ == "__main__":
