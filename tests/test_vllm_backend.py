@@ -110,6 +110,8 @@ def test_engine_args_run_dummy_weights_without_tokenizer_or_prefix_caching():
     assert cli[cli.index("--data-parallel-size") + 1] == "2" and "--enforce-eager" not in cli
     assert cli[cli.index("--api-server-count") + 1] == "1"  # one frontend: stats (preemptions) stay on
     assert "api_server_count" not in engine_args("/m", Layout(dp=2), EngineConfig(), 64, 1, CPU, "offline")
+    tp2 = engine_args_to_cli(engine_args("/m", Layout(tp=2), EngineConfig(enforce_eager=True), 64, 1, CPU, "online"))
+    assert tp2[tp2.index("--tensor-parallel-size") + 1] == "2" and "--enforce-eager" in tp2
 
 
 def test_warmup_batch_fits_the_engine():
