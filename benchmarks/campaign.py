@@ -20,6 +20,7 @@ benchmarks/results/campaign.png.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 
@@ -63,7 +64,7 @@ def load(name: str) -> tuple[ReplayBackend, pd.DataFrame]:
 
 
 def run_one(name: str, rb: ReplayBackend, cand: pd.DataFrame, evaluator: PoolEvaluator, strategy: str, seed: int,
-            max_fraction: float) -> dict:
+            max_fraction: float, code: str = "") -> dict:
     """One replayed campaign; its learning curve as plain records."""
     _, _, _, _, scenario, objective = POOLS[name]
     n = len(cand)
@@ -90,7 +91,7 @@ def run_one(name: str, rb: ReplayBackend, cand: pd.DataFrame, evaluator: PoolEva
               "model_pick_within_3pct": p.best.get("model_pick_within_3pct")}
              for p in points]
     return {"pool": name, "strategy": strategy, "seed": seed, "configs": n, "batch": batch, "budget": budget,
-            "seconds": round(time.monotonic() - t0, 1), "code": code_version(), "curve": curve}
+            "seconds": round(time.monotonic() - t0, 1), "code": code, "curve": curve}
 
 
 def nearest(curve: list[dict], runs: int) -> dict:
@@ -149,8 +150,7 @@ def summarise(name: str, runs: list[dict], target: str, scenarios: int) -> dict:
     if "random" in finals and "uncertainty" in finals:
         r_runs = max(finals["random"])
         r_err = finals["random"][r_runs][0]
-        reach = [k for k, (e, *_) in sorted(finals["uncertainty"].items()) if e <= r_err]
-        need = reach[0] if reach else None
+        need = _runs_to_reach(finals["uncertainty"], r_err)
         checks["uncertainty_half_budget"] = {"random_final_runs": r_runs, "random_final_error": r_err,
                                              "uncertainty_runs_to_reach_it": need,
                                              "met": need is not None and need <= r_runs / 2,
@@ -184,13 +184,18 @@ def _half_budget_by_budget(by_strategy: dict, finals: dict) -> list[dict]:
     for f in FRACTIONS:
         budget = by_strategy["random"]["at_fraction"][f"{f:.0%}"]
         r_err = budget["median_ape"]
-        reach = [k for k, (e, *_) in sorted(finals["uncertainty"].items()) if e <= r_err]
+        need = _runs_to_reach(finals["uncertainty"], r_err)
         half = min(finals["uncertainty"], key=lambda k: (abs(k - budget["runs"] / 2), k))
         out.append({"budget": f"{f:.0%}", "runs": budget["runs"], "random_error": r_err,
-                    "uncertainty_runs_to_reach_it": reach[0] if reach else None,
+                    "uncertainty_runs_to_reach_it": need,
                     "uncertainty_runs_near_half": half, "uncertainty_error_near_half": finals["uncertainty"][half][0],
-                    "met": bool(reach) and reach[0] <= budget["runs"] / 2})
+                    "met": need is not None and need <= budget["runs"] / 2})
     return out
+
+
+def _runs_to_reach(median_curve: dict, error: float) -> int | None:
+    """The fewest runs at which a median curve ({runs: (error, ...)}) is at or below `error` (None: never)."""
+    return next((k for k, (e, *_) in sorted(median_curve.items()) if e <= error), None)
 
 
 def figure(summaries: dict, path) -> None:
@@ -256,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         ap.exit(2, f"error: unknown strategies {unknown} (choose from {', '.join(STRATEGIES)})\n")
     kept = _kept_runs(set(STRATEGIES) - set(strategies), set(seeds))
+    code = code_version()  # the commit whose code these runs load (read once, before any runs)
     for name in [p.strip() for p in args.pools.split(",") if p.strip()]:
         if not (SHARED_DATA / POOLS[name][1]).exists():
             console.print(f"[yellow]skip {name}: {SHARED_DATA / POOLS[name][1]} is absent[/yellow]")
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs = [r for r in kept if r["pool"] == name]
         for seed in seeds:
             for strategy in strategies:
-                r = run_one(name, rb, cand, evaluator, strategy, seed, args.max_fraction)
+                r = run_one(name, rb, cand, evaluator, strategy, seed, args.max_fraction, code)
                 last = r["curve"][-1]
                 console.print(f"  {strategy:12s} seed {seed}: {last['runs']} runs, held-out "
                               f"{last['heldout'].get(objective.target, float('nan')):.1%}, within 3% in "
@@ -291,8 +297,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _kept_runs(strategies: set[str], seeds: set[int]) -> list[dict]:
     """The runs of `strategies` and `seeds` in the last results file (none when it is absent or none are asked for)."""
-    import json
-
     path = RESULTS / "campaign.json"
     if not strategies or not path.exists():
         return []
@@ -301,8 +305,6 @@ def _kept_runs(strategies: set[str], seeds: set[int]) -> list[dict]:
 
 def resummarise(console: Console) -> dict:
     """Summaries, tables and figure again from the curves stored in benchmarks/results/campaign.json."""
-    import json
-
     doc = json.loads((RESULTS / "campaign.json").read_text())
     summaries = {}
     for name, old in doc["pools"].items():
